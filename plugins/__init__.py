@@ -1,0 +1,1 @@
+"""pycorefile's built-in plugins, one package each, registered as entry points."""

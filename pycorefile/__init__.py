@@ -1,0 +1,42 @@
+"""pycorefile: a CoreDNS-compatible DNS server in Python, driven by a Corefile.
+
+The public API is small: what a plugin author writes against (``Plugin``,
+``Request``, ``SetupContext``, ``SetupError`` and the parsing helpers) and what
+an embedder or a test uses to serve a Corefile (``open_server``,
+``load_config``). Everything else lives in private modules.
+"""
+
+from ._app import load_config, open_server
+from ._request import Reply, Request
+from ._server import Server, ServerOptions
+from ._version import __version__
+from .corefile import CorefileError, Directive, ServerBlock
+from .plugin import (
+    Fallthrough,
+    Plugin,
+    SetupContext,
+    SetupError,
+    check_args,
+    parse_duration,
+    parse_zones,
+)
+
+__all__ = [
+    "CorefileError",
+    "Directive",
+    "Fallthrough",
+    "Plugin",
+    "Reply",
+    "Request",
+    "Server",
+    "ServerBlock",
+    "ServerOptions",
+    "SetupContext",
+    "SetupError",
+    "__version__",
+    "check_args",
+    "load_config",
+    "open_server",
+    "parse_duration",
+    "parse_zones",
+]

@@ -1,0 +1,254 @@
+"""Loading a Corefile into a configuration, and running it with signals and reload."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from ._config import Config, build_config
+from ._registry import Registry
+from ._server import Server, ServerOptions, StartupError
+from ._version import __version__
+from .corefile import CorefileError, parse_corefile
+
+log = logging.getLogger("pycorefile")
+
+DEFAULT_COREFILE = ".:{port} {{\n    whoami\n    log\n}}\n"
+
+
+@dataclass
+class Source:
+    """Where the Corefile comes from: a path, standard input, or the built-in default."""
+
+    path: str | None
+    """None for the built-in default; ``stdin`` for standard input."""
+    text: str
+    filename: str
+
+    @classmethod
+    def read(cls, conf: str | None, dns_port: int) -> Source:
+        if conf == "stdin":
+            return cls("stdin", sys.stdin.read(), "stdin")
+        path = conf if conf is not None else "Corefile"
+        if conf is None and not os.path.exists(path):
+            return cls(None, DEFAULT_COREFILE.format(port=dns_port), "Corefile")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise CorefileError(f"cannot read Corefile: {exc.strerror}", path, 0, 0) from None
+        except UnicodeDecodeError as exc:
+            raise CorefileError(f"Corefile is not UTF-8: {exc}", path, 0, 0) from None
+        return cls(path, text, path)
+
+    def reread(self, dns_port: int) -> Source:
+        if self.path in (None, "stdin"):
+            return self
+        return Source.read(self.path, dns_port)
+
+
+def load_config(
+    text: str,
+    filename: str = "Corefile",
+    *,
+    registry: Registry | None = None,
+    dns_port: int = 53,
+    shared: dict[str, object] | None = None,
+) -> Config:
+    """Parse and set up a Corefile; raise CorefileError with its location on any mistake."""
+    blocks = parse_corefile(text, filename)
+    return build_config(
+        blocks,
+        registry or default_registry(),
+        corefile=filename,
+        dns_port=dns_port,
+        shared=shared,
+    )
+
+
+_REGISTRY: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The plugins installed in this environment (read once)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry.discover()
+    return _REGISTRY
+
+
+def config_files(config: Config) -> list[str]:
+    """The Corefile and every file it imported, for change detection."""
+    files = {config.corefile}
+    for block in config.blocks:
+        files.add(block.block.file)
+        for d in block.block.directives:
+            files.add(d.file)
+    return sorted(f for f in files if os.path.isfile(f))
+
+
+def checksum(files: list[str]) -> str:
+    digest = hashlib.sha512()
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        except OSError:
+            digest.update(b"\0missing\0" + path.encode())
+    return digest.hexdigest()
+
+
+class Runner:
+    """A running server and how it reloads: what the CLI, signals and ``reload`` share."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        registry: Registry | None = None,
+        dns_port: int = 53,
+        options: ServerOptions | None = None,
+    ) -> None:
+        self.source = source
+        self.registry = registry or default_registry()
+        self.dns_port = dns_port
+        self.server = Server(options)
+        self.reloads = 0
+        self.reload_failures = 0
+
+    def build(self, source: Source) -> Config:
+        config = load_config(
+            source.text,
+            source.filename,
+            registry=self.registry,
+            dns_port=self.dns_port,
+            shared={"runner": self},
+        )
+        return config
+
+    def files(self) -> list[str]:
+        return config_files(self.server.config) if self.server.config else []
+
+    async def reload(self, reason: str = "SIGUSR1") -> bool:
+        """Build the Corefile anew and swap it in; a broken one keeps the old serving."""
+        try:
+            source = self.source.reread(self.dns_port)
+            config = self.build(source)
+            await self.server.reload(config)
+        except Exception as exc:
+            problem = user_facing(exc)
+            if problem is None:
+                raise
+            self.reload_failures += 1
+            log.error("%s: %s", reason, problem)
+            return False
+        self.source = source
+        self.reloads += 1
+        log.info("Reloading complete")
+        return True
+
+    async def run(
+        self,
+        config: Config,
+        *,
+        quiet: bool = False,
+        pidfile: str | None = None,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``config`` until SIGTERM or SIGINT; reload on SIGUSR1; ignore SIGHUP."""
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+        with trio.open_signal_receiver(*signals) as received:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.server.serve, config)
+                if not quiet:
+                    print_banner(self.server)
+                if pidfile:
+                    with open(pidfile, "w") as f:
+                        f.write(f"{os.getpid()}\n")
+                task_status.started(self.server)
+                try:
+                    async for signum in received:
+                        if signum == signal.SIGUSR1:
+                            await self.reload()
+                        elif signum in (signal.SIGTERM, signal.SIGINT):
+                            name = signal.Signals(signum).name
+                            log.info("%s: Shutting down servers then terminating", name)
+                            self.server.stop()
+                            break
+                finally:
+                    if pidfile:
+                        with contextlib.suppress(OSError):
+                            os.unlink(pidfile)
+
+
+def user_facing(exc: BaseException) -> BaseException | None:
+    """The error to show the user (bad Corefile, address in use, a plugin that
+    could not start), unwrapped from trio's exception groups; None for a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [user_facing(e) for e in exc.exceptions]
+        if leaves and all(leaf is not None for leaf in leaves):
+            return leaves[0]
+        return None
+    if isinstance(exc, CorefileError | OSError | StartupError):
+        return exc
+    return None
+
+
+def banner_lines(server: Server) -> list[str]:
+    """The startup listing: each served zone and port, as CoreDNS prints it."""
+    lines = set()
+    for (transport, host, _port), lst in server.listeners.items():
+        port = lst.addresses[0][2] if lst.addresses else _port
+        prefix = "" if transport == "dns" else f"{transport}://"
+        where = f" on {host}" if host else ""
+        for route in lst.dispatcher.routes.values():
+            lines.add(f"{prefix}{route.zone}:{port}{where}")
+    return sorted(lines)
+
+
+def version_lines() -> list[str]:
+    return [
+        f"pycorefile-{__version__}",
+        f"{sys.platform}/{platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}",
+    ]
+
+
+def print_banner(server: Server) -> None:
+    for line in banner_lines(server) + version_lines():
+        print(line)
+    sys.stdout.flush()
+
+
+@asynccontextmanager
+async def open_server(
+    corefile: str,
+    *,
+    dns_port: int = 0,
+    registry: Registry | None = None,
+    filename: str = "Corefile",
+    options: ServerOptions | None = None,
+) -> AsyncIterator[Server]:
+    """Serve a Corefile's text for the duration of the block (tests, embedding).
+
+    Keys without a port get ``dns_port``; 0 picks a free port, shared by the
+    UDP and TCP sockets (``server.port()`` tells which).
+    """
+    config = load_config(corefile, filename, registry=registry, dns_port=dns_port)
+    server = Server(options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, config)
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -1,0 +1,214 @@
+"""From a parsed Corefile to a runnable configuration: plugins set up and chained.
+
+Nothing here opens a socket, so ``-validate`` and reload build a configuration
+completely, and only a configuration that built without error is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ._chain import Handler, build_chain
+from ._http import HttpHandler, parse_address
+from ._registry import Registry
+from ._request import Request
+from ._zones import zone_wire
+from .corefile import CorefileError, Directive, ServerBlock, ZoneKey, normalize_keys
+from .plugin import Plugin, SetupContext, SetupError
+
+ReplyObserver = Callable[[Request, bytes], None]
+ListenerKey = tuple[str, str, int]
+"""(transport, host, port); host '' means every interface."""
+
+SERVED_TRANSPORTS = ("dns",)
+
+
+@dataclass
+class BlockConfig:
+    """One server block, set up: its keys, where it listens, its chain."""
+
+    block: ServerBlock
+    keys: tuple[ZoneKey, ...]
+    hosts: list[str]
+    plugins: list[Plugin]
+    chain: Handler
+    any_class: bool
+
+    @property
+    def server_label(self) -> str:
+        """CoreDNS's ``server`` metric label, e.g. ``dns://:53``."""
+        key = self.keys[0]
+        host = self.hosts[0] if self.hosts else ""
+        return f"{key.transport}://{host}:{key.port}"
+
+
+@dataclass
+class Route:
+    zone: str
+    config: BlockConfig
+    server: str
+
+
+@dataclass
+class Config:
+    """A whole configuration, ready to serve."""
+
+    blocks: list[BlockConfig]
+    routes: dict[ListenerKey, dict[bytes, Route]]
+    http_routes: dict[tuple[str, int], dict[str, HttpHandler]]
+    observers: list[ReplyObserver]
+    shared: dict[str, object]
+    corefile: str
+
+    @property
+    def plugins(self) -> list[Plugin]:
+        return [p for b in self.blocks for p in b.plugins]
+
+    def find(self, name: str) -> list[Plugin]:
+        """Every configured plugin with directive ``name``, across blocks."""
+        return [p for p in self.plugins if p.name == name]
+
+
+@dataclass
+class _Pending:
+    block: ServerBlock
+    keys: tuple[ZoneKey, ...]
+    by_name: dict[str, list[Directive]]
+    ctx: SetupContext
+    plugins: list[Plugin] = field(default_factory=list)
+
+
+def build_config(
+    blocks: Sequence[ServerBlock],
+    registry: Registry,
+    *,
+    corefile: str = "Corefile",
+    dns_port: int = 53,
+    shared: dict[str, object] | None = None,
+) -> Config:
+    """Set up every plugin of every block; raise CorefileError on any mistake.
+
+    ``shared`` seeds the state every plugin's setup context sees (the runner
+    puts itself there, so the reload plugin can ask for a reload).
+    """
+    shared = dict(shared or {})
+    observers: list[ReplyObserver] = []
+    shared["reply_observers"] = observers
+    pending: list[_Pending] = []
+    for block in blocks:
+        keys = tuple(normalize_keys(block, dns_port))
+        if not keys:
+            continue
+        by_name: dict[str, list[Directive]] = {}
+        for directive in block.directives:
+            if directive.name not in registry:
+                raise CorefileError(
+                    f"Unknown directive '{directive.name}'",
+                    directive.file,
+                    directive.line,
+                    directive.column,
+                )
+            group = by_name.setdefault(directive.name, [])
+            group.append(directive)
+        ctx = SetupContext(
+            block=block, keys=keys, corefile=corefile, dns_port=dns_port, shared=shared
+        )
+        pending.append(_Pending(block, keys, by_name, ctx))
+
+    # As CoreDNS: one directive at a time across all blocks, in chain order.
+    for name in registry.order():
+        for p in pending:
+            directives = p.by_name.get(name)
+            if not directives:
+                continue
+            cls = registry.get(name)
+            if len(directives) > 1 and not cls.repeatable:
+                d = directives[1]
+                raise CorefileError(
+                    f"plugin/{name}: this plugin can only be used once per Server Block",
+                    d.file,
+                    d.line,
+                    d.column,
+                )
+            try:
+                plugin = cls.setup(directives, p.ctx)
+            except SetupError as exc:
+                raise exc.to_corefile_error(name, p.block) from None
+            except CorefileError:
+                raise
+            except (ValueError, OSError) as exc:
+                d = directives[0]
+                raise CorefileError(f"plugin/{name}: {exc}", d.file, d.line, d.column) from None
+            p.plugins.append(plugin)
+            p.ctx.plugins[name] = plugin
+
+    configs: list[BlockConfig] = []
+    routes: dict[ListenerKey, dict[bytes, Route]] = {}
+    seen: dict[tuple[str, str, int, str], ServerBlock] = {}
+    for p in pending:
+        chain_plugins = [pl for pl in p.plugins if pl.serves_queries]
+        chain = build_chain(chain_plugins)
+        hosts = list(p.ctx.listen_hosts)
+        config = BlockConfig(
+            p.block, p.keys, hosts, p.plugins, chain, any(pl.any_class for pl in chain_plugins)
+        )
+        configs.append(config)
+        for key in p.keys:
+            for host in hosts or [""]:
+                ident = (key.transport, key.zone, key.port, host)
+                if ident in seen:
+                    first = seen[ident]
+                    where = f" on {host}" if host else ""
+                    tok = p.block.key_tokens[0] if p.block.key_tokens else None
+                    raise CorefileError(
+                        f"cannot serve {key}{where} - it is already defined "
+                        f"at {first.file}:{first.line}",
+                        tok.file if tok else p.block.file,
+                        tok.line if tok else p.block.line,
+                        tok.column if tok else p.block.column,
+                    )
+                seen[ident] = p.block
+                label = f"{key.transport}://{host}:{key.port}"
+                routes.setdefault((key.transport, host, key.port), {})[zone_wire(key.zone)] = Route(
+                    key.zone, config, label
+                )
+    _check_overlap(routes)
+
+    http: dict[tuple[str, int], dict[str, HttpHandler]] = {}
+    for p in pending:
+        for address, path, handler in p.ctx.http_routes:
+            try:
+                host, port = parse_address(address, 80)
+            except ValueError as exc:
+                raise CorefileError(str(exc), p.block.file, p.block.line, p.block.column) from None
+            http.setdefault((host, port), {})[path] = handler
+    return Config(configs, routes, http, observers, shared, corefile)
+
+
+def _check_overlap(routes: dict[ListenerKey, dict[bytes, Route]]) -> None:
+    """A zone served on one port both bound and unbound is ambiguous: refuse it."""
+    for (transport, host, port), zones in routes.items():
+        if not host:
+            continue
+        wildcard = routes.get((transport, "", port), {})
+        for name_wire, route in zones.items():
+            if name_wire in wildcard:
+                block = route.config.block
+                raise CorefileError(
+                    f"cannot serve {transport}://{route.zone}:{port} on {host} - zone overlap "
+                    f"listener capacity with {transport}://{route.zone}:{port}",
+                    block.file,
+                    block.line,
+                    block.column,
+                )
+
+
+def describe(config: Config) -> list[str]:
+    """One line per served key: normalised key, then the plugins in chain order."""
+    lines = []
+    for block in config.blocks:
+        names = " ".join(p.name for p in block.plugins)
+        for key in block.keys:
+            lines.append(f"{key} {names}".rstrip())
+    return lines

@@ -1,0 +1,152 @@
+"""A small HTTP/1.1 responder for the operational endpoints (metrics, health, ready).
+
+One listener per address; plugins add routes to it at setup. It reads one
+request per connection turn, answers, and keeps the connection for the next
+request until the client closes or goes idle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+log = logging.getLogger("pycorefile")
+
+_MAX_HEAD = 16384
+_IDLE = 30.0
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    400: "Bad Request",
+}
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+
+@dataclass
+class HttpResponse:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+def parse_address(address: str, default_port: int) -> tuple[str, int]:
+    """``host:port``, ``:port``, ``[::1]:port`` or ``host`` to ``(host, port)``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        host, port = address, str(default_port)
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid port in address {address!r}")
+    return host, int(port)
+
+
+def parse_head(data: bytes) -> HttpRequest:
+    """Parse a request line and headers (the body is never needed here)."""
+    lines = data.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise ValueError("bad request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError("bad header line")
+        headers[name.strip().lower()] = value.strip()
+    url = urlsplit(parts[1])
+    return HttpRequest(parts[0].upper(), url.path or "/", parse_qs(url.query), headers)
+
+
+def render(response: HttpResponse, head_only: bool = False) -> bytes:
+    reason = _REASONS.get(response.status, "")
+    lines = [
+        f"HTTP/1.1 {response.status} {reason}",
+        f"Content-Type: {response.content_type}",
+        f"Content-Length: {len(response.body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in response.headers]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + response.body
+
+
+class HttpListener:
+    """Serves the routes of whichever configuration is current."""
+
+    def __init__(self, sock: trio.socket.SocketType, address: tuple[str, int]) -> None:
+        self.sock = sock
+        self.address = address
+        self.routes: dict[str, HttpHandler] = {}
+        self.scope = trio.CancelScope()
+
+    async def serve(self) -> None:
+        try:
+            with self.scope:
+                listener = trio.SocketListener(self.sock)
+                await trio.serve_listeners(self._connection, [listener])
+        finally:
+            self.sock.close()
+
+    def close(self) -> None:
+        """Stop serving; the socket is closed by the serving task."""
+        self.scope.cancel()
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        try:
+            while True:
+                with trio.move_on_after(_IDLE):
+                    while b"\r\n\r\n" not in buf and len(buf) < _MAX_HEAD:
+                        chunk = await stream.receive_some(4096)
+                        if not chunk:
+                            return
+                        buf += chunk
+                if b"\r\n\r\n" not in buf:
+                    return
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                try:
+                    request = parse_head(head)
+                except ValueError:
+                    await stream.send_all(render(HttpResponse(400, b"bad request\n")))
+                    return
+                response = await self._respond(request)
+                await stream.send_all(render(response, head_only=request.method == "HEAD"))
+                if request.headers.get("connection", "").lower() == "close":
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _respond(self, request: HttpRequest) -> HttpResponse:
+        handler = self.routes.get(request.path)
+        if handler is None:
+            return HttpResponse(404, b"404 page not found\n")
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(405, b"method not allowed\n")
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("http handler for %s failed", request.path)
+            return HttpResponse(500, b"internal error\n")

@@ -1,0 +1,604 @@
+"""The I/O layer: trio listeners for UDP and TCP, dispatch, reload, shutdown.
+
+Per query, ``Dispatcher.begin`` (no I/O) checks the packet and routes it to a
+server block; the chain is then tried synchronously (``serve_now``), so a reply
+that needs no waiting -- a cache hit, a table answer -- is sent straight from
+the socket-draining loop. Only queries some plugin must wait for (forwarding)
+get a task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import dns.exception
+import dns.message
+import dns.rcode
+import trio
+
+from . import _wire
+from ._chain import plugin_of
+from ._config import Config, ListenerKey, ReplyObserver, Route
+from ._http import HttpListener
+from ._request import Reply, Request
+
+log = logging.getLogger("pycorefile")
+
+RECV_BATCH = 256
+"""Datagrams drained per readiness wakeup before yielding to other tasks."""
+RECV_BUFFER = 4 * 1024 * 1024
+QUERY_DEADLINE = 10.0
+"""A query still unanswered after this long gets SERVFAIL."""
+MAX_IN_FLIGHT = 10000
+"""Queries waiting on a plugin (forwarding) at once; beyond it, REFUSED at once."""
+TCP_IDLE = 10.0
+MAX_TCP_CONNECTIONS = 1000
+BADVERS = 16
+
+
+@dataclass
+class ServerOptions:
+    """Limits of the serving layer (not per plugin)."""
+
+    query_deadline: float = QUERY_DEADLINE
+    max_in_flight: int = MAX_IN_FLIGHT
+    tcp_idle: float = TCP_IDLE
+    max_tcp_connections: int = MAX_TCP_CONNECTIONS
+    udp_cap: int = _wire.OUR_PAYLOAD
+    recv_buffer: int = RECV_BUFFER
+
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+class StartupError(Exception):
+    """A plugin could not start; the configuration is not served."""
+
+
+@dataclass
+class Dispatcher:
+    """Checks a packet and routes it to a server block: the I/O-free front of serving."""
+
+    routes: dict[bytes, Route] = field(default_factory=dict)
+    observers: list[ReplyObserver] = field(default_factory=list)
+    udp_cap: int = _wire.OUR_PAYLOAD
+
+    def begin(
+        self, data: bytes, client: tuple[str, int], proto: str, local: tuple[str, int] | None
+    ) -> bytes | Request | None:
+        """Return a reply to send now, a Request to run through a chain, or None to drop."""
+        try:
+            info = _wire.read_query(data)
+        except _wire.QuestionError:
+            return _wire.error_reply(data, None, dns.rcode.FORMERR)
+        except _wire.WireError:
+            return None
+        if info.flags & _wire.FLAG_QR:
+            return None  # a response sent to us: never answer it (no reflection loops)
+        if info.opcode != 0:
+            return _wire.error_reply(data, info, dns.rcode.NOTIMP)
+        if info.qdcount != 1:
+            return _wire.error_reply(data, info, dns.rcode.FORMERR)
+        if not info.simple:
+            try:
+                dns.message.from_wire(data)
+            except (dns.exception.DNSException, ValueError, struct.error):
+                return _wire.error_reply(data, info, dns.rcode.FORMERR)
+        if info.edns_version > 0:
+            return _wire.error_reply(data, info, BADVERS)
+        request = Request(data, info, client, proto, local, self.udp_cap)
+        route = self.route(request.key, info.name_end - _wire.HEADER_LEN)
+        if route is None:
+            return self.finish(request, request.error(dns.rcode.REFUSED))
+        config = route.config
+        if info.qclass != 1 and not config.any_class:
+            return self.finish(request, request.error(dns.rcode.REFUSED))
+        request.zone = route.zone
+        request.server = route.server
+        request.chain = config.chain
+        return request
+
+    def __post_init__(self) -> None:
+        # One block for the root zone is the usual sidecar set-up: skip the walk.
+        only = list(self.routes.values())
+        self._only_root = only[0] if len(only) == 1 and b"\x00" in self.routes else None
+
+    def route(self, key: bytes, name_len: int) -> Route | None:
+        """The server block with the longest zone containing the (lowercased) name."""
+        if self._only_root is not None:
+            return self._only_root
+        routes = self.routes
+        pos = 0
+        while True:
+            route = routes.get(key[pos:name_len])
+            if route is not None:
+                return route
+            length = key[pos]
+            if length == 0:
+                return None
+            pos += length + 1
+
+    def answer_now(self, request: Request) -> bytes | None:
+        """Run the chain synchronously; the finished reply, or None if it must wait."""
+        assert request.chain is not None
+        try:
+            reply = request.chain.serve_now(request)
+        except Exception as exc:
+            reply = self.failed(request, exc)
+        if reply is None:
+            return None
+        return self.finish(request, reply)
+
+    async def answer(self, request: Request, deadline: float) -> bytes:
+        """Run the chain with waiting allowed, within ``deadline`` seconds."""
+        assert request.chain is not None
+        reply: Reply | None = None
+        try:
+            with trio.move_on_after(deadline):
+                reply = await request.chain.serve(request)
+        except Exception as exc:
+            reply = self.failed(request, exc)
+        if reply is None:
+            log.warning(
+                "query %s %s timed out after %.0fs", request.name, request.type_name, deadline
+            )
+            reply = request.error(dns.rcode.SERVFAIL)
+        return self.finish(request, reply)
+
+    def failed(self, request: Request, exc: Exception) -> bytes:
+        """A plugin raised: log it with the plugin's name and answer SERVFAIL."""
+        name = plugin_of(exc) or "?"
+        log.error(
+            "plugin/%s: %s %s: %s: %s",
+            name,
+            request.name,
+            request.type_name,
+            type(exc).__name__,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        request.answered_by = name
+        return request.error(dns.rcode.SERVFAIL)
+
+    def finish(self, request: Request, reply: Reply) -> bytes:
+        """Size the reply for the client and tell the observers (metrics)."""
+        if type(reply) is bytes and len(reply) <= request.max_size:
+            wire = reply
+        else:
+            try:
+                wire = request.to_wire(reply)
+            except Exception as exc:
+                log.error("cannot render reply to %s %s: %s", request.name, request.type_name, exc)
+                wire = request.error(dns.rcode.SERVFAIL)
+        if self.observers:
+            for observe in self.observers:
+                observe(request, wire)
+        return wire
+
+
+def _set_recv_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a large receive buffer, beyond rmem_max when we may (root)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+        except OSError:
+            pass  # not privileged: ask within rmem_max instead
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _bind(family: int, kind: int, host: str, port: int, recv_buffer: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_DGRAM:
+            _set_recv_buffer(sock, recv_buffer)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _families(host: str) -> list[tuple[int, str]]:
+    if host:
+        return [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+    out: list[tuple[int, str]] = [(socket.AF_INET, "0.0.0.0")]
+    if socket.has_ipv6:
+        out.append((socket.AF_INET6, "::"))
+    return out
+
+
+def bind_dns_sockets(host: str, port: int, recv_buffer: int) -> list[socket.socket]:
+    """UDP and TCP sockets for one listener; port 0 picks one port free for all."""
+    families = _families(host)
+    for _attempt in range(20):
+        socks: list[socket.socket] = []
+        chosen = port
+        try:
+            for family, addr in families:
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    try:
+                        sock = _bind(family, kind, addr, chosen, recv_buffer)
+                    except OSError as exc:
+                        if (
+                            family == socket.AF_INET6
+                            and not host
+                            and exc.errno
+                            in (
+                                errno.EAFNOSUPPORT,
+                                errno.EADDRNOTAVAIL,
+                            )
+                        ):
+                            break  # no IPv6 on this machine: serve IPv4 only
+                        raise
+                    socks.append(sock)
+                    if chosen == 0:
+                        chosen = sock.getsockname()[1]
+            return socks
+        except OSError as exc:
+            for s in socks:
+                s.close()
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                continue
+            where = f"[{host}]" if ":" in host else (host or "*")
+            raise OSError(exc.errno, f"cannot listen on {where}:{port}: {exc.strerror}") from exc
+    raise OSError(errno.EADDRINUSE, "no free port found for all sockets")
+
+
+class DnsListener:
+    """The UDP and TCP sockets of one ``transport://host:port``, shared by blocks."""
+
+    def __init__(self, key: ListenerKey, socks: list[socket.socket], options: ServerOptions):
+        self.key = key
+        self.socks = socks
+        self.options = options
+        self.dispatcher = Dispatcher(udp_cap=options.udp_cap)
+        self.accept_scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.in_flight = 0
+        self.tcp_connections = 0
+        self._reading: set[trio.CancelScope] = set()
+        self.dropped_sends = 0
+
+    @property
+    def addresses(self) -> list[tuple[str, str, int]]:
+        """``(proto, host, port)`` of every bound socket."""
+        out = []
+        for s in self.socks:
+            host, port = s.getsockname()[:2]
+            out.append(("udp" if s.type == socket.SOCK_DGRAM else "tcp", host, port))
+        return out
+
+    def use(self, routes: dict[bytes, Route], observers: list[ReplyObserver]) -> None:
+        """Serve a new configuration from the next packet on (reload)."""
+        self.dispatcher = Dispatcher(routes, observers, self.options.udp_cap)
+
+    def stop_accepting(self) -> None:
+        self.accept_scope.cancel()
+        for scope in self._reading:
+            scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as queries:
+                with self.accept_scope:
+                    async with trio.open_nursery() as loops:
+                        for sock in self.socks:
+                            if sock.type == socket.SOCK_DGRAM:
+                                loops.start_soon(self._udp_loop, sock, queries)
+                            else:
+                                loops.start_soon(self._tcp_accept, sock, queries)
+                        task_status.started()
+        finally:
+            for sock in self.socks:
+                sock.close()
+            self.done.set()
+
+    # -- UDP --------------------------------------------------------------------
+
+    async def _udp_loop(self, sock: socket.socket, queries: trio.Nursery) -> None:
+        local = sock.getsockname()[:2]
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        wait_readable = trio.lowlevel.wait_readable
+        while True:
+            await wait_readable(sock)
+            # Drain what is queued without an await per datagram: that is most
+            # of the cost of a query in trio.
+            for _ in range(RECV_BATCH):
+                try:
+                    data, client = recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue  # e.g. an ICMP error reported on the socket
+                dispatcher = self.dispatcher
+                result = dispatcher.begin(data, client, "udp", local)
+                if result is None:
+                    continue
+                if isinstance(result, Request):
+                    wire = dispatcher.answer_now(result)
+                    if wire is None:
+                        self._spawn(queries, result, self._udp_sender(sock, client))
+                        continue
+                else:
+                    wire = result
+                try:
+                    sendto(wire, client)
+                except OSError:
+                    self.dropped_sends += 1
+
+    def _udp_sender(self, sock: socket.socket, client: tuple[str, int]) -> Send:
+        async def send(wire: bytes) -> None:
+            for _ in range(2):
+                try:
+                    sock.sendto(wire, client)
+                    return
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError:
+                    break
+            self.dropped_sends += 1
+
+        return send
+
+    def _spawn(self, queries: trio.Nursery, request: Request, send: Send) -> None:
+        if self.in_flight >= self.options.max_in_flight:
+            wire = self.dispatcher.finish(request, request.error(dns.rcode.REFUSED))
+            queries.start_soon(send, wire)
+            return
+        self.in_flight += 1
+        queries.start_soon(self._answer_later, self.dispatcher, request, send)
+
+    async def _answer_later(self, dispatcher: Dispatcher, request: Request, send: Send) -> None:
+        try:
+            wire = await dispatcher.answer(request, self.options.query_deadline)
+            await send(wire)
+        finally:
+            self.in_flight -= 1
+
+    # -- TCP --------------------------------------------------------------------
+
+    async def _tcp_accept(self, sock: socket.socket, queries: trio.Nursery) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        while True:
+            stream = await listener.accept()
+            if self.tcp_connections >= self.options.max_tcp_connections:
+                await stream.aclose()
+                continue
+            self.tcp_connections += 1
+            queries.start_soon(self._tcp_connection, stream)
+
+    async def _tcp_connection(self, stream: trio.SocketStream) -> None:
+        lock = trio.Lock()
+        try:
+            client = stream.socket.getpeername()[:2]
+            local = stream.socket.getsockname()[:2]
+        except OSError:
+            self.tcp_connections -= 1
+            await stream.aclose()
+            return
+
+        async def send(wire: bytes) -> None:
+            async with lock:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(struct.pack(">H", len(wire)) + wire)
+
+        reading = trio.CancelScope()
+        self._reading.add(reading)
+        buf = bytearray()
+        try:
+            async with trio.open_nursery() as pending:
+                with reading:
+                    while True:
+                        with trio.move_on_after(self.options.tcp_idle) as idle:
+                            chunk = await stream.receive_some(65536)
+                        if idle.cancelled_caught or not chunk:
+                            break
+                        buf += chunk
+                        while len(buf) >= 2:
+                            size = (buf[0] << 8) | buf[1]
+                            if len(buf) < 2 + size:
+                                break
+                            data = bytes(buf[2 : 2 + size])
+                            del buf[: 2 + size]
+                            self._tcp_query(data, client, local, pending, send)
+                # Reading stopped: the nursery still waits for pipelined replies.
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._reading.discard(reading)
+            self.tcp_connections -= 1
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await stream.aclose()
+
+    def _tcp_query(
+        self,
+        data: bytes,
+        client: tuple[str, int],
+        local: tuple[str, int],
+        pending: trio.Nursery,
+        send: Send,
+    ) -> None:
+        dispatcher = self.dispatcher
+        result = dispatcher.begin(data, client, "tcp", local)
+        if result is None:
+            return
+        if isinstance(result, Request):
+            wire = dispatcher.answer_now(result)
+            if wire is None:
+                self._spawn(pending, result, send)
+                return
+        else:
+            wire = result
+        pending.start_soon(send, wire)
+
+
+def bind_http_socket(host: str, port: int) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = _bind(family, socket.SOCK_STREAM, host or "0.0.0.0", port, 0)
+    return trio.socket.from_stdlib_socket(sock)
+
+
+class Server:
+    """Runs configurations: binds what they need, swaps them on reload, stops cleanly."""
+
+    def __init__(self, options: ServerOptions | None = None) -> None:
+        self.options = options or ServerOptions()
+        self.listeners: dict[ListenerKey, DnsListener] = {}
+        self.http: dict[tuple[str, int], HttpListener] = {}
+        self.config: Config | None = None
+        self._nursery: trio.Nursery | None = None
+        self._config_scopes: dict[int, trio.CancelScope] = {}
+        self._stop = trio.Event()
+        self._reload_lock = trio.Lock()
+
+    @property
+    def addresses(self) -> list[tuple[str, str, int]]:
+        """``(proto, host, port)`` of every bound DNS socket."""
+        return [a for lst in self.listeners.values() for a in lst.addresses]
+
+    def port(self, key: ListenerKey | None = None) -> int:
+        """The bound port of a listener (the only one when ``key`` is None)."""
+        lst = self.listeners[key] if key else next(iter(self.listeners.values()))
+        return lst.addresses[0][2]
+
+    def http_address(self, host: str, port: int) -> tuple[str, int]:
+        """The bound address of the HTTP listener configured as ``host:port``."""
+        return self.http[(host, port)].address
+
+    async def serve(
+        self, config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind, start ``config``, report started, and serve until ``stop``."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._activate(config)
+            task_status.started(self)
+            await self._stop.wait()
+            await self._shutdown()
+            nursery.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Stop accepting, finish queries in flight, run shutdown hooks, return."""
+        self._stop.set()
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a built configuration; the old one serves until the swap."""
+        async with self._reload_lock:
+            await self._activate(config)
+
+    async def _activate(self, config: Config) -> None:
+        assert self._nursery is not None
+        new_dns: dict[ListenerKey, DnsListener] = {}
+        new_http: dict[tuple[str, int], HttpListener] = {}
+        try:
+            for key in config.routes:
+                _transport, host, port = key
+                if key not in self.listeners:
+                    socks = bind_dns_sockets(host, port, self.options.recv_buffer)
+                    new_dns[key] = DnsListener(key, socks, self.options)
+            for host, port in config.http_routes:
+                if (host, port) not in self.http:
+                    sock = bind_http_socket(host, port)
+                    new_http[(host, port)] = HttpListener(sock, sock.getsockname()[:2])
+            # Plugins start before any query reaches them.
+            await self._nursery.start(self._run_config, config)
+        except BaseException:
+            for lst in new_dns.values():
+                for s in lst.socks:
+                    s.close()
+            for h in new_http.values():
+                h.sock.close()
+            raise
+        old = self.config
+        self.config = config
+        for key, lst in new_dns.items():
+            self.listeners[key] = lst
+            lst.use(config.routes[key], config.observers)
+            await self._nursery.start(lst.run)
+        for key, lst in self.listeners.items():
+            if key in config.routes:
+                lst.use(config.routes[key], config.observers)
+        for addr, h in new_http.items():
+            self.http[addr] = h
+            self._nursery.start_soon(h.serve)
+        for addr, h in self.http.items():
+            h.routes = dict(config.http_routes.get(addr, {}))
+        for key in [k for k in self.listeners if k not in config.routes]:
+            self.listeners.pop(key).stop_accepting()
+        for addr in [a for a in self.http if a not in config.http_routes]:
+            self.http.pop(addr).close()
+        if old is not None:
+            self._nursery.start_soon(self._retire, old)
+
+    async def _run_config(
+        self, config: Config, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        """Own a configuration's plugin tasks: startup, background tasks, shutdown."""
+        with trio.CancelScope() as scope:
+            self._config_scopes[id(config)] = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    for plugin in config.plugins:
+                        try:
+                            await plugin.startup()
+                        except Exception as exc:
+                            raise StartupError(f"plugin/{plugin.name}: {exc}") from exc
+                    for plugin in config.plugins:
+                        if plugin.has_background_task():
+                            nursery.start_soon(plugin.run, name=f"plugin/{plugin.name}")
+                    task_status.started(scope)
+                    await trio.sleep_forever()
+            finally:
+                self._config_scopes.pop(id(config), None)
+
+    async def _retire(self, config: Config, grace: float = 5.0) -> None:
+        """Stop an old configuration once queries it took have had time to finish."""
+        await trio.sleep(grace)
+        await self._stop_config(config)
+
+    async def _stop_config(self, config: Config) -> None:
+        with trio.CancelScope(shield=True):
+            for plugin in config.plugins:
+                try:
+                    await plugin.shutdown()
+                except Exception:
+                    log.exception("plugin/%s: shutdown failed", plugin.name)
+        scope = self._config_scopes.get(id(config))
+        if scope is not None:
+            scope.cancel()
+
+    async def _shutdown(self) -> None:
+        config = self.config
+        if config is not None:
+            # Still serving here: the health plugin's lameduck waits in this hook.
+            for plugin in config.plugins:
+                try:
+                    await plugin.before_stop()
+                except Exception:
+                    log.exception("plugin/%s: before_stop failed", plugin.name)
+        for lst in self.listeners.values():
+            lst.stop_accepting()
+        with trio.move_on_after(self.options.query_deadline):
+            for lst in self.listeners.values():
+                await lst.done.wait()
+        if config is not None:
+            await self._stop_config(config)
+        for h in self.http.values():
+            h.close()

@@ -1,0 +1,367 @@
+"""Sans-IO wire helpers: the byte-level fast path of the server.
+
+Everything here is a plain function over ``bytes``: reading the header and
+question of a query without dnspython, building error replies, sizing replies
+for the client, and *prepared replies* -- answers stored as wire bytes that are
+sent again with only the ID, flags, question casing and TTLs patched. dnspython
+is used only where a message really has to be parsed or rebuilt (truncation of
+an oversize reply, preparing an answer once).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.exception
+import dns.message
+import dns.rcode
+
+HEADER_LEN = 12
+OUR_PAYLOAD = 1232
+"""The EDNS payload we advertise and the default cap on UDP replies (DNS Flag Day 2020)."""
+MAX_TCP = 65535
+TYPE_OPT = 41
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_HEADER = struct.Struct(">HHHHHH")
+_OPT_NO_DO = b"\x00\x00\x29" + _U16.pack(OUR_PAYLOAD) + b"\x00\x00\x00\x00\x00\x00"
+_OPT_DO = b"\x00\x00\x29" + _U16.pack(OUR_PAYLOAD) + b"\x00\x00\x80\x00\x00\x00"
+
+# Header flag bits (the 16-bit flags word).
+FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+FLAG_RA = 0x0080
+FLAG_AD = 0x0020
+FLAG_CD = 0x0010
+
+
+class WireError(ValueError):
+    """The packet cannot be read far enough to answer it."""
+
+
+@dataclass(slots=True)
+class QueryInfo:
+    """What the fast path needs from a query, read straight from its bytes."""
+
+    id: int
+    flags: int
+    opcode: int
+    qdcount: int
+    name_end: int
+    """Offset just past the question name; the name is ``wire[12:name_end]``."""
+    qtype: int
+    qclass: int
+    edns: bool
+    edns_payload: int
+    edns_version: int
+    do: bool
+    simple: bool
+    """True when the packet is exactly a question plus at most one OPT record."""
+
+
+def read_query(wire: bytes) -> QueryInfo:
+    """Read the header, question and EDNS record of a query.
+
+    Raises WireError when the packet is shorter than a header (drop it) and
+    ``QuestionError`` when the header is readable but the question is not
+    (answer FORMERR). This runs for every packet, so it is written for speed.
+    """
+    n = len(wire)
+    if n < HEADER_LEN:
+        raise WireError("packet shorter than a DNS header")
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+    opcode = (flags >> 11) & 0xF
+    if qdcount == 0:
+        return QueryInfo(qid, flags, opcode, 0, HEADER_LEN, 0, 0, False, 512, 0, False, False)
+    # The question name, uncompressed, at most 255 bytes.
+    end = HEADER_LEN
+    while True:
+        if end >= n:
+            raise QuestionError("question name runs past the end of the packet")
+        length = wire[end]
+        if length == 0:
+            end += 1
+            break
+        if length > 63:
+            raise QuestionError("compressed or invalid label in the question")
+        end += length + 1
+    if end - HEADER_LEN > 255:
+        raise QuestionError("question name longer than 255 bytes")
+    after = end + 4
+    if after > n:
+        raise QuestionError("question runs past the end of the packet")
+    qtype = (wire[end] << 8) | wire[end + 1]
+    qclass = (wire[end + 2] << 8) | wire[end + 3]
+    if qdcount != 1 or ancount or nscount or arcount > 1:
+        return QueryInfo(
+            qid, flags, opcode, qdcount, end, qtype, qclass, False, 512, 0, False, False
+        )
+    if arcount == 0:
+        return QueryInfo(
+            qid, flags, opcode, 1, end, qtype, qclass, False, 512, 0, False, after == n
+        )
+    # The common EDNS case: one OPT record for the root name, last in the packet.
+    if after + 11 <= n and wire[after] == 0 and wire[after + 1] == 0 and wire[after + 2] == 41:
+        payload = (wire[after + 3] << 8) | wire[after + 4]
+        rdlen = (wire[after + 9] << 8) | wire[after + 10]
+        return QueryInfo(
+            qid, flags, opcode, 1, end, qtype, qclass, True,
+            payload if payload > 512 else 512,
+            wire[after + 6],
+            bool(wire[after + 7] & 0x80),
+            after + 11 + rdlen == n,
+        )  # fmt: skip
+    return QueryInfo(qid, flags, opcode, 1, end, qtype, qclass, False, 512, 0, False, False)
+
+
+class QuestionError(WireError):
+    """The header is readable but the question is not: answer FORMERR."""
+
+
+def skip_name(wire: bytes, offset: int) -> int:
+    """Return the offset after a possibly compressed name in a message."""
+    n = len(wire)
+    while True:
+        if offset >= n:
+            raise WireError("name runs past the end of the message")
+        length = wire[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            return offset + 2
+        if length > 63:
+            raise WireError("invalid label type")
+        offset += length + 1
+
+
+def name_labels(name_wire: bytes) -> list[int]:
+    """Offsets of each label start in an uncompressed wire name, root included."""
+    offsets = []
+    pos = 0
+    while True:
+        offsets.append(pos)
+        length = name_wire[pos]
+        if length == 0:
+            return offsets
+        pos += length + 1
+
+
+def name_to_text(name_wire: bytes) -> str:
+    """Presentation form of an uncompressed wire name (``example.org.``)."""
+    if name_wire == b"\x00":
+        return "."
+    parts = []
+    pos = 0
+    while name_wire[pos]:
+        length = name_wire[pos]
+        label = name_wire[pos + 1 : pos + 1 + length]
+        if label.isascii() and all(33 <= c < 127 and c not in b'."\\;()@$' for c in label):
+            parts.append(label.decode("ascii"))
+        else:
+            parts.append("".join(_escape(c) for c in label))
+        pos += length + 1
+    return ".".join(parts) + "."
+
+
+def _escape(c: int) -> str:
+    if c in b'."\\;()@$':
+        return "\\" + chr(c)
+    if 33 <= c < 127:
+        return chr(c)
+    return f"\\{c:03d}"
+
+
+def question_bytes(wire: bytes, info: QueryInfo) -> bytes:
+    """The question section exactly as asked (name, type, class)."""
+    return wire[HEADER_LEN : info.name_end + 4]
+
+
+def error_reply(wire: bytes, info: QueryInfo | None, rcode: int) -> bytes:
+    """A reply with ``rcode`` that echoes ID, opcode, RD and the question.
+
+    Extended rcodes (BADVERS) go in the OPT record, which is present when the
+    query had one or when the rcode needs it.
+    """
+    qid = _U16.unpack_from(wire)[0] if len(wire) >= 2 else 0
+    if info is None:
+        asked = _U16.unpack_from(wire, 2)[0] if len(wire) >= 4 else 0
+        flags = FLAG_QR | (asked & (0x7800 | FLAG_RD)) | (rcode & 0xF)
+        return _HEADER.pack(qid, flags, 0, 0, 0, 0)
+    flags = FLAG_QR | (info.flags & (0x7800 | FLAG_RD | FLAG_CD)) | (rcode & 0xF)
+    question = b""
+    qdcount = 0
+    if info.qdcount >= 1 and info.name_end > HEADER_LEN:
+        question = wire[HEADER_LEN : info.name_end + 4]
+        qdcount = 1
+    opt = b""
+    if info.edns or rcode > 15:
+        ext = rcode >> 4
+        opt = (
+            b"\x00\x00\x29"
+            + _U16.pack(OUR_PAYLOAD)
+            + bytes((ext, 0, 0x80 if info.do else 0, 0))
+            + b"\x00\x00"
+        )
+    return _HEADER.pack(qid, flags, qdcount, 0, 0, 1 if opt else 0) + question + opt
+
+
+def reply_rcode(wire: bytes) -> int:
+    """The (non-extended) rcode of a reply."""
+    return wire[3] & 0xF if len(wire) >= 4 else dns.rcode.SERVFAIL
+
+
+def max_reply_size(proto: str, info: QueryInfo, server_cap: int = OUR_PAYLOAD) -> int:
+    """How large a reply to this query may be: TCP 65535, UDP min(client, cap)."""
+    if proto != "udp":
+        return MAX_TCP
+    if not info.edns:
+        return 512
+    return max(512, min(info.edns_payload, server_cap))
+
+
+def fit_reply(reply: bytes, max_size: int) -> bytes:
+    """Truncate a wire reply to ``max_size`` with TC=1, keeping the OPT record.
+
+    The common case (it fits) costs one ``len``. An oversize reply is parsed
+    and re-rendered by dnspython, which drops whole RRsets.
+    """
+    if len(reply) <= max_size:
+        return reply
+    try:
+        msg = dns.message.from_wire(reply, ignore_trailing=True)
+        out = msg.to_wire(max_size=max_size, prefer_truncation=True)
+    except (dns.exception.DNSException, ValueError):
+        out = b""
+    if not out or len(out) > max_size:
+        # Last resort: header plus question, TC set.
+        info = read_query(reply)
+        out = error_reply(reply, info, reply_rcode(reply))
+    flags = _U16.unpack_from(out, 2)[0] | FLAG_TC
+    return out[:2] + _U16.pack(flags) + out[4:]
+
+
+def message_to_wire(msg: dns.message.Message, max_size: int) -> bytes:
+    """Render a dnspython reply within ``max_size``, truncating with TC=1."""
+    return msg.to_wire(max_size=max_size, prefer_truncation=True)
+
+
+def opt_record(do: bool) -> bytes:
+    """Our OPT record: 1232-byte payload, version 0, DO mirrored."""
+    return _OPT_DO if do else _OPT_NO_DO
+
+
+def strip_opt(wire: bytes) -> bytes:
+    """Remove a trailing OPT record (the usual place) from a message, if any.
+
+    Used before storing a reply: the OPT record describes one transaction and
+    must never be replayed to another client (nor its TTL field decremented).
+    """
+    qdcount, ancount, nscount, arcount = struct.unpack_from(">HHHH", wire, 4)
+    if arcount == 0:
+        return wire
+    offset = HEADER_LEN
+    for _ in range(qdcount):
+        offset = skip_name(wire, offset) + 4
+    for _ in range(ancount + nscount + arcount - 1):
+        offset = _skip_rr(wire, offset)
+    last = offset
+    end = skip_name(wire, last)
+    if end + 10 <= len(wire) and _U16.unpack_from(wire, end)[0] == TYPE_OPT:
+        out = bytearray(wire[:last])
+        _U16.pack_into(out, 10, arcount - 1)
+        return bytes(out)
+    return wire
+
+
+def _skip_rr(wire: bytes, offset: int) -> int:
+    end = skip_name(wire, offset)
+    if end + 10 > len(wire):
+        raise WireError("record runs past the end of the message")
+    rdlen: int = _U16.unpack_from(wire, end + 8)[0]
+    return end + 10 + rdlen
+
+
+def ttl_offsets(wire: bytes) -> tuple[list[int], list[int]]:
+    """Offsets and values of every TTL field in a message (OPT excluded)."""
+    qdcount, ancount, nscount, arcount = struct.unpack_from(">HHHH", wire, 4)
+    offset = HEADER_LEN
+    for _ in range(qdcount):
+        offset = skip_name(wire, offset) + 4
+    offsets: list[int] = []
+    values: list[int] = []
+    for _ in range(ancount + nscount + arcount):
+        end = skip_name(wire, offset)
+        if end + 10 > len(wire):
+            raise WireError("record runs past the end of the message")
+        rtype = _U16.unpack_from(wire, end)[0]
+        if rtype != TYPE_OPT:
+            offsets.append(end + 4)
+            values.append(_U32.unpack_from(wire, end + 4)[0])
+        offset = end + 10 + _U16.unpack_from(wire, end + 8)[0]
+    return offsets, values
+
+
+class PreparedReply:
+    """A reply kept as wire bytes, answered again by patching, not rebuilding.
+
+    The stored bytes hold no OPT record. ``render`` copies them and patches the
+    ID, the RD and CD bits, the question name (so the letter case is the
+    client's), optionally every TTL, and appends our OPT record when the client
+    sent one. The question name of the query must have the same wire length as
+    the stored one, which holds whenever both lowercase to the same key.
+    """
+
+    __slots__ = ("rcode", "ttl_offsets", "ttls", "wire")
+
+    def __init__(self, wire: bytes) -> None:
+        wire = strip_opt(wire)
+        self.wire = wire
+        self.ttl_offsets, self.ttls = ttl_offsets(wire)
+        self.rcode = wire[3] & 0xF
+
+    @classmethod
+    def from_message(cls, msg: dns.message.Message) -> PreparedReply:
+        """Prepare a dnspython message (rendered once, without EDNS)."""
+        wire = msg.to_wire(max_size=MAX_TCP)
+        return cls(wire)
+
+    @property
+    def min_ttl(self) -> int:
+        """The smallest TTL in the reply, 0 when it holds no records."""
+        return min(self.ttls) if self.ttls else 0
+
+    def render(
+        self,
+        query: bytes,
+        name_end: int,
+        edns: bool,
+        do: bool,
+        age: int = 0,
+    ) -> bytes:
+        """The reply for ``query``: ID, RD/CD, question case, TTLs aged by ``age`` s."""
+        out = bytearray(self.wire)
+        out[0:2] = query[0:2]
+        out[2] = (out[2] & 0xFE) | (query[2] & 0x01)
+        out[3] = (out[3] & 0xEF) | (query[3] & 0x10)
+        out[HEADER_LEN:name_end] = query[HEADER_LEN:name_end]
+        if age:
+            pack = _U32.pack_into
+            for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+                pack(out, off, ttl - age if ttl > age else 0)
+        if edns:
+            _U16.pack_into(out, 10, _U16.unpack_from(out, 10)[0] + 1)
+            out += _OPT_DO if do else _OPT_NO_DO
+        return bytes(out)
+
+
+def replace_ttls(wire: bytes, offsets: Sequence[int], ttl: int) -> bytes:
+    """Set every TTL at ``offsets`` to ``ttl`` (stale answers use this)."""
+    out = bytearray(wire)
+    for off in offsets:
+        _U32.pack_into(out, off, ttl)
+    return bytes(out)

@@ -1,0 +1,148 @@
+"""The ``pycorefile`` command: CoreDNS's flags, with the same meaning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from ._app import Runner, Source, default_registry, user_facing, version_lines
+from ._config import describe
+from ._registry import RegistryError
+from .corefile import CorefileError, blocks_to_json, parse_corefile
+
+log = logging.getLogger("pycorefile")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pycorefile",
+        description="A CoreDNS-compatible DNS server driven by a Corefile.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "-conf",
+        "--conf",
+        metavar="FILE",
+        default=None,
+        help="Corefile to load (default ./Corefile; 'stdin' reads standard input)",
+    )
+    p.add_argument(
+        "-dns.port",
+        "--dns.port",
+        "-p",
+        dest="port",
+        type=int,
+        default=53,
+        metavar="PORT",
+        help="default port for keys without one (default 53)",
+    )
+    p.add_argument(
+        "-plugins",
+        "--plugins",
+        action="store_true",
+        help="list the registered plugins in chain order and exit",
+    )
+    p.add_argument("-version", "--version", action="store_true", help="show version and exit")
+    p.add_argument(
+        "-quiet",
+        "--quiet",
+        action="store_true",
+        help="do not print the startup listing and version",
+    )
+    p.add_argument("-pidfile", "--pidfile", metavar="FILE", help="write the process ID here")
+    p.add_argument(
+        "-validate",
+        "--validate",
+        action="store_true",
+        help="check the Corefile completely without serving, print the chains",
+    )
+    p.add_argument(
+        "-dump",
+        "--dump",
+        action="store_true",
+        help="print the parsed Corefile as JSON (syntax only) and exit",
+    )
+    p.add_argument(
+        "-allocations",
+        "--allocations",
+        action="store_true",
+        help="print the autoalloc table of the Corefile's state and exit",
+    )
+    p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
+    return p
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """CoreDNS's log shape: ``[LEVEL] message`` on standard output, no timestamp."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    root = logging.getLogger("pycorefile")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    setup_logging()
+    if args.extra:
+        print(f"extra command line arguments: {args.extra}", file=sys.stderr)
+        return 1
+    try:
+        if args.version:
+            print("\n".join(version_lines()))
+            return 0
+        registry = default_registry()
+        if args.plugins:
+            for name in registry.order():
+                entry = registry.entries[name]
+                print(f"{name:<16} {entry.package:<20} {entry.value}")
+            return 0
+        source = Source.read(args.conf, args.port)
+        if args.dump:
+            blocks = parse_corefile(source.text, source.filename)
+            print(json.dumps(blocks_to_json(blocks), indent=2))
+            return 0
+        runner = Runner(source, registry=registry, dns_port=args.port)
+        config = runner.build(source)
+        if args.validate:
+            print("\n".join(describe(config)))
+            return 0
+        if args.allocations:
+            tables = [p.allocation_table() for p in config.find("autoalloc")]  # type: ignore[attr-defined]
+            print(json.dumps([row for t in tables for row in t], indent=2))
+            return 0
+    except CorefileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except RegistryError as exc:
+        print(f"plugin registry: {exc}", file=sys.stderr)
+        return 1
+    try:
+        trio.run(_serve, runner, config, args.quiet, args.pidfile)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        problem = user_facing(exc)
+        if problem is None:
+            raise
+        print(f"cannot start: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(runner: Runner, config: object, quiet: bool, pidfile: str | None) -> None:
+    from ._config import Config
+
+    assert isinstance(config, Config)
+    await runner.run(config, quiet=quiet, pidfile=pidfile)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

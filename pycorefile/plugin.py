@@ -1,0 +1,228 @@
+"""What a plugin author needs: the Plugin base class, its setup context, and helpers.
+
+A plugin is a class registered under the entry-point group
+``pycorefile.plugins``; the entry-point name is its Corefile directive. The
+server calls ``setup`` with the block's directives of that name (a pure
+function of the parsed Corefile, testable without sockets), links the returned
+instance into the chain, and then calls ``serve`` for each query.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ._chain import Handler
+from ._request import Reply, Request
+from ._zones import ZoneError, in_zone, normalize_zones
+from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from ._http import HttpHandler
+
+__all__ = [
+    "Fallthrough",
+    "Plugin",
+    "SetupContext",
+    "SetupError",
+    "check_args",
+    "parse_duration",
+    "parse_zones",
+]
+
+
+class SetupError(Exception):
+    """A plugin's objection to its Corefile arguments, shown at their position.
+
+    ``arg`` is the index of the offending argument of ``directive`` (None for
+    the directive as a whole).
+    """
+
+    def __init__(self, message: str, directive: Directive | None = None, arg: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.directive = directive
+        self.arg = arg
+
+    def to_corefile_error(self, plugin: str, block: ServerBlock) -> CorefileError:
+        """The error as the user sees it: ``FILE:LINE:COL - plugin/NAME: message``."""
+        d = self.directive
+        if d is None:
+            file, line, column = block.file, block.line, block.column
+        else:
+            file, line, column = d.arg_position(self.arg if self.arg is not None else -1)
+        return CorefileError(f"plugin/{plugin}: {self.message}", file, line, column)
+
+
+@dataclass
+class SetupContext:
+    """What a plugin's setup can see of its server block and the server."""
+
+    block: ServerBlock
+    keys: tuple[ZoneKey, ...]
+    corefile: str = "Corefile"
+    dns_port: int = 53
+    listen_hosts: list[str] = field(default_factory=list)
+    """Addresses the block listens on; empty means every interface (the bind plugin sets it)."""
+    shared: dict[str, Any] = field(default_factory=dict)
+    """State shared by every block of one configuration (e.g. one metrics registry)."""
+    http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
+    plugins: dict[str, Plugin] = field(default_factory=dict)
+    """The block's plugins by name, complete once every directive is set up."""
+
+    @property
+    def zones(self) -> tuple[str, ...]:
+        """The block's zones, normalised (``example.org.``), in key order."""
+        seen: dict[str, None] = {}
+        for key in self.keys:
+            seen.setdefault(key.zone, None)
+        return tuple(seen)
+
+    def plugin(self, name: str) -> Plugin | None:
+        """Another plugin of this block, by directive name (use at startup or later)."""
+        return self.plugins.get(name)
+
+    def http_route(self, address: str, path: str, handler: HttpHandler) -> None:
+        """Serve ``path`` on the HTTP listener at ``address`` (``:8080``, ``localhost:9153``)."""
+        self.http_routes.append((address, path, handler))
+
+
+class Plugin:
+    """Base class of every plugin.
+
+    Subclasses override ``setup`` and usually ``serve``. A plugin that can
+    answer some queries without waiting (from memory) also overrides
+    ``serve_now``: the server tries the whole chain synchronously first and only
+    starts a task when some plugin returns None, which is what lets cache hits
+    and table answers run at C-server rates.
+    """
+
+    name: ClassVar[str] = ""
+    """The directive name; the registry sets it from the entry point."""
+    before: ClassVar[str | None] = None
+    """For third-party plugins: the built-in this plugin runs just before."""
+    after: ClassVar[str | None] = None
+    """For third-party plugins: the built-in this plugin runs just after."""
+    repeatable: ClassVar[bool] = False
+    """True when the directive may appear several times in one block."""
+    serves_queries: ClassVar[bool] = True
+    """False for setup-only directives (bind, health, ...): not linked into the chain."""
+    any_class: ClassVar[bool] = False
+    """True when the plugin answers classes other than IN (CHAOS, ...)."""
+
+    next: Handler
+
+    @classmethod
+    def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> Plugin:
+        """Build the plugin from every directive of its name in one block."""
+        raise NotImplementedError(f"plugin {cls.name} has no setup")
+
+    async def serve(self, request: Request) -> Reply:
+        """Answer, pass on to ``self.next``, or change what comes back."""
+        return await self.next.serve(request)
+
+    def serve_now(self, request: Request) -> Reply | None:
+        """Answer without waiting, or return None to have ``serve`` run in a task.
+
+        Must have no effect when it returns None: the query is then served
+        again from the start by ``serve``.
+        """
+        return None
+
+    async def startup(self) -> None:
+        """Called once the whole configuration is built, before queries arrive."""
+
+    async def shutdown(self) -> None:
+        """Called when this configuration stops serving (exit or reload), queries done."""
+
+    async def before_stop(self) -> None:
+        """Called at exit while the server still answers (the health plugin's lameduck)."""
+
+    async def run(self) -> None:
+        """A background task (watchers, health checks), cancelled at shutdown."""
+
+    def ready(self) -> bool:
+        """False until the plugin can answer (for the ready plugin)."""
+        return True
+
+    def metrics(self) -> Iterable[Metric]:
+        """Prometheus metric families of this plugin, built when scraped.
+
+        Count in plain integers on the hot path and turn them into samples
+        here (``prometheus_client.core.CounterMetricFamily`` and friends), with
+        CoreDNS's names and labels.
+        """
+        return ()
+
+    @classmethod
+    def has_background_task(cls) -> bool:
+        return cls.run is not Plugin.run
+
+
+# -- Parsing helpers shared by plugins ------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, directive: Directive | None = None, arg: int | None = None) -> float:
+    """A Go duration (``5s``, ``1m30s``, ``250ms``; a bare ``0`` too) in seconds."""
+    if text == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise SetupError(f"invalid duration {text!r} (expected e.g. 5s, 1m, 250ms)", directive, arg)
+    return total
+
+
+def check_args(directive: Directive, minimum: int = 0, maximum: int | None = None) -> None:
+    """Raise CoreDNS's argument-count error when the count is out of range."""
+    n = len(directive.args)
+    if n < minimum or (maximum is not None and n > maximum):
+        raise SetupError(
+            f"Wrong argument count or unexpected line ending after '{directive.name}'",
+            directive,
+            min(n, maximum) if maximum is not None and n > maximum else None,
+        )
+
+
+def parse_zones(
+    args: Sequence[str], ctx: SetupContext, directive: Directive | None = None, first: int = 0
+) -> list[str]:
+    """Zones given as arguments, or the server block's zones when there are none."""
+    if not args:
+        return list(ctx.zones)
+    try:
+        return normalize_zones(list(args))
+    except ZoneError as exc:
+        raise SetupError(str(exc), directive, first) from exc
+
+
+@dataclass(frozen=True)
+class Fallthrough:
+    """``fallthrough [ZONES...]``: which names a plugin passes on when it has no answer."""
+
+    zones: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, directive: Directive) -> Fallthrough:
+        if not directive.args:
+            return cls((".",))
+        try:
+            return cls(tuple(normalize_zones(list(directive.args))))
+        except ZoneError as exc:
+            raise SetupError(str(exc), directive, 0) from exc
+
+    def through(self, name: str) -> bool:
+        """True when ``name`` (lowercased FQDN) should go to the next plugin."""
+        return any(in_zone(name, zone) for zone in self.zones)
