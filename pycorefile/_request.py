@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, TypeAlias
 
 import dns.flags
 import dns.message
@@ -17,75 +17,101 @@ from . import _wire
 from ._wire import QueryInfo
 
 if TYPE_CHECKING:
-    from ._chain import Handler
+    from ._config import Route
 
 _KEY_SUFFIX = (b"\x00\x00", b"\x00\x01", b"\x01\x00", b"\x01\x01")
 """The DO and CD bits as the last two bytes of a request key."""
 
-Reply = Union[bytes, dns.message.Message]
+_PARSED: dict[bytes, tuple[_wire.QueryFields, bytes]] = {}
+_PARSED_MAX = 4096
+
+
+def _parse(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
+    """The query's fields and its key, remembered by everything after the ID.
+
+    Clients repeat the same questions, so most packets differ from one seen
+    before only in their ID: the memo saves reading the name label by label.
+    It is bounded (cleared when full), so odd traffic cannot grow it.
+    """
+    rest = wire[2:]
+    hit = _PARSED.get(rest)
+    if hit is None:
+        fields = _wire.parse_query(wire)
+        end = fields[4]
+        # The key: the lowercased question plus the bits that change the answer.
+        key = (
+            wire[12:end].lower()
+            + wire[end : end + 4]
+            + _KEY_SUFFIX[(2 if fields[10] else 0) | (1 if fields[1] & 0x10 else 0)]
+        )
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        hit = _PARSED[rest] = (fields, key)
+    return hit
+
+
+class _Unrouted:
+    """Stands for the route of a query no server block took (REFUSED)."""
+
+    zone = "."
+    server = ""
+
+
+_NO_ROUTE: Route = _Unrouted()  # type: ignore[assignment]
+
+Reply: TypeAlias = bytes | dns.message.Message
 """What a handler returns: finished wire bytes or a dnspython message."""
 
 
-class Request:
+class Request(QueryInfo):
     """One DNS query on its way through a plugin chain.
 
     The fields the hot path needs (ID, question bytes, type, EDNS and DO) are
-    read from the wire without dnspython. ``message``, ``qname`` and ``name``
-    are parsed on first use only, so a plugin that answers from prepared bytes
-    never pays for them.
+    read from the wire without dnspython (they are the ``QueryInfo`` fields).
+    ``message``, ``qname`` and ``name`` are parsed on first use only, so a
+    plugin that answers from prepared bytes never pays for them.
     """
 
     __slots__ = (
-        "_message",
-        "_name",
-        "answered_by",
-        "chain",
-        "client",
-        "info",
-        "key",
-        "local",
-        "max_size",
-        "proto",
-        "server",
-        "started",
-        "wire",
-        "zone",
-    )
+        "_message", "_name", "answered_by", "client", "key", "local", "max_size", "proto",
+        "route", "started", "wire",
+    )  # fmt: skip
 
     def __init__(
         self,
         wire: bytes,
-        info: QueryInfo,
-        client: tuple[str, int] | tuple[str, int, int, int],
+        client: tuple[str, int] | tuple[str, int, int, int] = ("127.0.0.1", 0),
         proto: str = "udp",
         local: tuple[str, int] | None = None,
         server_cap: int = _wire.OUR_PAYLOAD,
     ) -> None:
+        """Read a query; raises ``_wire.WireError`` (drop) or ``QuestionError`` (FORMERR)."""
+        fields, self.key = _parse(wire)
+        (
+            self.id, self.flags, self.opcode, self.qdcount, self.name_end, self.qtype,
+            self.qclass, self.edns, self.edns_payload, self.edns_version, self.do, self.simple,
+        ) = fields  # fmt: skip
+        self.id = (wire[0] << 8) | wire[1]
         self.wire = wire
-        self.info = info
         self.client = client
         self.proto = proto
         self.local = local
         if proto != "udp":
             self.max_size = _wire.MAX_TCP
-        elif info.edns:
-            self.max_size = min(info.edns_payload, server_cap)
+        elif self.edns:
+            self.max_size = min(self.edns_payload, server_cap)
         else:
             self.max_size = 512
-        end = info.name_end
-        # The cache key: the lowercased question plus the bits that change the answer.
-        self.key = (
-            wire[12:end].lower()
-            + wire[end : end + 4]
-            + _KEY_SUFFIX[(2 if info.do else 0) | (1 if info.flags & 0x10 else 0)]
-        )
         self._message: dns.message.Message | None = None
         self._name: str | None = None
         self.answered_by = ""
-        self.zone = "."
-        self.server = ""
-        self.chain: Handler | None = None
+        self.route: Route = _NO_ROUTE
         self.started = time.perf_counter()
+
+    @property
+    def info(self) -> QueryInfo:
+        """The fields read from the wire (the request itself)."""
+        return self
 
     # -- Construction ---------------------------------------------------------
 
@@ -97,7 +123,7 @@ class Request:
         proto: str = "udp",
     ) -> Request:
         """Read a query (raises ``_wire.WireError`` when it is unreadable)."""
-        return cls(wire, _wire.read_query(wire), client, proto)
+        return cls(wire, client, proto)
 
     @classmethod
     def from_message(
@@ -116,47 +142,44 @@ class Request:
         search-path candidates through the rest of the chain.
         """
         name = qname if isinstance(qname, dns.name.Name) else dns.name.from_text(qname)
-        info = self.info
-        qt = info.qtype if qtype is None else qtype
+        qt = self.qtype if qtype is None else qtype
         name_wire = name.to_wire()
         assert name_wire is not None
         wire = (
             self.wire[: _wire.HEADER_LEN]
             + name_wire
-            + struct.pack(">HH", qt, info.qclass)
-            + self.wire[info.name_end + 4 :]
+            + struct.pack(">HH", qt, self.qclass)
+            + self.wire[self.name_end + 4 :]
         )
-        new = Request(wire, _wire.read_query(wire), self.client, self.proto, self.local)
+        new = Request(wire, self.client, self.proto, self.local)
         new.max_size = _wire.MAX_TCP
-        new.zone = self.zone
-        new.server = self.server
-        new.chain = self.chain
+        new.route = self.route
         return new
+
+    # -- Where it is served ---------------------------------------------------
+
+    @property
+    def zone(self) -> str:
+        """The zone of the server block serving this query (``.`` when unrouted)."""
+        return self.route.zone
+
+    @property
+    def server(self) -> str:
+        """The server block's listener as a metric label, e.g. ``dns://:53``."""
+        return self.route.server
 
     # -- The question ---------------------------------------------------------
 
     @property
-    def id(self) -> int:
-        return self.info.id
-
-    @property
-    def qtype(self) -> int:
-        return self.info.qtype
-
-    @property
-    def qclass(self) -> int:
-        return self.info.qclass
-
-    @property
     def qname_wire(self) -> bytes:
         """The question name in wire form, letter case as asked."""
-        return self.wire[_wire.HEADER_LEN : self.info.name_end]
+        return self.wire[_wire.HEADER_LEN : self.name_end]
 
     @property
     def name(self) -> str:
         """The question name, lowercased, fully qualified (``example.org.``)."""
         if self._name is None:
-            self._name = _wire.name_to_text(self.key[: self.info.name_end - _wire.HEADER_LEN])
+            self._name = _wire.name_to_text(self.key[: self.name_end - _wire.HEADER_LEN])
         return self._name
 
     @property
@@ -166,24 +189,15 @@ class Request:
 
     @property
     def type_name(self) -> str:
-        return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(self.info.qtype))
-
-    @property
-    def edns(self) -> bool:
-        return self.info.edns
-
-    @property
-    def do(self) -> bool:
-        """The DNSSEC OK bit of the query's EDNS record."""
-        return self.info.do
+        return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(self.qtype))
 
     @property
     def cd(self) -> bool:
-        return bool(self.info.flags & _wire.FLAG_CD)
+        return bool(self.flags & _wire.FLAG_CD)
 
     @property
     def rd(self) -> bool:
-        return bool(self.info.flags & _wire.FLAG_RD)
+        return bool(self.flags & _wire.FLAG_RD)
 
     @property
     def family(self) -> int:
@@ -209,7 +223,7 @@ class Request:
         """An empty reply to build on: question echoed, EDNS (and DO) mirrored at 1232 bytes."""
         msg = dns.message.make_response(self.message, our_payload=_wire.OUR_PAYLOAD)
         msg.set_rcode(dns.rcode.Rcode.make(rcode))
-        if self.info.do:
+        if self.do:
             msg.ednsflags |= dns.flags.DO
         if authoritative:
             msg.flags |= dns.flags.AA
@@ -217,7 +231,7 @@ class Request:
 
     def error(self, rcode: int) -> bytes:
         """A reply carrying only ``rcode`` (SERVFAIL, REFUSED, ...), built from bytes."""
-        return _wire.error_reply(self.wire, self.info, rcode)
+        return _wire.error_reply(self.wire, self, rcode)
 
     def to_wire(self, reply: Reply) -> bytes:
         """The reply as it goes on the wire, sized (and truncated) for this client."""

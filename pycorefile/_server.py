@@ -14,6 +14,7 @@ import errno
 import logging
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -69,18 +70,45 @@ class Dispatcher:
     observers: list[ReplyObserver] = field(default_factory=list)
     udp_cap: int = _wire.OUR_PAYLOAD
 
-    def begin(
+    def handle(
         self, data: bytes, client: tuple[str, int], proto: str, local: tuple[str, int] | None
     ) -> bytes | Request | None:
-        """Return a reply to send now, a Request to run through a chain, or None to drop."""
+        """Answer a packet if that needs no waiting.
+
+        Returns the reply to send, a Request whose chain must be awaited
+        (``answer``), or None to drop the packet. This is the hot path: one
+        call per query, the common case first.
+        """
         try:
-            info = _wire.read_query(data)
+            request = Request(data, client, proto, local, self.udp_cap)
         except _wire.QuestionError:
             return _wire.error_reply(data, None, dns.rcode.FORMERR)
         except _wire.WireError:
             return None
+        if not request.simple or request.flags & 0xF800 or request.edns_version:
+            refusal = self._unusual(data, request)
+            if refusal is not None:
+                return refusal or None
+        route = self._only_root or self.route(request.key, request.name_end - 12)
+        if route is None:
+            return self.finish(request, request.error(dns.rcode.REFUSED))
+        request.route = route
+        config = route.config
+        if request.qclass != 1 and not config.any_class:
+            return self.finish(request, request.error(dns.rcode.REFUSED))
+        try:
+            reply = config.chain.serve_now(request)
+        except Exception as exc:
+            reply = self.failed(request, exc)
+        if reply is None:
+            return request
+        return self.finish(request, reply)
+
+    @staticmethod
+    def _unusual(data: bytes, info: _wire.QueryInfo) -> bytes | None:
+        """The reply (b'' to drop) for packets that are not a plain query, else None."""
         if info.flags & _wire.FLAG_QR:
-            return None  # a response sent to us: never answer it (no reflection loops)
+            return b""  # a response sent to us: never answer it (no reflection loops)
         if info.opcode != 0:
             return _wire.error_reply(data, info, dns.rcode.NOTIMP)
         if info.qdcount != 1:
@@ -92,17 +120,7 @@ class Dispatcher:
                 return _wire.error_reply(data, info, dns.rcode.FORMERR)
         if info.edns_version > 0:
             return _wire.error_reply(data, info, BADVERS)
-        request = Request(data, info, client, proto, local, self.udp_cap)
-        route = self.route(request.key, info.name_end - _wire.HEADER_LEN)
-        if route is None:
-            return self.finish(request, request.error(dns.rcode.REFUSED))
-        config = route.config
-        if info.qclass != 1 and not config.any_class:
-            return self.finish(request, request.error(dns.rcode.REFUSED))
-        request.zone = route.zone
-        request.server = route.server
-        request.chain = config.chain
-        return request
+        return None
 
     def __post_init__(self) -> None:
         # One block for the root zone is the usual sidecar set-up: skip the walk.
@@ -124,24 +142,12 @@ class Dispatcher:
                 return None
             pos += length + 1
 
-    def answer_now(self, request: Request) -> bytes | None:
-        """Run the chain synchronously; the finished reply, or None if it must wait."""
-        assert request.chain is not None
-        try:
-            reply = request.chain.serve_now(request)
-        except Exception as exc:
-            reply = self.failed(request, exc)
-        if reply is None:
-            return None
-        return self.finish(request, reply)
-
     async def answer(self, request: Request, deadline: float) -> bytes:
         """Run the chain with waiting allowed, within ``deadline`` seconds."""
-        assert request.chain is not None
         reply: Reply | None = None
         try:
             with trio.move_on_after(deadline):
-                reply = await request.chain.serve(request)
+                reply = await request.route.config.chain.serve(request)
         except Exception as exc:
             reply = self.failed(request, exc)
         if reply is None:
@@ -184,7 +190,7 @@ class Dispatcher:
 
 def _set_recv_buffer(sock: socket.socket, size: int) -> None:
     """Ask for a large receive buffer, beyond rmem_max when we may (root)."""
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    force = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
     if force is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
@@ -326,21 +332,14 @@ class DnsListener:
                     break
                 except OSError:
                     continue  # e.g. an ICMP error reported on the socket
-                dispatcher = self.dispatcher
-                result = dispatcher.begin(data, client, "udp", local)
-                if result is None:
-                    continue
-                if isinstance(result, Request):
-                    wire = dispatcher.answer_now(result)
-                    if wire is None:
-                        self._spawn(queries, result, self._udp_sender(sock, client))
-                        continue
-                else:
-                    wire = result
-                try:
-                    sendto(wire, client)
-                except OSError:
-                    self.dropped_sends += 1
+                result = self.dispatcher.handle(data, client, "udp", local)
+                if type(result) is bytes:
+                    try:
+                        sendto(result, client)
+                    except OSError:
+                        self.dropped_sends += 1
+                elif result is not None:
+                    self._spawn(queries, result, self._udp_sender(sock, client))
 
     def _udp_sender(self, sock: socket.socket, client: tuple[str, int]) -> Send:
         async def send(wire: bytes) -> None:
@@ -356,7 +355,8 @@ class DnsListener:
 
         return send
 
-    def _spawn(self, queries: trio.Nursery, request: Request, send: Send) -> None:
+    def _spawn(self, queries: trio.Nursery, request: Request | bytes, send: Send) -> None:
+        assert isinstance(request, Request)
         if self.in_flight >= self.options.max_in_flight:
             wire = self.dispatcher.finish(request, request.error(dns.rcode.REFUSED))
             queries.start_soon(send, wire)
@@ -435,18 +435,11 @@ class DnsListener:
         pending: trio.Nursery,
         send: Send,
     ) -> None:
-        dispatcher = self.dispatcher
-        result = dispatcher.begin(data, client, "tcp", local)
-        if result is None:
-            return
-        if isinstance(result, Request):
-            wire = dispatcher.answer_now(result)
-            if wire is None:
-                self._spawn(pending, result, send)
-                return
-        else:
-            wire = result
-        pending.start_soon(send, wire)
+        result = self.dispatcher.handle(data, client, "tcp", local)
+        if type(result) is bytes:
+            pending.start_soon(send, result)
+        elif result is not None:
+            self._spawn(pending, result, send)
 
 
 def bind_http_socket(host: str, port: int) -> trio.socket.SocketType:

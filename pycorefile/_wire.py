@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import dns.exception
 import dns.message
@@ -44,28 +43,36 @@ class WireError(ValueError):
     """The packet cannot be read far enough to answer it."""
 
 
-@dataclass(slots=True)
-class QueryInfo:
-    """What the fast path needs from a query, read straight from its bytes."""
+QueryFields = tuple[int, int, int, int, int, int, int, bool, int, int, bool, bool]
 
-    id: int
-    flags: int
-    opcode: int
-    qdcount: int
-    name_end: int
-    """Offset just past the question name; the name is ``wire[12:name_end]``."""
-    qtype: int
-    qclass: int
-    edns: bool
-    edns_payload: int
-    edns_version: int
-    do: bool
-    simple: bool
-    """True when the packet is exactly a question plus at most one OPT record."""
+
+class QueryInfo:
+    """What the fast path needs from a query, read straight from its bytes.
+
+    ``name_end`` is the offset just past the question name (the name is
+    ``wire[12:name_end]``); ``simple`` is True when the packet is exactly one
+    question plus at most one OPT record.
+    """
+
+    __slots__ = (
+        "do", "edns", "edns_payload", "edns_version", "flags", "id", "name_end", "opcode",
+        "qclass", "qdcount", "qtype", "simple",
+    )  # fmt: skip
+
+    def __init__(self, wire: bytes) -> None:
+        (
+            self.id, self.flags, self.opcode, self.qdcount, self.name_end, self.qtype,
+            self.qclass, self.edns, self.edns_payload, self.edns_version, self.do, self.simple,
+        ) = parse_query(wire)  # fmt: skip
 
 
 def read_query(wire: bytes) -> QueryInfo:
-    """Read the header, question and EDNS record of a query.
+    """Read the header, question and EDNS record of a query (see ``parse_query``)."""
+    return QueryInfo(wire)
+
+
+def parse_query(wire: bytes) -> QueryFields:
+    """The fields of ``QueryInfo``, in slot order of its constructor.
 
     Raises WireError when the packet is shorter than a header (drop it) and
     ``QuestionError`` when the header is readable but the question is not
@@ -77,7 +84,7 @@ def read_query(wire: bytes) -> QueryInfo:
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
     opcode = (flags >> 11) & 0xF
     if qdcount == 0:
-        return QueryInfo(qid, flags, opcode, 0, HEADER_LEN, 0, 0, False, 512, 0, False, False)
+        return (qid, flags, opcode, 0, HEADER_LEN, 0, 0, False, 512, 0, False, False)
     # The question name, uncompressed, at most 255 bytes.
     end = HEADER_LEN
     while True:
@@ -98,25 +105,21 @@ def read_query(wire: bytes) -> QueryInfo:
     qtype = (wire[end] << 8) | wire[end + 1]
     qclass = (wire[end + 2] << 8) | wire[end + 3]
     if qdcount != 1 or ancount or nscount or arcount > 1:
-        return QueryInfo(
-            qid, flags, opcode, qdcount, end, qtype, qclass, False, 512, 0, False, False
-        )
+        return (qid, flags, opcode, qdcount, end, qtype, qclass, False, 512, 0, False, False)
     if arcount == 0:
-        return QueryInfo(
-            qid, flags, opcode, 1, end, qtype, qclass, False, 512, 0, False, after == n
-        )
+        return (qid, flags, opcode, 1, end, qtype, qclass, False, 512, 0, False, after == n)
     # The common EDNS case: one OPT record for the root name, last in the packet.
     if after + 11 <= n and wire[after] == 0 and wire[after + 1] == 0 and wire[after + 2] == 41:
         payload = (wire[after + 3] << 8) | wire[after + 4]
         rdlen = (wire[after + 9] << 8) | wire[after + 10]
-        return QueryInfo(
+        return (
             qid, flags, opcode, 1, end, qtype, qclass, True,
             payload if payload > 512 else 512,
             wire[after + 6],
             bool(wire[after + 7] & 0x80),
             after + 11 + rdlen == n,
         )  # fmt: skip
-    return QueryInfo(qid, flags, opcode, 1, end, qtype, qclass, False, 512, 0, False, False)
+    return (qid, flags, opcode, 1, end, qtype, qclass, False, 512, 0, False, False)
 
 
 class QuestionError(WireError):
@@ -309,54 +312,68 @@ def ttl_offsets(wire: bytes) -> tuple[list[int], list[int]]:
 class PreparedReply:
     """A reply kept as wire bytes, answered again by patching, not rebuilding.
 
-    The stored bytes hold no OPT record. ``render`` copies them and patches the
-    ID, the RD and CD bits, the question name (so the letter case is the
-    client's), optionally every TTL, and appends our OPT record when the client
-    sent one. The question name of the query must have the same wire length as
-    the stored one, which holds whenever both lowercase to the same key.
+    The stored bytes hold no OPT record. ``render`` joins the client's ID, the
+    stored flags with the client's RD and CD bits, the stored counts, the
+    client's question name (so the letter case is the client's) and the stored
+    rest, and appends our OPT record when the client sent one. ``aged`` gives a
+    copy with every TTL lowered (a cache keeps one per second of age). The
+    query's question name must have the same wire length as the stored one,
+    which holds whenever both lowercase to the same key.
     """
 
-    __slots__ = ("rcode", "ttl_offsets", "ttls", "wire")
+    __slots__ = ("_counts", "_counts_opt", "_flags", "_tail", "name_end", "rcode", "ttl_offsets",
+                 "ttls", "wire")  # fmt: skip
 
     def __init__(self, wire: bytes) -> None:
         wire = strip_opt(wire)
         self.wire = wire
         self.ttl_offsets, self.ttls = ttl_offsets(wire)
         self.rcode = wire[3] & 0xF
+        self.name_end = _name_end(wire)
+        flags = _U16.unpack_from(wire, 2)[0] & ~(FLAG_RD | FLAG_CD)
+        # Indexed by (RD << 1) | CD of the query.
+        self._flags = tuple(
+            _U16.pack(flags | (FLAG_RD if i & 2 else 0) | (FLAG_CD if i & 1 else 0))
+            for i in range(4)
+        )
+        self._counts = wire[4:12]
+        arcount = _U16.unpack_from(wire, 10)[0]
+        self._counts_opt = wire[4:10] + _U16.pack(arcount + 1)
+        self._tail = wire[self.name_end :]
 
     @classmethod
     def from_message(cls, msg: dns.message.Message) -> PreparedReply:
-        """Prepare a dnspython message (rendered once, without EDNS)."""
-        wire = msg.to_wire(max_size=MAX_TCP)
-        return cls(wire)
+        """Prepare a dnspython message (rendered once; its OPT record dropped)."""
+        return cls(msg.to_wire(max_size=MAX_TCP))
 
     @property
     def min_ttl(self) -> int:
         """The smallest TTL in the reply, 0 when it holds no records."""
         return min(self.ttls) if self.ttls else 0
 
-    def render(
-        self,
-        query: bytes,
-        name_end: int,
-        edns: bool,
-        do: bool,
-        age: int = 0,
-    ) -> bytes:
-        """The reply for ``query``: ID, RD/CD, question case, TTLs aged by ``age`` s."""
-        out = bytearray(self.wire)
-        out[0:2] = query[0:2]
-        out[2] = (out[2] & 0xFE) | (query[2] & 0x01)
-        out[3] = (out[3] & 0xEF) | (query[3] & 0x10)
-        out[HEADER_LEN:name_end] = query[HEADER_LEN:name_end]
-        if age:
-            pack = _U32.pack_into
-            for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
-                pack(out, off, ttl - age if ttl > age else 0)
+    def render(self, query: bytes, name_end: int, edns: bool, do: bool) -> bytes:
+        """The reply for ``query``: its ID, RD/CD bits and question casing; our OPT if asked."""
+        flags = self._flags[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)]
         if edns:
-            _U16.pack_into(out, 10, _U16.unpack_from(out, 10)[0] + 1)
-            out += _OPT_DO if do else _OPT_NO_DO
-        return bytes(out)
+            return (
+                query[:2] + flags + self._counts_opt + query[12:name_end] + self._tail
+                + (_OPT_DO if do else _OPT_NO_DO)
+            )  # fmt: skip
+        return query[:2] + flags + self._counts + query[12:name_end] + self._tail
+
+    def aged(self, age: int) -> PreparedReply:
+        """A copy whose TTLs are lowered by ``age`` seconds (never below 0)."""
+        out = bytearray(self.wire)
+        for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+            _U32.pack_into(out, off, ttl - age if ttl > age else 0)
+        return PreparedReply(bytes(out))
+
+
+def _name_end(wire: bytes) -> int:
+    """Offset after the question name of a message with one question (12 if none)."""
+    if _U16.unpack_from(wire, 4)[0] == 0:
+        return HEADER_LEN
+    return skip_name(wire, HEADER_LEN)
 
 
 def replace_ttls(wire: bytes, offsets: Sequence[int], ttl: int) -> bytes:

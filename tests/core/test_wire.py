@@ -136,7 +136,7 @@ def test_prepared_reply_patches_id_case_ttl_and_opt() -> None:
     q.id = 31337
     wire = q.to_wire()
     info = _wire.read_query(wire)
-    out = dns.message.from_wire(prepared.render(wire, info.name_end, info.edns, info.do, age=100))
+    out = dns.message.from_wire(prepared.aged(100).render(wire, info.name_end, info.edns, info.do))
     assert out.id == 31337
     assert out.question[0].name.to_text() == "WWW.example.ORG."
     assert out.answer[0].name.to_text() == "WWW.example.ORG."  # owner points at the question
@@ -144,7 +144,7 @@ def test_prepared_reply_patches_id_case_ttl_and_opt() -> None:
     assert out.payload == 1232 and out.ednsflags & dns.flags.DO
     plain = make_query("www.example.org", "A").to_wire()
     info = _wire.read_query(plain)
-    out = dns.message.from_wire(prepared.render(plain, info.name_end, info.edns, info.do, age=400))
+    out = dns.message.from_wire(prepared.aged(400).render(plain, info.name_end, info.edns, info.do))
     assert out.edns == -1
     assert out.answer[0].ttl == 0
 
