@@ -7,7 +7,7 @@ an embedder or a test uses to serve a Corefile (``open_server``,
 """
 
 from ._app import load_config, open_server
-from ._request import Reply, Request
+from ._request import DROP, Reply, Request
 from ._server import Server, ServerOptions
 from ._version import __version__
 from .corefile import CorefileError, Directive, ServerBlock
@@ -22,6 +22,7 @@ from .plugin import (
 )
 
 __all__ = [
+    "DROP",
     "CorefileError",
     "Directive",
     "Fallthrough",

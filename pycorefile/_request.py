@@ -62,6 +62,9 @@ _NO_ROUTE: Route = _Unrouted()  # type: ignore[assignment]
 Reply: TypeAlias = bytes | dns.message.Message
 """What a handler returns: finished wire bytes or a dnspython message."""
 
+DROP = b""
+"""A reply of no bytes: the server sends nothing (the acl plugin's ``drop``)."""
+
 
 class Request(QueryInfo):
     """One DNS query on its way through a plugin chain.

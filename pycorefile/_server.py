@@ -173,7 +173,10 @@ class Dispatcher:
         return request.error(dns.rcode.SERVFAIL)
 
     def finish(self, request: Request, reply: Reply) -> bytes:
-        """Size the reply for the client and tell the observers (metrics)."""
+        """Size the reply for the client and tell the observers (metrics).
+
+        An empty reply (``DROP``) stays empty: nothing is sent.
+        """
         if type(reply) is bytes and len(reply) <= request.max_size:
             wire = reply
         else:
@@ -334,6 +337,8 @@ class DnsListener:
                     continue  # e.g. an ICMP error reported on the socket
                 result = self.dispatcher.handle(data, client, "udp", local)
                 if type(result) is bytes:
+                    if not result:
+                        continue  # DROP: a plugin chose not to answer
                     try:
                         sendto(result, client)
                     except OSError:
@@ -343,6 +348,8 @@ class DnsListener:
 
     def _udp_sender(self, sock: socket.socket, client: tuple[str, int]) -> Send:
         async def send(wire: bytes) -> None:
+            if not wire:
+                return  # DROP
             for _ in range(2):
                 try:
                     sock.sendto(wire, client)
@@ -394,6 +401,8 @@ class DnsListener:
             return
 
         async def send(wire: bytes) -> None:
+            if not wire:
+                return  # DROP
             async with lock:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(struct.pack(">H", len(wire)) + wire)
@@ -437,7 +446,8 @@ class DnsListener:
     ) -> None:
         result = self.dispatcher.handle(data, client, "tcp", local)
         if type(result) is bytes:
-            pending.start_soon(send, result)
+            if result:
+                pending.start_soon(send, result)
         elif result is not None:
             self._spawn(pending, result, send)
 

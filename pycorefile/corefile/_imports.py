@@ -86,34 +86,41 @@ def _clean(path: str) -> str:
     return cleaned
 
 
-def _glob_dir(directory: str, pattern: str) -> list[str]:
-    """The names in ``directory`` matching one glob component, sorted."""
-    regex = _component_regex(pattern)
+def _list_matching(directory: str, regex: re.Pattern[str]) -> list[str]:
+    """The entries of ``directory`` whose names match ``regex``, sorted by name."""
     try:
-        if not os.path.isdir(directory):
+        if not os.path.isdir(directory or "."):
             return []
-        names = sorted(os.listdir(directory))
+        names = sorted(os.listdir(directory or "."))
     except OSError:
         return []
     return [posixpath.join(directory, name) for name in names if regex.fullmatch(name)]
 
 
 def go_glob(pattern: str) -> list[str]:
-    """Expand ``pattern`` like Go's ``filepath.Glob`` (errors are ImportProblem)."""
+    """Expand ``pattern`` like Go's ``filepath.Glob`` (errors are ImportProblem).
+
+    Components are expanded left to right; the matches of each wildcard
+    component are sorted within their directory, which gives Go's order.
+    """
     if not _has_meta(pattern):
         return [pattern] if os.path.lexists(pattern) else []
-    for component in pattern.split("/"):
-        _component_regex(component)  # a malformed pattern is an error even if nothing matches
-    directory, file = posixpath.split(pattern)
-    directory = _clean(directory) if directory else "."
-    if not _has_meta(directory):
-        return _glob_dir(directory, file)
-    if directory == pattern:
-        raise ImportProblem("syntax error in pattern")
-    matches: list[str] = []
-    for sub in go_glob(directory):
-        matches.extend(_glob_dir(sub, file))
-    return matches
+    parts = pattern.split("/")
+    for part in parts:
+        _component_regex(part)  # a malformed pattern is an error even if nothing matches
+    current = ["/"] if pattern.startswith("/") else [""]
+    parts = [part for part in parts if part]
+    for index, part in enumerate(parts):
+        if _has_meta(part):
+            regex = _component_regex(part)
+            current = [found for d in current for found in _list_matching(d, regex)]
+        elif index == len(parts) - 1:
+            current = [p for d in current if os.path.lexists(p := posixpath.join(d, part))]
+        else:
+            current = [posixpath.join(d, part) for d in current]
+        if not current:
+            break
+    return current
 
 
 def check_pattern(pattern: str) -> None:
