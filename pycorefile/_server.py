@@ -110,7 +110,8 @@ class Dispatcher:
         if info.flags & _wire.FLAG_QR:
             return b""  # a response sent to us: never answer it (no reflection loops)
         if info.opcode != 0:
-            return _wire.error_reply(data, info, dns.rcode.NOTIMP)
+            # Header only: an unknown opcode's sections need not look like a question.
+            return _wire.error_reply(data, None, dns.rcode.NOTIMP)
         if info.qdcount != 1:
             return _wire.error_reply(data, info, dns.rcode.FORMERR)
         if not info.simple:
