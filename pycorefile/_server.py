@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
 import sys
@@ -26,7 +27,7 @@ import trio
 from . import _wire
 from ._chain import plugin_of
 from ._config import Config, ListenerKey, ReplyObserver, Route
-from ._http import HttpListener
+from ._http import HttpHandler, HttpListener
 from ._request import Reply, Request
 
 log = logging.getLogger("pycorefile")
@@ -53,6 +54,10 @@ class ServerOptions:
     max_tcp_connections: int = MAX_TCP_CONNECTIONS
     udp_cap: int = _wire.OUR_PAYLOAD
     recv_buffer: int = RECV_BUFFER
+    reuse_port: bool = False
+    """Share DNS ports with sibling processes (SO_REUSEPORT): the ``-workers`` mode."""
+    http_socket: str | None = None
+    """Serve every HTTP route on this unix socket instead of its address (workers)."""
 
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -205,10 +210,14 @@ def _set_recv_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def _bind(family: int, kind: int, host: str, port: int, recv_buffer: int) -> socket.socket:
+def _bind(
+    family: int, kind: int, host: str, port: int, recv_buffer: int, reuse_port: bool = False
+) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_DGRAM:
@@ -232,7 +241,9 @@ def _families(host: str) -> list[tuple[int, str]]:
     return out
 
 
-def bind_dns_sockets(host: str, port: int, recv_buffer: int) -> list[socket.socket]:
+def bind_dns_sockets(
+    host: str, port: int, recv_buffer: int, reuse_port: bool = False
+) -> list[socket.socket]:
     """UDP and TCP sockets for one listener; port 0 picks one port free for all."""
     families = _families(host)
     for _attempt in range(20):
@@ -242,7 +253,7 @@ def bind_dns_sockets(host: str, port: int, recv_buffer: int) -> list[socket.sock
             for family, addr in families:
                 for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                     try:
-                        sock = _bind(family, kind, addr, chosen, recv_buffer)
+                        sock = _bind(family, kind, addr, chosen, recv_buffer, reuse_port)
                     except OSError as exc:
                         if (
                             family == socket.AF_INET6
@@ -515,12 +526,13 @@ class Server:
             for key in config.routes:
                 _transport, host, port = key
                 if key not in self.listeners:
-                    socks = bind_dns_sockets(host, port, self.options.recv_buffer)
+                    socks = bind_dns_sockets(
+                        host, port, self.options.recv_buffer, self.options.reuse_port
+                    )
                     new_dns[key] = DnsListener(key, socks, self.options)
-            for host, port in config.http_routes:
-                if (host, port) not in self.http:
-                    sock = bind_http_socket(host, port)
-                    new_http[(host, port)] = HttpListener(sock, sock.getsockname()[:2])
+            for address in self._http_addresses(config):
+                if address not in self.http:
+                    new_http[address] = self._bind_http(address)
             # Plugins start before any query reaches them.
             await self._nursery.start(self._run_config, config)
         except BaseException:
@@ -542,14 +554,35 @@ class Server:
         for addr, h in new_http.items():
             self.http[addr] = h
             self._nursery.start_soon(h.serve)
+        wanted = self._http_addresses(config)
         for addr, h in self.http.items():
-            h.routes = dict(config.http_routes.get(addr, {}))
-        for key in [k for k in self.listeners if k not in config.routes]:
-            self.listeners.pop(key).stop_accepting()
-        for addr in [a for a in self.http if a not in config.http_routes]:
+            h.routes = wanted.get(addr, {})
+        for addr in [a for a in self.http if a not in wanted]:
             self.http.pop(addr).close()
         if old is not None:
             self._nursery.start_soon(self._retire, old)
+
+    def _http_addresses(self, config: Config) -> dict[tuple[str, int], dict[str, HttpHandler]]:
+        """HTTP routes by listening address; in worker mode all on the private socket."""
+        if self.options.http_socket is None:
+            return {addr: dict(routes) for addr, routes in config.http_routes.items()}
+        merged: dict[str, HttpHandler] = {}
+        for routes in config.http_routes.values():
+            merged.update(routes)
+        # Always bound, even with no routes: its presence tells the parent we started.
+        return {(self.options.http_socket, 0): merged}
+
+    def _bind_http(self, address: tuple[str, int]) -> HttpListener:
+        if self.options.http_socket is not None and address[0] == self.options.http_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address[0])
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            raw.bind(address[0])
+            raw.listen(64)
+            sock = trio.socket.from_stdlib_socket(raw)
+            return HttpListener(sock, address)
+        sock = bind_http_socket(*address)
+        return HttpListener(sock, sock.getsockname()[:2])
 
     async def _run_config(
         self, config: Config, *, task_status: trio.TaskStatus[trio.CancelScope]

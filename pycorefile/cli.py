@@ -7,12 +7,15 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
 from ._app import Runner, Source, default_registry, user_facing, version_lines
 from ._config import describe
 from ._registry import RegistryError
+from ._server import ServerOptions
+from ._workers import Supervisor
 from .corefile import CorefileError, blocks_to_json, parse_corefile
 
 log = logging.getLogger("pycorefile")
@@ -73,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the autoalloc table of the Corefile's state and exit",
     )
+    p.add_argument(
+        "-workers",
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve with N processes sharing the DNS ports (SO_REUSEPORT)",
+    )
+    p.add_argument(
+        "-worker-http", "--worker-http", dest="worker_http", default=None, help=argparse.SUPPRESS
+    )
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     return p
 
@@ -109,7 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             blocks = parse_corefile(source.text, source.filename)
             print(json.dumps(blocks_to_json(blocks), indent=2))
             return 0
-        runner = Runner(source, registry=registry, dns_port=args.port)
+        options = (
+            ServerOptions(reuse_port=True, http_socket=args.worker_http)
+            if (args.worker_http or args.workers > 1)
+            else None
+        )
+        runner = Runner(source, registry=registry, dns_port=args.port, options=options)
         config = runner.build(source)
         if args.validate:
             print("\n".join(describe(config)))
@@ -124,7 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"plugin registry: {exc}", file=sys.stderr)
         return 1
+    if args.workers < 1:
+        print("-workers needs a number of 1 or more", file=sys.stderr)
+        return 1
     try:
+        if args.workers > 1:
+            argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+            supervisor = Supervisor(runner, config, args.workers, _without_workers(argv))
+            trio.run(partial(supervisor.run, quiet=args.quiet, pidfile=args.pidfile))
+            return 0
         trio.run(_serve, runner, config, args.quiet, args.pidfile)
     except KeyboardInterrupt:
         return 0
@@ -135,6 +162,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot start: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    """The command line for a worker: the parent's, less ``-workers N`` and ``-pidfile F``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name, eq, _ = arg.lstrip("-").partition("=")
+        if name in ("workers", "pidfile"):
+            skip = not eq
+            continue
+        out.append(arg)
+    return out
 
 
 async def _serve(runner: Runner, config: object, quiet: bool, pidfile: str | None) -> None:

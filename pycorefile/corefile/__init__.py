@@ -57,6 +57,7 @@ def load_corefile(path: str, *, env: Mapping[str, str] | None = None) -> list[Se
 
 
 def _directive_json(directive: Directive) -> dict[str, Any]:
+    """One directive in the ``-dump`` shape, its block's lines nested."""
     return {
         "name": directive.name,
         "args": list(directive.args),

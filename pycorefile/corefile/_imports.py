@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
@@ -45,6 +46,7 @@ class Importer(Protocol):
 
 
 def _has_meta(path: str) -> bool:
+    """Whether Go's glob would treat ``path`` as a pattern."""
     return any(c in path for c in _META)
 
 
@@ -154,10 +156,13 @@ class FileImporter:
         return ImportMatch(tuple(matches))
 
     def read(self, path: str) -> str:
-        """Read an imported file (capped in size, so ``/dev/zero`` cannot hang us)."""
+        """Read an imported file: a regular file of sane size, so nothing can block us."""
         try:
-            if os.path.isdir(path):
+            info = os.stat(path)
+            if stat.S_ISDIR(info.st_mode):
                 raise ImportProblem(f"Could not import {path}: is a directory")
+            if not stat.S_ISREG(info.st_mode):
+                raise ImportProblem(f"Could not import {path}: not a regular file")
             with open(path, "rb") as fh:
                 data = fh.read(MAX_IMPORT_SIZE + 1)
         except OSError as err:

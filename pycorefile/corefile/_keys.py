@@ -158,12 +158,14 @@ def normalize_key(key: str, default_port: int = 53) -> list[ZoneKey]:
 
 
 def _key_token(block: ServerBlock, index: int) -> Token:
+    """The token of key ``index`` (the block's position if tokens are missing)."""
     if index < len(block.key_tokens):
         return block.key_tokens[index]
     return Token(block.keys[index], block.file, block.line, block.column)
 
 
 def _error_at(tok: Token, message: str) -> CorefileError:
+    """A CorefileError pointing at a key."""
     return CorefileError(message, tok.file, tok.line, tok.column, tok.source_line)
 
 

@@ -116,6 +116,7 @@ def _same_line(a: RawToken, b: RawToken) -> bool:
 
 
 def _where(tok: RawToken, column: bool = True) -> str:
+    """``FILE:LINE[:COL]`` of a token, for messages that point elsewhere."""
     return f"{tok.file}:{tok.line}:{tok.column}" if column else f"{tok.file}:{tok.line}"
 
 
@@ -153,6 +154,7 @@ class _Feeder:
         return CorefileError(message, tok.file, tok.line, tok.column, source)
 
     def _after_block_close(self) -> bool:
+        """Whether the last word fed closed a directive's block (on this line)."""
         return self.last_type == "_RBRACE" and self.last_closed == "directive"
 
     def _brace_error(self, tok: RawToken, accepts: set[str]) -> CorefileError:
@@ -185,6 +187,8 @@ class _Feeder:
                 msg = "Unexpected EOF"
         elif "_SLBRACE" in expected:
             msg = f"Syntax error: Unexpected token '{value}', expecting '{{'"
+        elif kind == "_NL":
+            msg = "Unexpected line break"
         elif kind == "_RBRACE":
             msg = "Unexpected '}' because no matching opening brace"
             if self.braces:
@@ -200,12 +204,14 @@ class _Feeder:
     # ---- feeding
 
     def _expand(self, p: _Pending) -> str:
+        """The token's text after environment substitution."""
         try:
             return expand_env(p.tok.text, self.env)
         except EnvExpansionError as err:
             raise self.error(p.tok, str(err)) from None
 
     def _feed(self, kind: str, value: str, tok: RawToken) -> None:
+        """Hand one terminal to Lark; its ``start_pos`` indexes ``self.fed``."""
         index = len(self.fed)
         self.fed.append(_Fed(tok, value))
         lark_tok = LarkToken(kind, value, start_pos=index, line=tok.line, column=tok.column)
@@ -216,6 +222,7 @@ class _Feeder:
         self.last_type = kind
 
     def _feed_word(self, p: _Pending) -> None:
+        """Type a word (braces are told apart by what the parser accepts) and feed it."""
         raw = p.tok.text
         value = self._expand(p)
         closed = ""
@@ -234,7 +241,8 @@ class _Feeder:
             self._feed(kind, value, p.tok)
             self.braces.append((brace, p.tok))
             if brace == "snippet":
-                self._begin_snippet(p.tok)
+                self.last_closed = ""
+                self._begin_snippet()
                 return
         elif raw == "}":
             self._feed("_RBRACE", value, p.tok)
@@ -250,7 +258,8 @@ class _Feeder:
         if self.capture is not None and closed != "snippet":
             self.capture.tokens.append(p.tok)
 
-    def _begin_snippet(self, brace: RawToken) -> None:
+    def _begin_snippet(self) -> None:
+        """Start recording a snippet body; its name is the block's ``(name)`` key."""
         assert self.last_paren is not None  # the grammar only accepts _SLBRACE after (name)
         value, where = self.last_paren
         name = value[1:-1]
@@ -264,6 +273,7 @@ class _Feeder:
         self.capture = _Snippet(name, where)
 
     def _end_snippet(self) -> None:
+        """Store the recorded snippet, rejecting one that imports itself."""
         snippet = self.capture
         assert snippet is not None
         self.capture = None
@@ -279,6 +289,7 @@ class _Feeder:
         self.snippets[snippet.name] = snippet
 
     def _args_same_line(self, a: _Pending, b: _Pending) -> bool:
+        """Whether ``b`` is an argument on ``a``'s line (spliced tokens never are)."""
         return not b.force_nl and _same_line(a.tok, b.tok)
 
     def _import(self, p: _Pending) -> None:
@@ -306,12 +317,14 @@ class _Feeder:
         self.prev = arg
 
     def _check_cycle(self, at: RawToken, chain: tuple[_Frame, ...], frame: _Frame) -> None:
+        """Refuse to enter a file or snippet that is already being imported."""
         for i, seen in enumerate(chain):
             if seen.kind == frame.kind and seen.key == frame.key:
                 path = " -> ".join([f.label for f in chain[i:]] + [frame.label])
                 raise self.error(at, f"Import cycle: {path}")
 
     def _import_snippet(self, p: _Pending, arg: _Pending, name: str) -> list[_Pending]:
+        """The tokens of snippet ``name``, to replay where ``p`` imports it."""
         frame = _Frame("snippet", name, f"snippet {name}")
         self._check_cycle(arg.tok, p.chain, frame)
         if self.snippet_expansions >= MAX_SNIPPET_EXPANSIONS:
@@ -323,6 +336,7 @@ class _Feeder:
         return [_Pending(tok, chain) for tok in self.snippets[name].tokens]
 
     def _import_files(self, p: _Pending, arg: _Pending, pattern: str) -> list[_Pending]:
+        """The tokens of the files ``pattern`` names, relative to the importing file."""
         if self.file_expansions >= MAX_FILE_EXPANSIONS:
             raise self.error(arg.tok, f"maximum file import depth ({MAX_FILE_EXPANSIONS}) exceeded")
         self.file_expansions += 1
@@ -376,12 +390,14 @@ class _Builder:
         self.sources = sources
 
     def token(self, entry: _Fed, value: str) -> Token:
+        """A model token for a fed word, with its source line for error messages."""
         tok = entry.tok
         lines = self.sources.get(tok.file)
         source = lines[tok.line - 1] if lines and 0 < tok.line <= len(lines) else None
         return Token(value, tok.file, tok.line, tok.column, source)
 
     def directives(self, tree: Tree[LarkToken]) -> tuple[Directive, ...]:
+        """The directives of a body or directive block (import statements dropped)."""
         return tuple(
             self.directive(child)
             for child in tree.children
@@ -389,6 +405,7 @@ class _Builder:
         )
 
     def directive(self, tree: Tree[LarkToken]) -> Directive:
+        """One directive line: name, arguments and its block, if any."""
         words = [self.fed[c.start_pos or 0] for c in tree.children if isinstance(c, LarkToken)]
         sub = next((c for c in tree.children if isinstance(c, Tree)), None)
         name = words[0]
@@ -403,6 +420,7 @@ class _Builder:
         )
 
     def block(self, tree: Tree[LarkToken]) -> ServerBlock | None:
+        """A server block, or None for a snippet or a block whose keys are all empty."""
         keys: list[Token] = []
         body: Tree[LarkToken] | None = None
         first: _Fed | None = None

@@ -1,0 +1,521 @@
+"""Benchmark pycorefile beside dnsmasq (and dnslib's proxy) with dnsperf, on loopback.
+
+    python bench/run.py                      # every scenario, 10 s each
+    python bench/run.py -s cache -d 5        # one scenario, 5 s
+
+Each server under test is pinned to one core with taskset, dnsperf to the
+other, and every scenario runs against pycorefile and its peer in the same
+run, so the ratio is meaningful even on a noisy machine. Results print as a
+Markdown table and, with --write, replace the results section of
+docs/performance.md. All traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+MESH_SERVICES = 10_000
+UPSTREAM_NAMES = 1_000
+SEARCH = ["ns1.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+
+
+# -- Helpers -------------------------------------------------------------------------
+
+
+def need(tool: str, package: str) -> str:
+    """The path of ``tool``, installing its Debian package when it is missing."""
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", package],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if not found:
+        raise SystemExit(f"cannot find {tool} after installing {package}")
+    return found
+
+
+def free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_answering(port: int, name: str = "name1.bench.test", timeout: float = 20) -> None:
+    """Wait until something answers DNS on 127.0.0.1:port."""
+    import dns.message
+    import dns.query
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.3)
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *args], **kwargs)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- Test data -------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """Files shared by every scenario: hosts, mesh table, query streams."""
+
+    dir: Path
+    upstream_hosts: Path = field(init=False)
+    mesh_table: Path = field(init=False)
+    mesh_hosts: Path = field(init=False)
+    resolv: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        d = self.dir
+        self.upstream_hosts = d / "upstream.hosts"
+        self.upstream_hosts.write_text(
+            "".join(
+                f"10.1.{i // 250}.{i % 250 + 1} name{i}.bench.test\n" for i in range(UPSTREAM_NAMES)
+            )
+        )
+        table = {}
+        lines = []
+        for i in range(MESH_SERVICES):
+            ns = f"ns{i % 10 + 1}"
+            host = f"svc{i}.{ns}.svc.cluster.local"
+            ip = f"10.96.{i // 250}.{i % 250 + 1}"
+            table[host] = {
+                "ips": [ip],
+                "registry": "Kubernetes",
+                "shortname": f"svc{i}",
+                "namespace": ns,
+            }
+            lines.append(f"{ip} {host}\n")
+        self.mesh_table = d / "mesh.json"
+        self.mesh_table.write_text(json.dumps({"table": table}))
+        self.mesh_hosts = d / "mesh.hosts"
+        self.mesh_hosts.write_text("".join(lines))
+        self.resolv = d / "resolv.conf"
+        self.resolv.write_text(f"search {' '.join(SEARCH)}\noptions ndots:5\n")
+
+    def queries(self, name: str, lines: list[str]) -> Path:
+        path = self.dir / f"{name}.queries"
+        path.write_text("".join(line + "\n" for line in lines))
+        return path
+
+
+def cache_queries() -> list[str]:
+    return [f"name{i}.bench.test A" for i in range(UPSTREAM_NAMES)]
+
+
+def mesh_queries() -> list[str]:
+    return [f"svc{i}.ns{i % 10 + 1}.svc.cluster.local A" for i in range(MESH_SERVICES)]
+
+
+def autopath_queries() -> list[str]:
+    # `svcN.nsM` looked up from ns1: the stub's first try is NAME.ns1.svc.cluster.local.
+    return [
+        f"svc{i}.ns{i % 10 + 1}.ns1.svc.cluster.local A"
+        for i in range(0, MESH_SERVICES, 7)
+        if i % 10 + 1 != 1
+    ]
+
+
+def miss_queries(count: int = 400_000) -> list[str]:
+    return [f"r{i}.miss.bench.test A" for i in range(count)]
+
+
+def sidecar_queries() -> list[str]:
+    """An ndots:5 client with autopath: first search-expanded tries, A and AAAA."""
+    out = []
+    for i in range(3000):
+        ns = f"ns{i % 10 + 1}"
+        if i % 4 == 3:
+            base = f"www{i % 200}.ext.bench.test"
+        elif ns == "ns1":
+            base = f"svc{i}"
+        else:
+            base = f"svc{i}.{ns}"
+        out += [f"{base}.{SEARCH[0]} A", f"{base}.{SEARCH[0]} AAAA"]
+    return out
+
+
+# -- Servers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Upstream:
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def upstream(data: Data) -> Iterator[Upstream]:
+    """dnsmasq as the authoritative upstream (on the client core: it is not measured)."""
+    port = free_port()
+    args = [
+        need("dnsmasq", "dnsmasq-base"),
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        f"--port={port}",
+        f"--addn-hosts={data.upstream_hosts}",
+        "--local-ttl=3600",
+        "--neg-ttl=60",
+        "--address=/miss.bench.test/192.0.2.1",
+        "--address=/ext.bench.test/192.0.2.2",
+        "--local=/cluster.local/",
+        "--cache-size=0",
+        "--log-facility=/dev/null",
+    ]
+    proc = subprocess.Popen(
+        ["taskset", "-c", CLIENT_CORE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_answering(port)
+        yield Upstream(port, proc)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def pycorefile_corefile(scenario: str, port: int, up: int, data: Data, metrics: int) -> str:
+    mesh = (
+        f"    meshhosts cluster.local {{\n        file {data.mesh_table}\n"
+        f"        namespace ns1\n        reload 0\n        fallthrough\n    }}\n"
+    )
+    common = f"    bind 127.0.0.1\n    prometheus 127.0.0.1:{metrics}\n"
+    forward = f"    forward . 127.0.0.1:{up}\n"
+    body = {
+        "cache": common + "    cache\n" + forward,
+        "cache+log": common + "    log\n    cache\n" + forward,
+        "mesh": common + mesh,
+        "autopath": common + f"    autopath {data.resolv}\n    cache\n" + mesh,
+        "miss": common + "    cache\n" + forward,
+        "sidecar": common + f"    autopath {data.resolv}\n    cache\n" + mesh + forward,
+    }[scenario]
+    return f".:{port} {{\n{body}}}\n"
+
+
+@contextmanager
+def run_pycorefile(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, int]]:
+    port, metrics = free_port(), free_port()
+    conf = data.dir / f"Corefile.{scenario}"
+    conf.write_text(pycorefile_corefile(scenario, port, up.port, data, metrics))
+    with process(
+        [sys.executable, "-m", "pycorefile", "-conf", str(conf), "-quiet"],
+        stdout=subprocess.DEVNULL,
+        cwd=str(ROOT),
+    ) as proc:
+        wait_answering(port)
+        yield proc.pid, port
+
+
+@contextmanager
+def run_dnsmasq(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    args = [
+        need("dnsmasq", "dnsmasq-base"),
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        f"--port={port}",
+        "--cache-size=10000",
+        "--log-facility=/dev/null",
+    ]
+    if scenario in ("mesh", "autopath", "sidecar"):
+        args += [f"--addn-hosts={data.mesh_hosts}", "--local-ttl=30", "--local=/cluster.local/"]
+    if scenario in ("cache", "cache+log", "miss", "sidecar"):
+        args += [f"--server=127.0.0.1#{up.port}"]
+    if scenario == "cache+log":
+        args += ["--log-queries"]
+    with process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        wait_answering(
+            port, "svc1.ns2.svc.cluster.local" if scenario == "mesh" else "name1.bench.test"
+        )
+        yield proc.pid, port
+
+
+@contextmanager
+def run_dnslib(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "dnslib.proxy",
+        "--port",
+        str(port),
+        "--address",
+        "127.0.0.1",
+        "--upstream",
+        f"127.0.0.1:{up.port}",
+        "--quiet",
+    ]
+    with process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        wait_answering(port)
+        yield proc.pid, port
+
+
+# -- Measuring -------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    server: str
+    scenario: str
+    qps: float
+    avg_ms: float
+    p50_ms: float
+    p99_ms: float
+    lost: int
+    cpu_us: float
+    rss_mb: float
+
+
+def dnsperf(port: int, queries: Path, seconds: float, verbose: bool = True) -> dict[str, float]:
+    args = [
+        "taskset",
+        "-c",
+        CLIENT_CORE,
+        need("dnsperf", "dnsperf"),
+        "-s",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-d",
+        str(queries),
+        "-l",
+        str(seconds),
+        "-c",
+        "1",
+        "-q",
+        "100",
+        "-t",
+        "2",
+    ]
+    if verbose:
+        args.append("-v")
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
+    stats: dict[str, float] = {}
+    latencies = []
+    for line in out.splitlines():
+        if line.startswith("> "):
+            latencies.append(float(line.rsplit(" ", 1)[1]))
+        elif "Queries completed:" in line:
+            stats["completed"] = float(line.split()[2])
+        elif "Queries lost:" in line:
+            stats["lost"] = float(line.split()[2])
+        elif "Queries per second:" in line:
+            stats["qps"] = float(line.split()[3])
+        elif "Average Latency (s):" in line:
+            stats["avg"] = float(line.split()[3])
+    if latencies:
+        q = statistics.quantiles(latencies, n=100)
+        stats["p50"], stats["p99"] = q[49], q[98]
+    return stats
+
+
+def measure(
+    name: str,
+    scenario: str,
+    starter: Callable[..., object],
+    data: Data,
+    up: Upstream,
+    queries: Path,
+    seconds: float,
+    warm: bool,
+) -> Result:
+    with starter(scenario, data, up) as (pid, port):  # type: ignore[attr-defined]
+        if warm:
+            dnsperf(port, queries, min(seconds, 3), verbose=False)
+        before = cpu_seconds(pid)
+        stats = dnsperf(port, queries, seconds)
+        used = cpu_seconds(pid) - before
+        rss = peak_rss_mb(pid)
+    completed = stats.get("completed", 0) or 1
+    return Result(
+        name,
+        scenario,
+        stats.get("qps", 0.0),
+        stats.get("avg", 0.0) * 1e3,
+        stats.get("p50", 0.0) * 1e3,
+        stats.get("p99", 0.0) * 1e3,
+        int(stats.get("lost", 0)),
+        used / completed * 1e6,
+        rss,
+    )
+
+
+SCENARIOS = {
+    # name: (description, queries, warm-up first, dnslib can run it)
+    "cache": ("cache hits", cache_queries, True, True),
+    "mesh": ("meshhosts answers, 10,000 Services", mesh_queries, False, False),
+    "autopath": ("autopath answers for search-expanded mesh names", autopath_queries, True, False),
+    "miss": ("cache misses forwarded to the upstream", miss_queries, False, True),
+    "sidecar": ("sidecar mix: ndots:5 client, mesh and external", sidecar_queries, True, False),
+    "cache+log": ("cache hits with the log plugin on", cache_queries, True, False),
+}
+
+
+def table(results: list[Result]) -> str:
+    rows = [
+        "| scenario | server | qps | ratio | avg ms | p50 ms | p99 ms | lost | CPU µs/q | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    peers = {(r.scenario): r for r in results if r.server == "dnsmasq"}
+    for r in results:
+        peer = peers.get(r.scenario)
+        ratio = f"{r.qps / peer.qps:.2f}x" if peer and peer.qps and r.server != "dnsmasq" else ""
+        rows.append(
+            f"| {r.scenario} | {r.server} | {r.qps:,.0f} | {ratio} | {r.avg_ms:.3f} | "
+            f"{r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.lost} | {r.cpu_us:.1f} | {r.rss_mb:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def write_doc(text: str) -> None:
+    doc = ROOT / "docs" / "performance.md"
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    current = doc.read_text() if doc.exists() else f"# Performance\n\n{begin}\n{end}\n"
+    head, _, rest = current.partition(begin)
+    _, _, tail = rest.partition(end)
+    doc.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "-s",
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help="scenario to run (repeatable; default all)",
+    )
+    parser.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--no-dnslib", action="store_true", help="skip dnslib's proxy")
+    parser.add_argument("--write", action="store_true", help="update docs/performance.md")
+    args = parser.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("needs two cores: one for the server, one for dnsperf")
+    need("taskset", "util-linux")
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="pycorefile-bench-") as tmp:
+        data = Data(Path(tmp))
+        with upstream(data) as up:
+            for scenario in args.scenario or list(SCENARIOS):
+                description, make_queries, warm, dnslib_ok = SCENARIOS[scenario]
+                queries = data.queries(scenario, make_queries())
+                print(f"== {scenario}: {description}", file=sys.stderr)
+                results.append(
+                    measure(
+                        "pycorefile",
+                        scenario,
+                        run_pycorefile,
+                        data,
+                        up,
+                        queries,
+                        args.duration,
+                        warm,
+                    )
+                )
+                results.append(
+                    measure(
+                        "dnsmasq", scenario, run_dnsmasq, data, up, queries, args.duration, warm
+                    )
+                )
+                if dnslib_ok and not args.no_dnslib and _has_dnslib():
+                    results.append(
+                        measure(
+                            "dnslib proxy",
+                            scenario,
+                            run_dnslib,
+                            data,
+                            up,
+                            queries,
+                            min(args.duration, 5),
+                            warm,
+                        )
+                    )
+    text = table(results)
+    print(text)
+    if args.write:
+        header = (
+            f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}; command: `python bench/run.py "
+            f"-d {args.duration:g} --write`. Server on core {SERVER_CORE}, dnsperf "
+            f"(`-c 1 -q 100`) on core {CLIENT_CORE}, UDP on 127.0.0.1."
+        )
+        write_doc(header + "\n\n" + text)
+    return 0
+
+
+def _has_dnslib() -> bool:
+    try:
+        import dnslib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
