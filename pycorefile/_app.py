@@ -43,12 +43,10 @@ class Source:
         if conf is None and not os.path.exists(path):
             return cls(None, DEFAULT_COREFILE.format(port=dns_port), "Corefile")
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except OSError as exc:
             raise CorefileError(f"cannot read Corefile: {exc.strerror}", path, 0, 0) from None
-        except UnicodeDecodeError as exc:
-            raise CorefileError(f"Corefile is not UTF-8: {exc}", path, 0, 0) from None
         return cls(path, text, path)
 
     def reread(self, dns_port: int) -> Source:

@@ -51,11 +51,15 @@ class SetupError(Exception):
     def to_corefile_error(self, plugin: str, block: ServerBlock) -> CorefileError:
         """The error as the user sees it: ``FILE:LINE:COL - plugin/NAME: message``."""
         d = self.directive
+        source = None
         if d is None:
             file, line, column = block.file, block.line, block.column
         else:
-            file, line, column = d.arg_position(self.arg if self.arg is not None else -1)
-        return CorefileError(f"plugin/{plugin}: {self.message}", file, line, column)
+            index = self.arg if self.arg is not None else -1
+            file, line, column = d.arg_position(index)
+            if 0 <= index < len(d.arg_tokens):
+                source = d.arg_tokens[index].source_line
+        return CorefileError(f"plugin/{plugin}: {self.message}", file, line, column, source)
 
 
 @dataclass

@@ -226,9 +226,9 @@ class IptablesBackend:
                 continue
             # Every table, not only nat: "iptables-save -t nat" shows nat even when absent.
             existed = nat_section(self._save(version)) is not None
+            script = iptables_install_input(options, version, self._save(version, "-t", "nat"))
             try:
-                self._restore(version, iptables_install_input(options, version, self._save(
-                    version, "-t", "nat")))
+                self._restore(version, script)
             except CaptureError as exc:
                 if version == 4:
                     raise
@@ -259,7 +259,7 @@ class IptablesBackend:
         if not nat_is_empty(save) or nat_section(save) is None:
             return
         nft = find_tool("nft")
-        if nft is None or "(nf_tables)" not in save.split("\n", 1)[0] + self._variant(version):
+        if nft is None or "(nf_tables)" not in self._variant(version):
             return
         family = "ip" if version == 4 else "ip6"
         run_tool([nft, "delete", "table", family, "nat"])

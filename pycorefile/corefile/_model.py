@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import linecache
 from dataclasses import dataclass, field
 
 
@@ -90,7 +91,11 @@ class CorefileError(Exception):
 
     def __str__(self) -> str:
         text = f"{self.file}:{self.line}:{self.column} - {self.message}"
-        if self.source_line is not None and self.column > 0:
-            caret = " " * (self.column - 1) + "^"
-            text += f"\n{self.source_line.rstrip()}\n{caret}"
+        source = self.source_line
+        if source is None and self.line > 0 and self.file not in ("stdin", "Corefile"):
+            source = linecache.getline(self.file, self.line) or None
+        if source is not None and self.column > 0:
+            # Keep the line's tabs in front of the caret so it lines up.
+            lead = "".join(c if c == "\t" else " " for c in source[: self.column - 1])
+            text += f"\n{source.rstrip()}\n{lead}^"
         return text

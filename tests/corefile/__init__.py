@@ -1,0 +1,1 @@
+"""Tests of the Corefile language (lexer, grammar, imports, keys)."""
