@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import dns.name
+
+from .corefile._keys import KeyProblem, fqdn, is_domain_name
+from .corefile._keys import reverse_zones as cidr_reverse_zones
 
 
 class ZoneError(ValueError):
@@ -17,40 +18,17 @@ def normalize_zone(text: str) -> str:
         return "."
     if len(text) > 255:
         raise ZoneError(f"specified zone is too long: {text[:40]}...")
-    try:
-        return dns.name.from_text(text).to_text().lower()
-    except dns.exception.DNSException as exc:
-        raise ZoneError(f"zone is not a valid domain name: {text}") from exc
+    if not is_domain_name(text):
+        raise ZoneError(f"zone is not a valid domain name: {text}")
+    return fqdn(text).lower()
 
 
 def reverse_zones(cidr: str) -> list[str] | None:
-    """The reverse zones a CIDR stands for, or None when ``cidr`` is not one.
-
-    Prefixes off an octet (IPv4) or nibble (IPv6) boundary are split into one
-    zone per value, as CoreDNS does: ``10.0.0.0/15`` gives two zones.
-    """
-    if "/" not in cidr:
-        return None
-    if cidr.startswith(":") or cidr.startswith("0:"):
-        raise ZoneError(f"invalid CIDR: {cidr}")
+    """The reverse zones a CIDR stands for (as server-block keys), None if not a CIDR."""
     try:
-        net = ipaddress.ip_network(cidr, strict=False)
-    except ValueError as exc:
-        raise ZoneError(f"invalid CIDR: {cidr}") from exc
-    unit = 8 if net.version == 4 else 4
-    rounded = -(-net.prefixlen // unit) * unit
-    if rounded == net.prefixlen:
-        starts = [net.network_address]
-    else:
-        starts = [sub.network_address for sub in net.subnets(new_prefix=rounded)]
-    zones = []
-    for address in starts:
-        labels = address.reverse_pointer.split(".")
-        keep = rounded // unit
-        # reverse_pointer lists every unit; keep the leading `keep` units (the tail).
-        total = 4 if net.version == 4 else 32
-        zones.append(".".join(labels[total - keep :]) + ".")
-    return zones
+        return cidr_reverse_zones(cidr)
+    except KeyProblem as exc:
+        raise ZoneError(str(exc)) from None
 
 
 def normalize_zones(args: list[str] | tuple[str, ...]) -> list[str]:

@@ -103,6 +103,11 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if rest[:1] == ["capture"]:
+        from .capture import main as capture_main
+
+        return capture_main(rest[1:])
     args = _parser().parse_args(argv)
     setup_logging()
     if args.extra:

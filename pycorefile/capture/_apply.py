@@ -305,4 +305,3 @@ def backends(choice: str, state_file: str = DEFAULT_STATE_FILE) -> list[Backend]
     if choice == "iptables":
         return [ipt]
     return [b for b in (nft, ipt) if b.usable()]
-

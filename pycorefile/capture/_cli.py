@@ -24,6 +24,7 @@ from ._rules import (
     CaptureError,
     CaptureOptions,
     Installed,
+    IPAddress,
     install_warnings,
     iptables_install_input,
     nft_install_script,
@@ -93,8 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--only-resolv-conf",
         action="store_true",
-        help="capture only queries to the name servers of resolv.conf (default: every "
-        "destination)",
+        help="capture only queries to the name servers of resolv.conf (default: every destination)",
     )
     install.add_argument(
         "--resolv-conf",
@@ -102,9 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="resolv.conf to read (default /etc/resolv.conf)",
     )
-    install.add_argument(
-        "--ipv4-only", action="store_true", help="leave IPv6 DNS traffic alone"
-    )
+    install.add_argument("--ipv4-only", action="store_true", help="leave IPv6 DNS traffic alone")
     install.add_argument(
         "--wait-proxy",
         type=float,
@@ -190,7 +188,7 @@ def _group_id(name: str) -> int:
 def _options(args: argparse.Namespace) -> tuple[CaptureOptions, list[str], list[str]]:
     """The options from the command line, with notes and warnings for the operator."""
     notes: list[str] = []
-    nameservers: tuple[_probe.IPAddress, ...] = ()
+    nameservers: tuple[IPAddress, ...] = ()
     try:
         text = Path(args.resolv_conf).read_text()
         nameservers = parse_resolv_conf(text, args.resolv_conf)
@@ -334,7 +332,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _read_installed(args: argparse.Namespace) -> tuple[list[Installed], list[str]]:
-    chosen = (
+    chosen: list[NftBackend | IptablesBackend] = (
         [NftBackend(), IptablesBackend(args.state_file)]
         if args.backend == "auto"
         else backends(args.backend, args.state_file)
@@ -407,8 +405,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {result.endpoint} {protocol.upper()}: {state} ({result.detail})")
             if not result.answered:
                 trouble.append(
-                    f"pycorefile is NOT answering on {result.endpoint} over "
-                    f"{protocol.upper()}"
+                    f"pycorefile is NOT answering on {result.endpoint} over {protocol.upper()}"
                 )
         trouble += _check_owner(address, port, capturing)
 
@@ -416,22 +413,23 @@ def _status(args: argparse.Namespace) -> int:
         print("verdict: unknown, the rules could not be read (run as root)")
         return UNKNOWN
     if not capturing:
-        print("verdict: capture is not installed; the workload's DNS does not go through "
-              "pycorefile")
+        print(
+            "verdict: capture is not installed; the workload's DNS does not go through pycorefile"
+        )
         return NOT_INSTALLED
     if trouble:
         for line in trouble:
             print(f"problem: {line}")
-        print("verdict: capture is installed but captured DNS queries FAIL: fix or start "
-              "pycorefile, or run 'pycorefile capture remove' to let queries through")
+        print(
+            "verdict: capture is installed but captured DNS queries FAIL: fix or start "
+            "pycorefile, or run 'pycorefile capture remove' to let queries through"
+        )
         return BROKEN
     print("verdict: capture is installed and pycorefile answers")
     return OK
 
 
-def _check_owner(
-    address: _probe.IPAddress, port: int, capturing: list[Installed]
-) -> list[str]:
+def _check_owner(address: IPAddress, port: int, capturing: list[Installed]) -> list[str]:
     """A listener whose user and group are not excluded would capture its own queries."""
     owner = _probe.owner_of(address, port)
     if owner is None or not capturing:

@@ -92,7 +92,7 @@ def probe(
             wire = exchange(sock, query, deadline)
     except ConnectionRefusedError:
         return result(False, "connection refused: nothing listens there")
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return result(False, f"no reply within {timeout:g} s")
     except OSError as exc:
         return result(False, exc.strerror or str(exc))

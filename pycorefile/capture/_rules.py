@@ -111,9 +111,7 @@ def parse_resolv_conf(text: str, filename: str = "resolv.conf") -> tuple[IPAddre
     return tuple(found)
 
 
-def install_warnings(
-    options: CaptureOptions, nameservers: Sequence[IPAddress] = ()
-) -> list[str]:
+def install_warnings(options: CaptureOptions, nameservers: Sequence[IPAddress] = ()) -> list[str]:
     """Setups that install fine but will not behave as the operator probably expects."""
     warnings: list[str] = []
     if 0 in options.exclude_uids:
@@ -161,9 +159,7 @@ def nft_rules(options: CaptureOptions) -> list[str]:
         else:
             match = f"{proto_key} daddr {_nft_set(targets)} "
         for proto in PROTOCOLS:
-            rules.append(
-                f"{match}{proto} dport {DNS_PORT} counter redirect to :{options.port}"
-            )
+            rules.append(f"{match}{proto} dport {DNS_PORT} counter redirect to :{options.port}")
     return rules
 
 
@@ -465,7 +461,7 @@ def parse_iptables_save(save_text: str, version: int) -> Installed | None:
             )
     notes: list[str] = []
     if not jump_rules(save_text):
-        notes.append(f"chain {IPT_CHAIN} exists but OUTPUT does not jump to it: nothing is captured")
+        notes.append(f"chain {IPT_CHAIN} exists but OUTPUT does not jump to it")
         redirects = []
     tool = "iptables" if version == 4 else "ip6tables"
     return Installed(
@@ -514,9 +510,7 @@ def parse_proc_net(text: str, port: int) -> list[Listener]:
         hex_address, _, hex_port = fields[1].partition(":")
         if int(hex_port, 16) != port:
             continue
-        found.append(
-            Listener(_proc_address(hex_address), port, int(fields[7]), int(fields[9]))
-        )
+        found.append(Listener(_proc_address(hex_address), port, int(fields[7]), int(fields[9])))
     return found
 
 

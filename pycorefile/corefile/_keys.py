@@ -85,7 +85,7 @@ def is_domain_name(name: str) -> bool:
     return True
 
 
-def _reverse_zones(text: str) -> list[str] | None:
+def reverse_zones(text: str) -> list[str] | None:
     """The reverse zones of a CIDR, split on octet/nibble boundaries; None if not a CIDR."""
     if not _CIDR_SHAPE.fullmatch(text):
         return None
@@ -126,7 +126,7 @@ def _split_host_port(text: str) -> tuple[list[str], int | None]:
     if not is_domain_name(text):
         hint = " (empty zone; write .:PORT for the root zone)" if text == "" else ""
         raise KeyProblem(f"zone is not a valid domain name: {text}{hint}")
-    hosts = _reverse_zones(text)
+    hosts = reverse_zones(text)
     return (hosts if hosts is not None else [text]), port
 
 
