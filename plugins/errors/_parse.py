@@ -1,0 +1,108 @@
+"""``errors [stdout] { stacktrace; consolidate DURATION REGEXP [LEVEL] [show_first] }``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pycorefile import Directive, SetupError, check_args, parse_duration
+
+MAX_REGEXP = 10000
+LEVELS = {
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
+
+
+@dataclass(frozen=True)
+class Consolidate:
+    """Errors matching ``pattern`` are counted for ``period`` seconds and reported once."""
+
+    period: float
+    pattern: re.Pattern[str]
+    level: int = logging.ERROR
+    show_first: bool = False
+
+    @property
+    def period_text(self) -> str:
+        return go_duration(self.period)
+
+
+@dataclass(frozen=True)
+class ErrorsConfig:
+    stacktrace: bool = False
+    """Log the Python traceback with each error."""
+    consolidate: tuple[Consolidate, ...] = ()
+
+
+def parse_errors(directives: Sequence[Directive]) -> ErrorsConfig:
+    d = directives[0]
+    check_args(d, 0, 1)
+    if d.args and d.args[0] != "stdout":
+        raise SetupError(f"invalid log file: {d.args[0]}", d, 0)
+    stacktrace = False
+    rules: list[Consolidate] = []
+    for option in d.block or ():
+        if option.name == "stacktrace":
+            check_args(option, 0, 0)
+            stacktrace = True
+        elif option.name == "consolidate":
+            rules.append(_parse_consolidate(option))
+        else:
+            raise SetupError(f"unknown property '{option.name}'", option)
+    return ErrorsConfig(stacktrace, tuple(rules))
+
+
+def _parse_consolidate(option: Directive) -> Consolidate:
+    check_args(option, 2, 4)
+    args = option.args
+    period = parse_duration(args[0], option, 0)
+    if period <= 0:
+        raise SetupError("consolidate duration must be positive", option, 0)
+    if len(args[1]) > MAX_REGEXP:
+        raise SetupError(f"regexp longer than {MAX_REGEXP} characters", option, 1)
+    try:
+        pattern = re.compile(args[1])
+    except re.error as exc:
+        raise SetupError(f"invalid regexp {args[1]!r}: {exc}", option, 1) from None
+    level = logging.ERROR
+    show_first = False
+    for i, extra in enumerate(args[2:], start=2):
+        if extra == "show_first" and i == len(args) - 1:
+            show_first = True
+        elif extra in LEVELS and i == 2:
+            level = LEVELS[extra]
+        else:
+            raise SetupError(f"unknown log level argument in consolidate: {extra}", option, i)
+    return Consolidate(period, pattern, level, show_first)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go's ``time.Duration.String`` prints it (``30s``, ``5m0s``, ``500ms``)."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return _decimal(ns, size) + unit
+    hours, rest = divmod(ns, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    secs = _decimal(rest, 1_000_000_000) + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    if minutes:
+        return f"{minutes}m{secs}"
+    return secs
+
+
+def _decimal(value: int, unit: int) -> str:
+    whole, frac = divmod(value, unit)
+    if not frac:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")

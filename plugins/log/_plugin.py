@@ -1,0 +1,149 @@
+"""The log plugin: one Common Log Format line per query, cache hits included."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from time import perf_counter
+
+import dns.rcode
+import trio
+
+from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+from pycorefile._zones import in_zone
+
+from ._classify import class_of, typify
+from ._format import Render, compile_format
+from ._parse import LogRule, parse_log
+from ._writer import MAX_LINES, LineWriter
+
+WRITER_KEY = "log.writer"
+"""Where the configuration's shared ``LineWriter`` lives in ``SetupContext.shared``."""
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    zone: str
+    render: Render
+    classes: frozenset[str] | None
+    """None means every class (``all``): no need to classify the reply."""
+
+
+class LogPlugin(Plugin):
+    """Wraps the rest of the chain, renders the final reply and logs it.
+
+    It sits outermost but for *errors*, so it sees every reply the chain gives,
+    including cache hits answered in ``serve_now``. It renders the reply to
+    wire bytes itself (rcode, flags and size are read from them) and returns
+    those bytes, which the server then only measures.
+    """
+
+    repeatable = True
+
+    def __init__(self, rules: Sequence[LogRule], writer: LineWriter) -> None:
+        self.rules = tuple(rules)
+        self.writer = writer
+        self._lines = writer.lines
+        self._compiled = tuple(
+            _Compiled(
+                rule.zone,
+                compile_format(rule.format).render,
+                None if "all" in rule.classes else rule.classes,
+            )
+            for rule in self.rules
+        )
+        first = self._compiled[0] if self._compiled else None
+        self._catch_all = first if first is not None and first.zone == "." else None
+
+    @classmethod
+    def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> LogPlugin:
+        rules = parse_log(directives)
+        writer = ctx.shared.get(WRITER_KEY)
+        if not isinstance(writer, LineWriter):
+            writer = ctx.shared[WRITER_KEY] = LineWriter()
+        return cls(rules, writer)
+
+    # -- Serving ------------------------------------------------------------------------
+
+    def _rule(self, request: Request) -> _Compiled | None:
+        """The first rule whose name scope holds the question name."""
+        if self._catch_all is not None:
+            return self._catch_all
+        name = request.name
+        for rule in self._compiled:
+            if in_zone(name, rule.zone):
+                return rule
+        return None
+
+    def serve_now(self, request: Request) -> Reply | None:
+        # The hot path of every cache hit: kept free of needless calls.
+        rule = self._catch_all
+        if rule is None:
+            rule = self._rule(request)
+            if rule is None:
+                return self.next.serve_now(request)
+        try:
+            reply = self.next.serve_now(request)
+        except Exception:
+            self._emit(rule, request, request.error(dns.rcode.SERVFAIL))
+            raise
+        if reply is None:
+            return None
+        if type(reply) is bytes and len(reply) <= request.max_size:
+            wire = reply
+        else:
+            rendered = self._render(rule, request, reply)
+            if rendered is None:
+                return reply
+            wire = rendered
+        if rule.classes is None:
+            lines = self._lines
+            lines.append(rule.render(request, wire, perf_counter() - request.started))
+            if len(lines) == 1 or len(lines) >= MAX_LINES:
+                self.writer.added()
+        else:
+            self._emit(rule, request, wire)
+        return wire
+
+    async def serve(self, request: Request) -> Reply:
+        rule = self._rule(request)
+        if rule is None:
+            return await self.next.serve(request)
+        try:
+            reply = await self.next.serve(request)
+        except (Exception, trio.Cancelled):
+            # A plugin failed, or the query ran out of time: the client gets SERVFAIL.
+            self._emit(rule, request, request.error(dns.rcode.SERVFAIL))
+            raise
+        wire = self._render(rule, request, reply)
+        if wire is None:
+            return reply
+        self._emit(rule, request, wire)
+        return wire
+
+    def _render(self, rule: _Compiled, request: Request, reply: Reply) -> bytes | None:
+        """The reply as it will be sent; None (logged as SERVFAIL) when it cannot be rendered.
+
+        The server then renders it again, fails the same way, and says why.
+        """
+        try:
+            return request.to_wire(reply)
+        except Exception:
+            self._emit(rule, request, request.error(dns.rcode.SERVFAIL))
+            return None
+
+    def _emit(self, rule: _Compiled, request: Request, wire: bytes) -> None:
+        if rule.classes is not None and class_of(typify(request, wire)) not in rule.classes:
+            return
+        self.writer.write(rule.render(request, wire, perf_counter() - request.started))
+
+    # -- Lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.writer.run()
+
+    async def before_stop(self) -> None:
+        self.writer.flush()
+
+    async def shutdown(self) -> None:
+        self.writer.flush()

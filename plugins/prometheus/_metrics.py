@@ -1,0 +1,294 @@
+"""CoreDNS's core DNS metrics: counted in plain ints per reply, turned into families when scraped.
+
+The server calls ``Observer.observe(request, wire)`` after every reply it
+sends, including REFUSED answers given before any chain ran. That call does
+one tuple build, one dict lookup and a few integer additions; everything
+Prometheus-shaped (label names, cumulative buckets, rcode names) happens at
+scrape time in ``core_families``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from pycorefile import Request, SetupContext, __version__
+
+DURATION_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
+"""CoreDNS's ``ExponentialBuckets(0.00025, 2, 16)``: 0.25 ms to about 8 s."""
+SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
+"""CoreDNS's request and response size buckets, in bytes."""
+
+MONITORED_TYPES = (
+    "A", "AAAA", "MX", "SOA", "CNAME", "PTR", "TXT", "NS", "SRV", "DS", "DNSKEY",
+    "RRSIG", "NSEC", "NSEC3", "HTTPS", "IXFR", "AXFR", "ANY",
+)  # fmt: skip
+"""Query types with their own ``type`` label; every other type is ``other``."""
+_TYPE_CODES = {
+    1: "A", 28: "AAAA", 15: "MX", 6: "SOA", 5: "CNAME", 12: "PTR", 16: "TXT", 2: "NS",
+    33: "SRV", 43: "DS", 48: "DNSKEY", 46: "RRSIG", 47: "NSEC", 50: "NSEC3", 65: "HTTPS",
+    251: "IXFR", 252: "AXFR", 255: "ANY",
+}  # fmt: skip
+_RCODE_NAMES = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE",
+}  # fmt: skip
+NO_REPLY = -1
+"""The rcode of a query answered with silence (the acl plugin's drop): no response counted."""
+DROPPED = "dropped"
+"""The zone label of queries answered before reaching a chain (no zone matched)."""
+
+# A row of counts per label combination: these offsets into a flat list.
+_COUNT, _DURATION_SUM, _REQUEST_SUM, _RESPONSE_SUM = 0, 1, 2, 3
+_DURATION_AT = 4
+_REQUEST_AT = _DURATION_AT + len(DURATION_BUCKETS) + 1
+_RESPONSE_AT = _REQUEST_AT + len(SIZE_BUCKETS) + 1
+_ROW_LEN = _RESPONSE_AT + len(SIZE_BUCKETS) + 1
+
+RowKey = tuple[str, str, str, int, str, int, str, bool]
+"""(server, zone, proto, family, type label, rcode, plugin, DO bit)."""
+
+
+def rcode_name(rcode: int) -> str:
+    """CoreDNS's ``rcode.ToString``: the name, or ``RCODE<n>``."""
+    return _RCODE_NAMES.get(rcode) or f"RCODE{rcode}"
+
+
+class Counters:
+    """The counts themselves. A reload hands them to the new configuration, so
+    counters keep growing across reloads as they do in CoreDNS."""
+
+    def __init__(self) -> None:
+        self.rows: dict[RowKey, list[float]] = {}
+        self.panics = 0
+
+
+def server_labels(ctx: SetupContext) -> list[tuple[str, str, str, int]]:
+    """``(server label, zone, host, port)`` for each key of a block, as the server labels it."""
+    out = []
+    for key in ctx.keys:
+        for host in ctx.listen_hosts or [""]:
+            out.append((f"{key.transport}://{host}:{key.port}", key.zone, host, key.port))
+    return out
+
+
+@dataclass
+class Observer:
+    """Counts the replies of one configuration into ``counters``.
+
+    Only blocks that enable *prometheus* are counted, as in CoreDNS; queries
+    refused before any block was chosen are counted under zone ``dropped``.
+    """
+
+    counters: Counters
+    enabled: set[tuple[str, str]] = field(default_factory=set)
+    listeners: list[tuple[str, str, int]] = field(default_factory=list)
+    """(server label, host, port) of every enabled block, to label dropped queries."""
+    _dropped_labels: dict[Any, str] = field(default_factory=dict)
+
+    def add_block(self, ctx: SetupContext) -> None:
+        for label, zone, host, port in server_labels(ctx):
+            self.enabled.add((label, zone))
+            self.listeners.append((label, host, port))
+
+    def observe(self, request: Request, wire: bytes) -> None:
+        route = request.route
+        server = route.server
+        if not server:
+            server = self._dropped_label(request)
+            zone = DROPPED
+        else:
+            zone = route.zone
+            if (server, zone) not in self.enabled:
+                return
+        key = (
+            server,
+            zone,
+            request.proto,
+            2 if ":" in request.client[0] else 1,
+            _TYPE_CODES.get(request.qtype, "other"),
+            wire[3] & 0xF if wire else NO_REPLY,
+            request.answered_by,
+            request.do,
+        )
+        rows = self.counters.rows
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = [0] * _ROW_LEN
+        seconds = time.perf_counter() - request.started
+        asked = len(request.wire)
+        sent = len(wire)
+        row[_COUNT] += 1
+        row[_DURATION_SUM] += seconds
+        row[_REQUEST_SUM] += asked
+        row[_RESPONSE_SUM] += sent
+        row[_DURATION_AT + bisect_left(DURATION_BUCKETS, seconds)] += 1
+        row[_REQUEST_AT + bisect_left(SIZE_BUCKETS, asked)] += 1
+        row[_RESPONSE_AT + bisect_left(SIZE_BUCKETS, sent)] += 1
+
+    def _dropped_label(self, request: Request) -> str:
+        """The server label of the listener that took a query no block matched."""
+        local = request.local
+        label = self._dropped_labels.get(local)
+        if label is None:
+            label = self._dropped_labels[local] = self._find_listener(local)
+        return label
+
+    def _find_listener(self, local: tuple[str, int] | None) -> str:
+        if local is not None:
+            for wanted_host in (local[0], ""):
+                for label, host, port in self.listeners:
+                    if host == wanted_host and port == local[1]:
+                        return label
+        labels = {label for label, _h, _p in self.listeners}
+        return labels.pop() if len(labels) == 1 else ""
+
+
+def _histogram(
+    name: str, doc: str, labels: list[str], data: dict[tuple[str, ...], list[float]],
+    bounds: tuple[float, ...],
+) -> HistogramMetricFamily:  # fmt: skip
+    """A histogram family from ``{labels: [sum, count per bucket..., count above]}``."""
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+    for values, counts in data.items():
+        total = 0.0
+        buckets = []
+        for le, n in zip(les, counts[1:], strict=True):
+            total += n
+            buckets.append((le, total))
+        family.add_metric(list(values), buckets, counts[0])
+    return family
+
+
+def _counter(
+    name: str, doc: str, labels: list[str], data: dict[tuple[str, ...], float]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, value in data.items():
+        family.add_metric(list(values), value)
+    return family
+
+
+def _add(data: dict[tuple[str, ...], list[float]], key: tuple[str, ...], row: list[float],
+         total: int, start: int, width: int) -> None:  # fmt: skip
+    acc = data.get(key)
+    if acc is None:
+        acc = data[key] = [0.0] * (width + 1)
+    acc[0] += row[total]
+    for i in range(width):
+        acc[i + 1] += row[start + i]
+
+
+def core_families(
+    counters: Counters, runner: Any, blocks: Iterable[SetupContext]
+) -> Iterator[Metric]:
+    """CoreDNS's server metrics with CoreDNS's names, help texts and labels."""
+    requests: dict[tuple[str, ...], float] = {}
+    do_requests: dict[tuple[str, ...], float] = {}
+    responses: dict[tuple[str, ...], float] = {}
+    k: tuple[str, ...]
+    durations: dict[tuple[str, ...], list[float]] = {}
+    request_sizes: dict[tuple[str, ...], list[float]] = {}
+    response_sizes: dict[tuple[str, ...], list[float]] = {}
+    view = ""
+    for key, row in list(counters.rows.items()):
+        server, zone, proto, ip_family, qtype, rcode, plugin, do = key
+        count = row[_COUNT]
+        k = (server, zone, view, proto, str(ip_family), qtype)
+        requests[k] = requests.get(k, 0) + count
+        if do:
+            k = (server, view, zone)
+            do_requests[k] = do_requests.get(k, 0) + count
+        nd = len(DURATION_BUCKETS) + 1
+        ns = len(SIZE_BUCKETS) + 1
+        _add(durations, (server, zone, view, qtype), row, _DURATION_SUM, _DURATION_AT, nd)
+        _add(request_sizes, (server, zone, view, proto), row, _REQUEST_SUM, _REQUEST_AT, ns)
+        if rcode == NO_REPLY:
+            continue  # a dropped query: no response to count
+        k = (server, zone, view, rcode_name(rcode), plugin)
+        responses[k] = responses.get(k, 0) + count
+        _add(response_sizes, (server, zone, view, proto), row, _RESPONSE_SUM, _RESPONSE_AT, ns)
+
+    yield _counter(
+        "coredns_dns_requests_total",
+        "Counter of DNS requests made per zone, protocol and family.",
+        ["server", "zone", "view", "proto", "family", "type"],
+        requests,
+    )
+    yield _counter(
+        "coredns_dns_do_requests_total",
+        "Counter of DNS requests with DO bit set per zone.",
+        ["server", "view", "zone"],
+        do_requests,
+    )
+    yield _counter(
+        "coredns_dns_responses_total",
+        "Counter of response status codes.",
+        ["server", "zone", "view", "rcode", "plugin"],
+        responses,
+    )
+    yield _histogram(
+        "coredns_dns_request_duration_seconds",
+        "Histogram of the time (in seconds) each request took per zone.",
+        ["server", "zone", "view", "type"],
+        durations,
+        DURATION_BUCKETS,
+    )
+    yield _histogram(
+        "coredns_dns_request_size_bytes",
+        "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.",
+        ["server", "zone", "view", "proto"],
+        request_sizes,
+        SIZE_BUCKETS,
+    )
+    yield _histogram(
+        "coredns_dns_response_size_bytes",
+        "Size of the returned response in bytes.",
+        ["server", "zone", "view", "proto"],
+        response_sizes,
+        SIZE_BUCKETS,
+    )
+
+    enabled = GaugeMetricFamily(
+        "coredns_plugin_enabled",
+        "A metric that indicates whether a plugin is enabled on per server and zone basis.",
+        labels=["server", "zone", "view", "name"],
+    )
+    seen: set[tuple[str, str, str]] = set()
+    for ctx in blocks:
+        names = [name for name, plugin in ctx.plugins.items() if plugin.serves_queries]
+        for label, zone, _host, _port in server_labels(ctx):
+            for name in names:
+                if (label, zone, name) not in seen:
+                    seen.add((label, zone, name))
+                    enabled.add_metric([label, zone, view, name], 1)
+    yield enabled
+
+    build = GaugeMetricFamily(
+        "coredns_build_info",
+        "A metric with a constant '1' value labeled by version, revision, and goversion "
+        "from which CoreDNS was built.",
+        labels=["version", "revision", "goversion"],
+    )
+    runtime = f"{platform.python_implementation().lower()}{platform.python_version()}"
+    build.add_metric([__version__, "", runtime], 1)
+    yield build
+    yield CounterMetricFamily(
+        "coredns_panics_total",
+        "A metrics that counts the number of panics.",
+        value=counters.panics,
+    )
+    yield CounterMetricFamily(
+        "coredns_reload_failed_total",
+        "Counter of the number of failed reload attempts.",
+        value=int(getattr(runner, "reload_failures", 0)),
+    )

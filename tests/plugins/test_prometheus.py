@@ -1,0 +1,339 @@
+"""prometheus: CoreDNS's series over real HTTP after known queries, and content negotiation."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Sequence
+
+import dns.rcode
+import dns.rrset
+import pytest
+import trio
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from plugins.bind import BindPlugin
+from plugins.errors import ErrorsPlugin
+from plugins.prometheus import DEFAULT_ADDRESS, PrometheusPlugin, parse_prometheus
+from plugins.whoami import WhoamiPlugin
+from pycorefile import (
+    CorefileError,
+    Directive,
+    Plugin,
+    Reply,
+    Request,
+    Server,
+    SetupContext,
+    load_config,
+    open_server,
+)
+from pycorefile._registry import Registry
+from pycorefile.corefile import parse_corefile
+from pycorefile.testing import make_query, query, query_wire
+
+
+class CountingPlugin(Plugin):
+    """Answers with an A record, raises for ``boom.*``, drops ``drop.*``; counts its answers."""
+
+    after = "cache"
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        self.answered = 0
+
+    @classmethod
+    def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> CountingPlugin:
+        return cls(ctx.zones[0])
+
+    def serve_now(self, request: Request) -> Reply | None:
+        if request.name.startswith("boom."):
+            raise RuntimeError("kaput")
+        if request.name.startswith("drop."):
+            return b""  # answer with silence, as the acl plugin's drop
+        self.answered += 1
+        reply = request.reply(authoritative=True)
+        if request.qtype == 1:
+            reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.1"))
+        return reply
+
+    def metrics(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "coredns_counting_answers_total", "Answers given.", labels=["zone"]
+        )
+        family.add_metric([self.zone], self.answered)
+        yield family
+
+
+def registry() -> Registry:
+    return Registry.from_classes(
+        {
+            "bind": BindPlugin,
+            "prometheus": PrometheusPlugin,
+            "errors": ErrorsPlugin,
+            "whoami": WhoamiPlugin,
+            "counting": CountingPlugin,
+        }
+    )
+
+
+async def http_get(
+    address: tuple[str, int], path: str, accept: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on a fresh connection: status, headers, body."""
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        await sock.connect(address)
+        head = f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        if accept:
+            head += f"Accept: {accept}\r\n"
+        await sock.send((head + "\r\n").encode())
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await sock.recv(65536):
+                data += chunk
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    assert int(headers["content-length"]) == len(body)
+    return int(lines[0].split()[1]), headers, body
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> tuple[Samples, dict[str, int]]:
+    """Every sample by (name, labels), and how often each family appears."""
+    out: Samples = {}
+    families: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = families.get(family.name, 0) + 1
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out, families
+
+
+def value(found: Samples, metric: str, **labels: str) -> float:
+    return found.get((metric, frozenset(labels.items())), 0.0)
+
+
+async def scrape(server: Server, accept: str = "") -> tuple[Samples, dict[str, int]]:
+    status, headers, body = await http_get(server.http_address("127.0.0.1", 0), "/metrics", accept)
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    return samples(body.decode())
+
+
+COREFILE = """\
+count.test:0 {
+    bind 127.0.0.1
+    prometheus 127.0.0.1:0
+    counting
+}
+other.test:0 {
+    bind 127.0.0.1
+    prometheus 127.0.0.1:0
+    counting
+}
+quiet.test:0 {
+    bind 127.0.0.1
+    counting
+}
+"""
+SERVER = "dns://127.0.0.1:0"
+
+
+# -- Parsing ----------------------------------------------------------------------------
+
+
+def directives(text: str) -> tuple[Directive, ...]:
+    return parse_corefile(".:53 {\n" + text + "\n}\n")[0].directives
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("prometheus", DEFAULT_ADDRESS),
+        ("prometheus :9253", ":9253"),
+        ("prometheus [::1]:9153", "[::1]:9153"),
+        ("prometheus 0.0.0.0:9153", "0.0.0.0:9153"),
+    ],
+)
+def test_parse(text: str, address: str) -> None:
+    assert parse_prometheus(directives(text)) == address
+    assert DEFAULT_ADDRESS == "localhost:9153"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prometheus localhost", "missing port in address"),
+        ("prometheus ::1:9153", "too many colons"),
+        ("prometheus :99999", "invalid port"),
+        ("prometheus :9153 :9154", "Wrong argument count"),
+        ("prometheus {\n  runtime_metrics\n}", "unknown property 'runtime_metrics'"),
+    ],
+)
+def test_setup_errors(text: str, message: str) -> None:
+    with pytest.raises(CorefileError, match=message) as info:
+        load_config(".:53 {\n" + text + "\n}\n", registry=registry())
+    assert "plugin/prometheus" in str(info.value)
+
+
+# -- Serving ----------------------------------------------------------------------------
+
+
+async def test_core_series_after_known_queries() -> None:
+    async with open_server(COREFILE, registry=registry()) as server:
+        sizes = []
+        for name, rdtype in [
+            ("a.count.test.", "A"),
+            ("b.count.test.", "A"),
+            ("c.count.test.", "MX"),
+        ]:
+            wire = make_query(name, rdtype).to_wire()
+            reply = await query_wire(server, wire)
+            assert reply is not None
+            sizes.append((len(wire), len(reply)))
+        await query(server, "d.count.test.", "NAPTR", proto="tcp")
+        await query(server, "e.count.test.", "AAAA", do=True)
+        await query(server, "x.other.test.", "A", proto="tcp")
+        await query(server, "x.quiet.test.", "A")  # block without prometheus: not counted
+        refused = await query(server, "nowhere.example.", "A")
+        failed = await query(server, "boom.count.test.", "A")
+        silence = await query_wire(
+            server, make_query("drop.count.test.", "TXT").to_wire(), timeout=0.3
+        )
+        found, families = await scrape(server)
+
+    assert refused.rcode() == dns.rcode.REFUSED
+    assert failed.rcode() == dns.rcode.SERVFAIL
+    assert silence is None
+    assert all(n == 1 for n in families.values()), families
+    req = "coredns_dns_requests_total"
+    common = {"server": SERVER, "view": ""}
+    assert value(found, req, zone="count.test.", proto="udp", family="1", type="A", **common) == 3
+    assert value(found, req, zone="count.test.", proto="udp", family="1", type="MX", **common) == 1
+    assert (
+        value(found, req, zone="count.test.", proto="tcp", family="1", type="other", **common) == 1
+    )
+    assert (
+        value(found, req, zone="count.test.", proto="udp", family="1", type="AAAA", **common) == 1
+    )
+    assert value(found, req, zone="other.test.", proto="tcp", family="1", type="A", **common) == 1
+    assert value(found, req, zone="dropped", proto="udp", family="1", type="A", **common) == 1
+    # A query answered with silence is a request, but no response.
+    assert value(found, req, zone="count.test.", proto="udp", family="1", type="TXT", **common) == 1
+    assert not [k for k in found if ("zone", "quiet.test.") in k[1]]
+
+    resp = "coredns_dns_responses_total"
+    assert value(found, resp, zone="count.test.", rcode="NOERROR", plugin="counting", **common) == 5
+    assert (
+        value(found, resp, zone="count.test.", rcode="SERVFAIL", plugin="counting", **common) == 1
+    )
+    assert value(found, resp, zone="dropped", rcode="REFUSED", plugin="", **common) == 1
+    assert value(found, resp, zone="other.test.", rcode="NOERROR", plugin="counting", **common) == 1
+    responses = sum(v for k, v in found.items() if k[0] == resp)
+    assert responses == 8  # five NOERROR, one SERVFAIL in count.test; other.test; REFUSED
+
+    do = "coredns_dns_do_requests_total"
+    assert value(found, do, zone="count.test.", **common) == 1
+
+    dur = "coredns_dns_request_duration_seconds"
+    # a, b and boom asked for A records.
+    assert value(found, dur + "_count", zone="count.test.", type="A", **common) == 3
+    assert value(found, dur + "_bucket", zone="count.test.", type="A", le="+Inf", **common) == 3
+    assert value(found, dur + "_bucket", zone="count.test.", type="A", le="0.00025", **common) <= 3
+    assert 0 < value(found, dur + "_sum", zone="count.test.", type="A", **common) < 3 * 3
+    buckets = [k for k in found if k[0] == dur + "_bucket" and ("type", "A") in k[1]]
+    assert len({dict(k[1])["le"] for k in buckets}) == 17
+
+    size = "coredns_dns_request_size_bytes"
+    labels = {"zone": "count.test.", "proto": "udp", **common}
+    # Over UDP: three raw queries, AAAA with DO, SERVFAIL, and the dropped TXT.
+    assert value(found, size + "_count", **labels) == 6
+    assert value(found, size + "_bucket", le="100.0", **labels) == 6
+    assert value(found, size + "_bucket", le="0.0", **labels) == 0
+    assert value(found, size + "_sum", **labels) >= sum(q for q, _r in sizes)
+    rsize = "coredns_dns_response_size_bytes"
+    assert value(found, rsize + "_count", **labels) == 5
+    assert value(found, rsize + "_sum", **labels) >= sum(r for _q, r in sizes)
+
+    enabled = "coredns_plugin_enabled"
+    assert value(found, enabled, zone="count.test.", name="prometheus", **common) == 1
+    assert value(found, enabled, zone="count.test.", name="counting", **common) == 1
+    assert value(found, enabled, zone="count.test.", name="bind", **common) == 0
+    assert not [k for k in found if k[0] == enabled and ("zone", "quiet.test.") in k[1]]
+
+    # No errors plugin: the exception went unhandled, CoreDNS's "panic".
+    assert value(found, "coredns_panics_total") == 1
+    assert value(found, "coredns_reload_failed_total") == 0
+    build = [k for k in found if k[0] == "coredns_build_info"]
+    assert len(build) == 1 and dict(build[0][1])["version"]
+    # Each block's plugin metrics, merged into one family.
+    answers = "coredns_counting_answers_total"
+    assert value(found, answers, zone="count.test.") == 5
+    assert value(found, answers, zone="other.test.") == 1
+    assert families["coredns_counting_answers"] == 1
+    assert value(found, "process_cpu_seconds_total") > 0
+
+
+async def test_errors_plugin_handles_so_no_panic() -> None:
+    text = "count.test:0 {\n bind 127.0.0.1\n prometheus 127.0.0.1:0\n errors\n counting\n}\n"
+    async with open_server(text, registry=registry()) as server:
+        reply = await query(server, "boom.count.test.", "A")
+        found, _ = await scrape(server)
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert value(found, "coredns_panics_total") == 0
+    labels = {"server": SERVER, "view": "", "zone": "count.test."}
+    assert (
+        value(found, "coredns_dns_responses_total", rcode="SERVFAIL", plugin="counting", **labels)
+        == 1
+    )
+
+
+async def test_content_negotiation() -> None:
+    text = ".:0 {\n bind 127.0.0.1\n prometheus 127.0.0.1:0\n whoami\n}\n"
+    async with open_server(text, registry=registry()) as server:
+        await query(server, "example.org.", "A")
+        address = server.http_address("127.0.0.1", 0)
+        plain = await http_get(address, "/metrics")
+        modern = await http_get(
+            address, "/metrics", "text/plain;version=1.0.0;escaping=underscores"
+        )
+        om = await http_get(
+            address,
+            "/metrics",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        missing = await http_get(address, "/other")
+    assert plain[1]["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert modern[1]["content-type"].startswith("text/plain; version=1.0.0")
+    assert om[0] == 200
+    assert om[1]["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert om[2].endswith(b"# EOF\n")
+    names = {f.name for f in openmetrics_families(om[2].decode())}  # type: ignore[no-untyped-call]
+    assert {"coredns_dns_requests", "coredns_dns_request_duration_seconds"} <= names
+    assert missing[0] == 404
+
+
+async def test_each_block_on_its_own_address_sees_the_same_registry() -> None:
+    text = (
+        "a.test:0 {\n bind 127.0.0.1\n prometheus 127.0.0.1:0\n whoami\n}\n"
+        "b.test:0 {\n bind 127.0.0.1\n prometheus 127.0.0.2:0\n whoami\n}\n"
+    )
+    async with open_server(text, registry=registry()) as server:
+        await query(server, "x.a.test.", "A")
+        await query(server, "x.b.test.", "A")
+        first = await http_get(server.http_address("127.0.0.1", 0), "/metrics")
+        second = await http_get(server.http_address("127.0.0.2", 0), "/metrics")
+    for _status, _headers, body in (first, second):
+        found, _ = samples(body.decode())
+        for zone in ("a.test.", "b.test."):
+            labels = {"server": SERVER, "zone": zone, "view": "", "proto": "udp", "family": "1"}
+            assert value(found, "coredns_dns_requests_total", type="A", **labels) == 1
