@@ -82,14 +82,14 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+                got = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if line is None:
+            if got is None:
                 break
-            self.lines.append(line)
-            if text in line:
-                return line
+            self.lines.append(got)
+            if text in got:
+                return got
         raise AssertionError(f"no line with {text!r}; output so far:\n" + "\n".join(self.lines))
 
     def drain(self, settle: float = 0.2) -> list[str]:
