@@ -11,6 +11,7 @@ an oversize reply, preparing an answer once).
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Sequence
 
 import dns.exception
@@ -327,15 +328,13 @@ class PreparedReply:
     def __init__(self, wire: bytes) -> None:
         wire = strip_opt(wire)
         self.wire = wire
-        self.ttl_offsets, self.ttls = ttl_offsets(wire)
+        offsets, ttls = ttl_offsets(wire)
+        # Compact: a cache or a mesh table keeps tens of thousands of these.
+        self.ttl_offsets = array("H", offsets)
+        self.ttls = array("I", ttls)
         self.rcode = wire[3] & 0xF
         self.name_end = _name_end(wire)
-        flags = _U16.unpack_from(wire, 2)[0] & ~(FLAG_RD | FLAG_CD)
-        # Indexed by (RD << 1) | CD of the query.
-        self._flags = tuple(
-            _U16.pack(flags | (FLAG_RD if i & 2 else 0) | (FLAG_CD if i & 1 else 0))
-            for i in range(4)
-        )
+        self._flags = _flag_variants(_U16.unpack_from(wire, 2)[0])
         self._counts = wire[4:12]
         arcount = _U16.unpack_from(wire, 10)[0]
         self._counts_opt = wire[4:10] + _U16.pack(arcount + 1)
@@ -367,6 +366,25 @@ class PreparedReply:
         for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
             _U32.pack_into(out, off, ttl - age if ttl > age else 0)
         return PreparedReply(bytes(out))
+
+
+_FLAG_VARIANTS: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
+
+
+def _flag_variants(flags: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """The flags word with each RD/CD combination, indexed by ``(RD << 1) | CD``.
+
+    Shared by every prepared reply with the same flags (there are few).
+    """
+    base = flags & ~(FLAG_RD | FLAG_CD)
+    variants = _FLAG_VARIANTS.get(base)
+    if variants is None:
+        a, b, c, d = (
+            _U16.pack(base | (FLAG_RD if i & 2 else 0) | (FLAG_CD if i & 1 else 0))
+            for i in range(4)
+        )
+        variants = _FLAG_VARIANTS[base] = (a, b, c, d)
+    return variants
 
 
 def _name_end(wire: bytes) -> int:
