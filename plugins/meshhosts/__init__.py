@@ -1,0 +1,18 @@
+"""meshhosts: the mesh host table (Services, ServiceEntries, NameTables), answered locally."""
+
+from ._parse import MeshHostsConfig, parse_meshhosts
+from ._plugin import Allocator, MeshHostsPlugin
+from ._sources import ServiceEntryHost, SourceError
+from ._table import HostEntry, InlineEntry, MeshTable
+
+__all__ = [
+    "Allocator",
+    "HostEntry",
+    "InlineEntry",
+    "MeshHostsConfig",
+    "MeshHostsPlugin",
+    "MeshTable",
+    "ServiceEntryHost",
+    "SourceError",
+    "parse_meshhosts",
+]

@@ -1,0 +1,357 @@
+"""The meshhosts plugin: serves the prepared table, reloads it, feeds autopath and autoalloc."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+
+from ._answers import Chase, PreparedTable, Settings
+from ._parse import MeshHostsConfig, parse_meshhosts
+from ._sources import (
+    ServiceEntryHost,
+    SourceError,
+    Sources,
+    read_search_domains,
+    read_sources,
+    snapshot,
+)
+from ._table import build_table, explicit_addresses, host_key, service_entry_hosts
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger("pycorefile")
+
+Allocator = Callable[[list[ServiceEntryHost]], Mapping[str, tuple[str, str]]]
+"""What autoalloc registers: ServiceEntry hosts without address → host → (IPv4, IPv6)."""
+
+_Snapshot = tuple[tuple[str, int, int, int], ...]
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Keep the cyclic garbage collector off while a table is built.
+
+    Building creates hundreds of thousands of long-lived objects; the
+    collector would rescan them again and again, doubling the build time.
+    Reference counting still frees everything that is not a cycle. Nested
+    and concurrent pauses (two blocks reloading at once) are counted.
+    """
+    global _gc_pauses
+    with _gc_lock:
+        if _gc_pauses == 0 and not gc.isenabled():
+            paused = False
+        else:
+            paused = True
+            _gc_pauses += 1
+            gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            with _gc_lock:
+                _gc_pauses -= 1
+                if _gc_pauses == 0:
+                    gc.enable()
+
+
+def load_sources(files: Sequence[str]) -> Sources:
+    """Read every source file (``read_sources`` with the collector paused); SourceError."""
+    with _cyclic_gc_paused():
+        return read_sources(files)
+
+
+def prepare_table(
+    sources: Sources, config: MeshHostsConfig, allocations: Mapping[str, tuple[str, str]]
+) -> PreparedTable:
+    """What a (re)load computes: merge the sources, prepare every answer (CPU only)."""
+    with _cyclic_gc_paused():
+        table = build_table(
+            sources,
+            config.inline,
+            domain=config.domain,
+            namespace=config.namespace,
+            allocations=allocations,
+        )
+        settings = Settings(
+            zones=config.zones,
+            ttl=config.ttl,
+            domain=config.domain,
+            namespace=config.namespace,
+            fallthrough=config.fallthrough,
+            serial=int(time.time()),
+        )
+        return PreparedTable(table, settings)
+
+
+class MeshHostsPlugin(Plugin):
+    """Answers the mesh's names from a table built from NameTables, manifests and inline lines.
+
+    The table is a ``PreparedTable`` (answers as wire bytes keyed on the
+    question); a reload builds a new one off the query path and replaces the
+    ``_table`` attribute in one assignment, so a query sees the old table or
+    the new one, never a mix.
+    """
+
+    def __init__(self, config: MeshHostsConfig, server_label: str = "") -> None:
+        self.config = config
+        self.server_label = server_label
+        self.zones_label = ",".join(config.zones)
+        self._sources: Sources | None = None
+        self._explicit: set[str] = {entry.address for entry in config.inline}
+        self._allocator: Allocator | None = None
+        self._table = self._prepare(Sources(), {})
+        self._loaded = False
+        self._rebuild = False
+        self._snapshot: _Snapshot | None = None
+        self._wake: trio.Event | None = None
+        self._search: list[str] | None = None
+        self._resolv_stamp: tuple[int, int] | None = None
+        self.loads = 0
+        self.load_failures = 0
+        self.loaded_at = 0.0
+
+    @classmethod
+    def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> MeshHostsPlugin:
+        config = parse_meshhosts(directives, ctx)
+        key = ctx.keys[0]
+        host = ctx.listen_hosts[0] if ctx.listen_hosts else ""
+        return cls(config, f"{key.transport}://{host}:{key.port}")
+
+    # -- Answering ------------------------------------------------------------------
+
+    def serve_now(self, request: Request) -> Reply | None:
+        table = self._table
+        found = table.answers.get(request.key[:-2])
+        if found is not None:
+            return found.render(request.wire, request.name_end, request.edns, request.do)
+        missed = table.miss(request)
+        if missed is None:
+            return self.next.serve_now(request)
+        if isinstance(missed, Chase):
+            reply = self.next.serve_now(request.derive(missed.target))
+            return None if reply is None else missed.merge(request, reply)
+        return missed.render(request.wire, request.name_end, request.edns, request.do)
+
+    async def serve(self, request: Request) -> Reply:
+        found = self._table.lookup(request)
+        if found is None:
+            return await self.next.serve(request)
+        if isinstance(found, Chase):
+            return found.merge(request, await self.next.serve(request.derive(found.target)))
+        return found.render(request.wire, request.name_end, request.edns, request.do)
+
+    # -- Loading --------------------------------------------------------------------
+
+    def _prepare(
+        self, sources: Sources, allocations: Mapping[str, tuple[str, str]]
+    ) -> PreparedTable:
+        return prepare_table(sources, self.config, allocations)
+
+    async def startup(self) -> None:
+        self._wake = trio.Event()
+        if not self.config.files:
+            await self._install(Sources())
+            return
+        await self._load()
+
+    async def _load(self) -> bool:
+        """Read every file and install the new table; on error keep the current one."""
+        files = self.config.files
+        stamp = await trio.to_thread.run_sync(snapshot, files)
+        try:
+            sources = await trio.to_thread.run_sync(load_sources, files)
+        except SourceError as exc:
+            self._snapshot = stamp
+            self.load_failures += 1
+            if self._loaded:
+                log.error("plugin/meshhosts: %s; the last good table keeps serving", exc)
+            else:
+                log.error(
+                    "plugin/meshhosts: %s; not ready until the files load (inline entries "
+                    "are served meanwhile)",
+                    exc,
+                )
+            return False
+        self._snapshot = stamp
+        return await self._install(sources)
+
+    async def _install(self, sources: Sources) -> bool:
+        """Allocate, build off the event loop, swap in."""
+        self._sources = sources
+        self._explicit = explicit_addresses(sources, self.config.inline)
+        allocations = self._allocate(sources)
+        try:
+            table = await trio.to_thread.run_sync(self._prepare, sources, allocations)
+        except Exception:
+            self.load_failures += 1
+            log.exception("plugin/meshhosts: building the table failed; keeping the last one")
+            return False
+        self._table = table
+        self._loaded = True
+        self._rebuild = False
+        self.loads += 1
+        self.loaded_at = time.time()
+        log.debug("plugin/meshhosts: %d hosts loaded (%s)", table.entries, self.config.source)
+        return True
+
+    def _allocate(self, sources: Sources) -> dict[str, tuple[str, str]]:
+        """Ask the allocator for the ServiceEntry hosts without address; {} when it fails."""
+        allocator = self._allocator
+        if allocator is None:
+            return {}
+        try:
+            result = allocator(service_entry_hosts(sources))
+        except Exception:
+            log.exception("plugin/meshhosts: the allocator failed; building without allocations")
+            return {}
+        out: dict[str, tuple[str, str]] = {}
+        for host, pair in result.items():
+            try:
+                v4, v6 = (str(ipaddress.ip_address(a)) if a else "" for a in pair)
+            except (TypeError, ValueError):
+                log.warning("plugin/meshhosts: allocator gave %s an unusable pair %r", host, pair)
+                continue
+            out[host_key(host)] = (v4, v6)
+        return out
+
+    async def run(self) -> None:
+        """Check the files every ``reload`` interval (or when woken) and reload on change."""
+        if self._wake is None:
+            self._wake = trio.Event()
+        interval = self.config.reload
+        while True:
+            wake = self._wake
+            if interval > 0:
+                with trio.move_on_after(interval):
+                    await wake.wait()
+            else:
+                await wake.wait()
+            if wake.is_set():
+                self._wake = trio.Event()
+            await self.check()
+
+    async def check(self) -> None:
+        """One round of the reload loop: resolv.conf, then the files, then a pending rebuild."""
+        await trio.to_thread.run_sync(self._refresh_search)
+        files = self.config.files
+        if files:
+            stamp = await trio.to_thread.run_sync(snapshot, files)
+            if stamp != self._snapshot:
+                await self._load()
+                return
+        if self._rebuild:
+            await self._install(self._sources if files and self._sources else Sources())
+
+    # -- For other plugins ----------------------------------------------------------
+
+    def use_allocator(self, allocator: Allocator) -> None:
+        """autoalloc's hook: called before each table build with the hosts lacking addresses."""
+        self._allocator = allocator
+        if self._loaded:
+            self._rebuild = True
+            if self._wake is not None:
+                self._wake.set()
+
+    def explicit_addresses(self) -> set[str]:
+        """Every address the sources name explicitly (never to be allocated)."""
+        if self._sources is None and self.config.files:
+            try:
+                self._sources = read_sources(self.config.files)
+            except SourceError as exc:
+                log.error("plugin/meshhosts: %s", exc)
+                return set(self._explicit)
+            self._explicit = explicit_addresses(self._sources, self.config.inline)
+        return set(self._explicit)
+
+    def service_entry_hosts(self) -> list[ServiceEntryHost]:
+        """The ServiceEntry hosts without address, read now if no table was loaded yet.
+
+        Raises SourceError when the files cannot be read.
+        """
+        if self._sources is None:
+            self._sources = read_sources(self.config.files) if self.config.files else Sources()
+            self._explicit = explicit_addresses(self._sources, self.config.inline)
+        return service_entry_hosts(self._sources)
+
+    def search_path(self) -> list[str]:
+        """``NAMESPACE.svc.DOMAIN``, ``svc.DOMAIN``, ``DOMAIN``, then resolv.conf's search list.
+
+        The same list object is returned until it changes (autopath relies on it).
+        """
+        if self._search is None:
+            self._refresh_search()
+        assert self._search is not None
+        return self._search
+
+    def _refresh_search(self) -> None:
+        path = self.config.resolv_conf
+        try:
+            st = os.stat(path)
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if self._search is not None and stamp == self._resolv_stamp:
+            return
+        domain = self.config.domain
+        base = [f"svc.{domain}", domain]
+        if self.config.namespace:
+            base.insert(0, f"{self.config.namespace}.svc.{domain}")
+        search = list(dict.fromkeys(base + read_search_domains(path)))
+        self._resolv_stamp = stamp
+        if search != self._search:
+            self._search = search
+
+    # -- State ----------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self._loaded
+
+    @property
+    def table(self) -> PreparedTable:
+        """The table serving now."""
+        return self._table
+
+    def metrics(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["server", "zones"]
+        values = [self.server_label, self.zones_label]
+        entries = GaugeMetricFamily(
+            "coredns_meshhosts_entries", "Hosts in the mesh table.", labels=labels
+        )
+        entries.add_metric(values, self._table.entries)
+        reloads = CounterMetricFamily(
+            "coredns_meshhosts_reloads",
+            "Tables loaded from the files (the first load included).",
+            labels=labels,
+        )
+        reloads.add_metric(values, self.loads)
+        failures = CounterMetricFamily(
+            "coredns_meshhosts_reload_failures",
+            "Loads that failed (broken, unreadable or missing file); the last table kept serving.",
+            labels=labels,
+        )
+        failures.add_metric(values, self.load_failures)
+        stamp = GaugeMetricFamily(
+            "coredns_meshhosts_reload_timestamp_seconds",
+            "When the serving table was loaded (Unix time).",
+            labels=labels,
+        )
+        stamp.add_metric(values, self.loaded_at)
+        return [entries, reloads, failures, stamp]

@@ -1,0 +1,648 @@
+"""Reading the mesh host sources: NameTable files and Kubernetes/Istio manifests.
+
+Pure functions: the only I/O is reading the files they are given (and listing
+the directories they are given). Each file becomes plain records; merging the
+records of every file into one host table is ``_table``'s job, because a
+Service and the EndpointSlices or ServiceEntries that go with it may live in
+different files.
+
+Errors are ``SourceError`` with the file, the line and the reason, so a broken
+file can be logged as ``file:line: reason`` while the last good table keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import yaml
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when PyYAML was built with it (10x faster), else the Python one."""
+
+SOURCE_SUFFIXES = (".json", ".yaml", ".yml")
+"""Files picked up from a directory."""
+
+ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+"""Versions of ``networking.istio.io`` whose ServiceEntry we read."""
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_HOST = re.compile(r"(?:\*\.)?(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
+"""Host names as the table takes them (lowercased, without the final dot)."""
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+
+
+@dataclass(frozen=True)
+class ServiceEntryHost:
+    """One host of an Istio ServiceEntry that has no ``spec.addresses``.
+
+    meshhosts hands every such host to the allocator (the autoalloc plugin),
+    which decides from these fields which ones get a virtual address pair.
+    """
+
+    host: str
+    namespace: str
+    name: str
+    created: str
+    resolution: str
+    wildcard: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    explicit_addresses: tuple[str, ...] = ()
+
+
+class SourceError(ValueError):
+    """A file that cannot be used, with where and why: ``file:line: reason``."""
+
+    def __init__(self, file: str, line: int, reason: str) -> None:
+        super().__init__(f"{file}:{line}: {reason}")
+        self.file = file
+        self.line = line
+        self.reason = reason
+
+
+# -- Records ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NameRecord:
+    """One host of a NameTable (``{"table": {HOST: {...}}}``)."""
+
+    host: str
+    ips: tuple[str, ...]
+    registry: str
+    shortname: str
+    namespace: str
+    alt_hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    """A Kubernetes v1 Service, reduced to what names and addresses need."""
+
+    name: str
+    namespace: str
+    cluster_ips: tuple[str, ...]
+    headless: bool
+    external_name: str
+    publish_not_ready: bool
+    export_to: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    """One endpoint of an EndpointSlice."""
+
+    addresses: tuple[str, ...]
+    ready: bool
+    terminating: bool
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class SliceRecord:
+    """A ``discovery.k8s.io/v1`` EndpointSlice owned by a Service."""
+
+    service: str
+    namespace: str
+    endpoints: tuple[EndpointRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntryRecord:
+    """An Istio ServiceEntry."""
+
+    name: str
+    namespace: str
+    created: str
+    labels: Mapping[str, str]
+    hosts: tuple[str, ...]
+    addresses: tuple[str, ...]
+    """Usable IPs of ``spec.addresses`` (/32 and /128 CIDRs become IPs)."""
+    has_addresses: bool
+    """True when ``spec.addresses`` was not empty (even if only wider CIDRs)."""
+    resolution: str
+    endpoint_ips: tuple[str, ...]
+    export_to: tuple[str, ...]
+
+
+@dataclass
+class Sources:
+    """Every record read from a set of files, in file order."""
+
+    names: list[NameRecord] = field(default_factory=list)
+    services: list[ServiceRecord] = field(default_factory=list)
+    slices: list[SliceRecord] = field(default_factory=list)
+    service_entries: list[ServiceEntryRecord] = field(default_factory=list)
+
+    def extend(self, other: Sources) -> None:
+        self.names.extend(other.names)
+        self.services.extend(other.services)
+        self.slices.extend(other.slices)
+        self.service_entries.extend(other.service_entries)
+
+
+# -- Files --------------------------------------------------------------------------
+
+
+def list_files(paths: Sequence[str]) -> list[str]:
+    """The files to read: each path itself, or a directory's JSON and YAML files (sorted).
+
+    Raises SourceError when a path does not exist or cannot be listed.
+    """
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as exc:
+                raise SourceError(path, 0, f"cannot list directory: {exc.strerror}") from exc
+            for name in names:
+                full = os.path.join(path, name)
+                if (
+                    name.endswith(SOURCE_SUFFIXES)
+                    and not name.startswith(".")
+                    and (os.path.isfile(full))
+                ):
+                    files.append(full)
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise SourceError(path, 0, "no such file or directory")
+    return files
+
+
+def snapshot(paths: Sequence[str]) -> tuple[tuple[str, int, int, int], ...]:
+    """What identifies the current content of the sources: (file, mtime_ns, size, inode).
+
+    Cheap (one ``stat`` per file); a missing path shows as a row of -1s, so a
+    deleted file is a change too.
+    """
+    rows: list[tuple[str, int, int, int]] = []
+    for path in paths:
+        try:
+            files = list_files([path])
+        except SourceError:
+            rows.append((path, -1, -1, -1))
+            continue
+        for file in files:
+            try:
+                st = os.stat(file)
+            except OSError:
+                rows.append((file, -1, -1, -1))
+            else:
+                rows.append((file, st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(rows)
+
+
+def read_sources(paths: Sequence[str]) -> Sources:
+    """Read every file of ``paths`` (files or directories); the first error raises."""
+    out = Sources()
+    for file in list_files(paths):
+        out.extend(read_file(file))
+    return out
+
+
+def read_file(path: str) -> Sources:
+    """Read one NameTable or manifest file, JSON or YAML (by suffix; else by content)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise SourceError(path, 0, f"not UTF-8 text: {exc.reason}") from exc
+    except OSError as exc:
+        raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
+    return parse_text(text, path)
+
+
+def parse_text(text: str, path: str = "<text>") -> Sources:
+    """Parse a file's text (JSON when it ends with .json or starts with '{' or '[')."""
+    is_json = path.endswith(".json") or (
+        not path.endswith((".yaml", ".yml")) and text.lstrip()[:1] in ("{", "[")
+    )
+    documents = _load_json(text, path) if is_json else _load_yaml(text, path)
+    out = Sources()
+    try:
+        for index, doc in enumerate(documents):
+            if doc is not None:
+                _read_document(doc, (index,), out)
+    except _Invalid as exc:
+        raise SourceError(path, _line_of(text, exc.path), exc.reason) from None
+    return out
+
+
+def _load_json(text: str, path: str) -> list[Any]:
+    try:
+        return [json.loads(text)]
+    except json.JSONDecodeError as exc:
+        raise SourceError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+
+
+def _load_yaml(text: str, path: str) -> list[Any]:
+    try:
+        return list(yaml.load_all(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        reason = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise SourceError(path, line, f"invalid YAML: {reason or 'syntax error'}") from None
+    except yaml.YAMLError as exc:
+        raise SourceError(path, 0, f"invalid YAML: {exc}") from None
+
+
+# -- Documents ----------------------------------------------------------------------
+
+_Path = tuple[str | int, ...]
+
+
+class _Invalid(Exception):
+    """A document that parses but does not mean anything usable, and where."""
+
+    def __init__(self, path: _Path, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+def _read_document(doc: Any, path: _Path, out: Sources) -> None:
+    if isinstance(doc, list):
+        for i, item in enumerate(doc):
+            _read_document(item, (*path, i), out)
+        return
+    if not isinstance(doc, dict):
+        raise _Invalid(path, f"expected a mapping (a NameTable or a manifest), got {_kind(doc)}")
+    kind = doc.get("kind")
+    if kind is None and "table" in doc:
+        _read_name_table(doc, path, out)
+        return
+    if kind is None:
+        raise _Invalid(path, "neither a NameTable ('table') nor a manifest ('kind')")
+    kind = _string(kind, (*path, "kind"))
+    api = _string(doc.get("apiVersion", ""), (*path, "apiVersion"))
+    group, _, version = api.rpartition("/")
+    if kind == "List" or (kind.endswith("List") and "items" in doc):
+        items = doc.get("items") or []
+        if not isinstance(items, list):
+            raise _Invalid((*path, "items"), f"expected a list, got {_kind(items)}")
+        for i, item in enumerate(items):
+            _read_document(item, (*path, "items", i), out)
+    elif kind == "Service" and api == "v1":
+        out.services.append(_read_service(doc, path))
+    elif kind == "EndpointSlice" and group == "discovery.k8s.io":
+        if version not in ("v1", "v1beta1"):
+            raise _Invalid((*path, "apiVersion"), f"unsupported EndpointSlice version {api}")
+        record = _read_slice(doc, path)
+        if record is not None:
+            out.slices.append(record)
+    elif kind == "ServiceEntry" and group == "networking.istio.io":
+        if version not in ISTIO_VERSIONS:
+            raise _Invalid((*path, "apiVersion"), f"unsupported ServiceEntry version {api}")
+        out.service_entries.append(_read_service_entry(doc, path))
+    # Any other kind (Deployment, ConfigMap, a Knative Service...) is not ours:
+    # skipped, so a whole `kubectl get -o yaml` dump can be given as it is.
+
+
+def _read_name_table(doc: Mapping[str, Any], path: _Path, out: Sources) -> None:
+    table = doc.get("table") or {}
+    tpath = (*path, "table")
+    if not isinstance(table, dict):
+        raise _Invalid(tpath, f"'table' must map host names to entries, got {_kind(table)}")
+    for host, info in table.items():
+        hpath = (*tpath, str(host))
+        if not isinstance(host, str) or not host:
+            raise _Invalid(tpath, f"host names must be non-empty strings, got {host!r}")
+        if info is None:
+            info = {}
+        if not isinstance(info, dict):
+            raise _Invalid(hpath, f"entry of {host} must be a mapping, got {_kind(info)}")
+        alt_key = "altHosts" if "altHosts" in info else "alt_hosts"
+        out.names.append(
+            NameRecord(
+                host=_host(host, hpath),
+                ips=tuple(_ip(v, p) for v, p in _strings(info.get("ips"), (*hpath, "ips"))),
+                registry=_string(info.get("registry", ""), (*hpath, "registry")),
+                shortname=_string(info.get("shortname", ""), (*hpath, "shortname")).lower(),
+                namespace=_string(info.get("namespace", ""), (*hpath, "namespace")).lower(),
+                alt_hosts=tuple(
+                    _host(v, p) for v, p in _strings(info.get(alt_key), (*hpath, alt_key))
+                ),
+            )
+        )
+
+
+def _read_service(doc: Mapping[str, Any], path: _Path) -> ServiceRecord:
+    name, namespace, meta = _metadata(doc, path)
+    spec = _mapping(doc.get("spec"), (*path, "spec"))
+    spath = (*path, "spec")
+    svc_type = _string(spec.get("type", "ClusterIP"), (*spath, "type"))
+    external = ""
+    if svc_type == "ExternalName":
+        external = _host(spec.get("externalName"), (*spath, "externalName"))
+        if external.startswith("*."):
+            raise _Invalid((*spath, "externalName"), "externalName cannot be a wildcard")
+    ips: list[str] = []
+    headless = False
+    if spec.get("clusterIPs"):
+        raw = list(_strings(spec.get("clusterIPs"), (*spath, "clusterIPs")))
+    elif spec.get("clusterIP"):
+        raw = [(_string(spec["clusterIP"], (*spath, "clusterIP")), (*spath, "clusterIP"))]
+    else:
+        raw = []
+    for value, vpath in raw:
+        if value == "None":
+            headless = True
+        elif value:
+            ips.append(_ip(value, vpath))
+    annotations = _mapping(meta.get("annotations"), (*path, "metadata", "annotations"))
+    export = str(annotations.get(EXPORT_TO_ANNOTATION) or "")
+    return ServiceRecord(
+        name=name,
+        namespace=namespace,
+        cluster_ips=tuple(dict.fromkeys(ips)) if not external else (),
+        headless=headless and not external,
+        external_name=external,
+        publish_not_ready=spec.get("publishNotReadyAddresses") is True,
+        export_to=tuple(p.strip() for p in export.split(",") if p.strip()),
+    )
+
+
+def _read_slice(doc: Mapping[str, Any], path: _Path) -> SliceRecord | None:
+    _, namespace, meta = _metadata(doc, path)
+    labels = _mapping(meta.get("labels"), (*path, "metadata", "labels"))
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not service:
+        return None  # a slice no Service owns: nothing to attach it to
+    address_type = _string(doc.get("addressType", "IPv4"), (*path, "addressType"))
+    if address_type not in ("IPv4", "IPv6"):
+        return None  # FQDN slices name hosts, not addresses
+    endpoints: list[EndpointRecord] = []
+    epath = (*path, "endpoints")
+    raw = doc.get("endpoints") or []
+    if not isinstance(raw, list):
+        raise _Invalid(epath, f"expected a list, got {_kind(raw)}")
+    for i, ep in enumerate(raw):
+        ppath = (*epath, i)
+        ep = _mapping(ep, ppath)
+        conditions = _mapping(ep.get("conditions"), (*ppath, "conditions"))
+        hostname = ep.get("hostname") or ""
+        endpoints.append(
+            EndpointRecord(
+                addresses=tuple(
+                    _ip(v, p) for v, p in _strings(ep.get("addresses"), (*ppath, "addresses"))
+                ),
+                # The API says an unknown (absent) readiness is to be read as ready.
+                ready=conditions.get("ready") is not False,
+                terminating=conditions.get("terminating") is True,
+                hostname=_label(hostname, (*ppath, "hostname")) if hostname else "",
+            )
+        )
+    return SliceRecord(str(service).lower(), namespace, tuple(endpoints))
+
+
+def _read_service_entry(doc: Mapping[str, Any], path: _Path) -> ServiceEntryRecord:
+    name, namespace, meta = _metadata(doc, path)
+    spath = (*path, "spec")
+    spec = _mapping(doc.get("spec"), spath)
+    hosts = tuple(_host(v, p) for v, p in _strings(spec.get("hosts"), (*spath, "hosts")))
+    if not hosts:
+        raise _Invalid((*spath, "hosts"), "a ServiceEntry needs at least one host")
+    addresses: list[str] = []
+    raw_addresses = list(_strings(spec.get("addresses"), (*spath, "addresses")))
+    for value, vpath in raw_addresses:
+        ip = _address_or_cidr(value, vpath)
+        if ip is not None:
+            addresses.append(ip)
+    endpoint_ips: list[str] = []
+    eps = spec.get("endpoints") or []
+    if not isinstance(eps, list):
+        raise _Invalid((*spath, "endpoints"), f"expected a list, got {_kind(eps)}")
+    for i, ep in enumerate(eps):
+        ep = _mapping(ep, (*spath, "endpoints", i))
+        address = str(ep.get("address") or "")
+        # A host name or a unix socket is not an address DNS can give.
+        with contextlib.suppress(ValueError):
+            endpoint_ips.append(_normal_ip(address))
+    labels = _mapping(meta.get("labels"), (*path, "metadata", "labels"))
+    export = spec.get("exportTo") or []
+    created = meta.get("creationTimestamp") or ""
+    return ServiceEntryRecord(
+        name=name,
+        namespace=namespace,
+        created=_timestamp(created),
+        labels={str(k): _label_value(v) for k, v in labels.items()},
+        hosts=hosts,
+        addresses=tuple(dict.fromkeys(addresses)),
+        has_addresses=bool(raw_addresses),
+        resolution=_string(spec.get("resolution") or "NONE", (*spath, "resolution")).upper(),
+        endpoint_ips=tuple(dict.fromkeys(endpoint_ips)),
+        export_to=tuple(str(x) for x in export) if isinstance(export, list) else (),
+    )
+
+
+# -- Field helpers ------------------------------------------------------------------
+
+
+def _metadata(doc: Mapping[str, Any], path: _Path) -> tuple[str, str, Mapping[str, Any]]:
+    mpath = (*path, "metadata")
+    meta = _mapping(doc.get("metadata"), mpath)
+    name = meta.get("name")
+    if not name:
+        raise _Invalid(mpath, f"a {doc.get('kind')} needs metadata.name")
+    namespace = meta.get("namespace") or "default"
+    return (
+        _label(name, (*mpath, "name")),
+        _label(namespace, (*mpath, "namespace")),
+        meta,
+    )
+
+
+def _mapping(value: Any, path: _Path) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping, got {_kind(value)}")
+    return value
+
+
+def _string(value: Any, path: _Path) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Invalid(path, f"expected a string, got {_kind(value)}")
+
+
+def _strings(value: Any, path: _Path) -> Iterator[tuple[str, _Path]]:
+    """Each string of a list with its path (nothing for a missing list)."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise _Invalid(path, f"expected a list, got {_kind(value)}")
+    for i, item in enumerate(value):
+        yield _string(item, (*path, i)), (*path, i)
+
+
+def _normal_ip(text: str) -> str:
+    """An address in canonical text; an IPv4-mapped IPv6 address becomes IPv4 (as hosts does).
+
+    Raises ValueError when ``text`` is not an address. (``socket`` rather than
+    ``ipaddress``: ten times faster, and tables hold tens of thousands.)
+    """
+    text = text.strip()
+    try:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if packed[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed)
+
+
+def _ip(value: str, path: _Path) -> str:
+    try:
+        return _normal_ip(value)
+    except ValueError:
+        raise _Invalid(path, f"{value!r} is not an IP address") from None
+
+
+def _address_or_cidr(value: str, path: _Path) -> str | None:
+    """A ServiceEntry address: an IP, or a CIDR (single-host ones become that IP)."""
+    if "/" not in value:
+        return _ip(value, path)
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise _Invalid(path, f"{value!r} is neither an IP address nor a CIDR") from None
+    if net.num_addresses == 1:
+        return _normal_ip(str(net.network_address))
+    return None  # a range is for routing, not something a name resolves to
+
+
+def _host(value: Any, path: _Path) -> str:
+    """A host name, lowercased, fully qualified; ``*`` only as the whole first label."""
+    text = _string(value, path).strip().lower()
+    if text.endswith("."):
+        text = text[:-1]
+    if len(text) <= 253 and _HOST.fullmatch(text):
+        return text + "."
+    if not text:
+        raise _Invalid(path, "empty host name")
+    if len(text) > 253:
+        raise _Invalid(path, f"host name {text!r} is longer than 253 characters")
+    raise _Invalid(path, f"{text!r} is not a valid host name")
+
+
+def normalize_host(text: str) -> str:
+    """A host name as the table keys it (lowercased FQDN); ValueError when it is not one."""
+    try:
+        return _host(text, ())
+    except _Invalid as exc:
+        raise ValueError(exc.reason) from None
+
+
+def read_search_domains(path: str) -> list[str]:
+    """The ``search`` (or ``domain``) domains of a resolv.conf, lowercased FQDNs.
+
+    The last ``search``/``domain`` line wins, as in glibc. A missing or
+    unreadable file gives no domains.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    domains: list[str] = []
+    for line in lines:
+        fields = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(fields) >= 2 and fields[0] in ("search", "domain"):
+            domains = []
+            for field_ in fields[1:]:
+                try:
+                    domains.append(normalize_host(field_))
+                except ValueError:
+                    continue
+    return list(dict.fromkeys(d for d in domains if d != "."))
+
+
+def _label(value: Any, path: _Path) -> str:
+    """A Kubernetes name or namespace (one DNS label), lowercased."""
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if not text or len(text) > 63 or not _label_ok(text):
+        raise _Invalid(path, f"{value!r} is not a valid name (one DNS label)")
+    return text
+
+
+def _label_ok(label: str) -> bool:
+    return _LABEL.fullmatch(label) is not None
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _timestamp(value: Any) -> str:
+    """A creationTimestamp as RFC 3339 text (YAML may have made it a datetime already)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def _line_of(text: str, path: _Path) -> int:
+    """The line (1-based) of the node at ``path`` (document index first), best effort.
+
+    Only used when reporting an error: the file is composed again with node
+    positions (JSON is read as the YAML it almost always is).
+    """
+    try:
+        docs = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.YAMLError:
+        return 1
+    index = path[0]
+    if not isinstance(index, int) or index >= len(docs) or docs[index] is None:
+        return 1
+    node: yaml.Node = docs[index]
+    for step in path[1:]:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if str(key.value) == str(step):
+                    child = value
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value)
+        ):
+            child = node.value[step]
+        if child is None:
+            break
+        node = child
+    return int(node.start_mark.line) + 1
