@@ -317,15 +317,19 @@ class PreparedReply:
     stored flags with the client's RD and CD bits, the stored counts, the
     client's question name (so the letter case is the client's) and the stored
     rest, and appends our OPT record when the client sent one. ``aged`` gives a
-    copy with every TTL lowered (a cache keeps one per second of age). The
-    query's question name must have the same wire length as the stored one,
-    which holds whenever both lowercase to the same key.
+    copy with every TTL lowered (a cache keeps one per second of age).
+
+    A reply built with ``spliced`` takes the whole question (name, type and
+    class) from the query and stores only records that name their owner by a
+    pointer to offset 12: one such reply serves any name and type it belongs
+    to, whatever the name's length (the meshhosts table, wildcards).
     """
 
-    __slots__ = ("_counts", "_counts_opt", "_flags", "_tail", "name_end", "rcode", "ttl_offsets",
-                 "ttls", "wire")  # fmt: skip
+    __slots__ = ("_asked", "_counts", "_counts_opt", "_flags", "_tail", "name_end", "rcode",
+                 "ttl_offsets", "ttls", "wire")  # fmt: skip
 
     def __init__(self, wire: bytes) -> None:
+        self._asked = 0
         wire = strip_opt(wire)
         self.wire = wire
         offsets, ttls = ttl_offsets(wire)
@@ -335,10 +339,32 @@ class PreparedReply:
         self.rcode = wire[3] & 0xF
         self.name_end = _name_end(wire)
         self._flags = _flag_variants(_U16.unpack_from(wire, 2)[0])
-        self._counts = wire[4:12]
-        arcount = _U16.unpack_from(wire, 10)[0]
-        self._counts_opt = wire[4:10] + _U16.pack(arcount + 1)
+        self._counts, self._counts_opt = _counts(*struct.unpack_from(">HHHH", wire, 4))
         self._tail = wire[self.name_end :]
+
+    def _splice(self, flags: int, answers: int, authority: int, records: bytes) -> None:
+        """Set up a reply whose question always comes whole from the query."""
+        self._asked = 4
+        self.wire = b""
+        self.ttl_offsets = _NO_OFFSETS
+        self.ttls = _NO_TTLS
+        self.rcode = flags & 0xF
+        self.name_end = HEADER_LEN
+        self._flags = _flag_variants(flags)
+        self._counts, self._counts_opt = _counts(1, answers, authority, 0)
+        self._tail = records
+
+    @classmethod
+    def spliced(cls, flags: int, answers: int, authority: int, records: bytes) -> PreparedReply:
+        """A reply of ``records`` (owners pointing at offset 12) for any question."""
+        reply = cls.__new__(cls)
+        reply._splice(flags, answers, authority, records)
+        return reply
+
+    @property
+    def records(self) -> bytes:
+        """Everything after the question: the stored records."""
+        return self._tail[4 - self._asked :]
 
     @classmethod
     def from_message(cls, msg: dns.message.Message) -> PreparedReply:
@@ -353,19 +379,38 @@ class PreparedReply:
     def render(self, query: bytes, name_end: int, edns: bool, do: bool) -> bytes:
         """The reply for ``query``: its ID, RD/CD bits and question casing; our OPT if asked."""
         flags = self._flags[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)]
+        asked = query[12 : name_end + self._asked]
         if edns:
             return (
-                query[:2] + flags + self._counts_opt + query[12:name_end] + self._tail
+                query[:2] + flags + self._counts_opt + asked + self._tail
                 + (_OPT_DO if do else _OPT_NO_DO)
             )  # fmt: skip
-        return query[:2] + flags + self._counts + query[12:name_end] + self._tail
+        return query[:2] + flags + self._counts + asked + self._tail
 
     def aged(self, age: int) -> PreparedReply:
-        """A copy whose TTLs are lowered by ``age`` seconds (never below 0)."""
+        """A copy whose TTLs are lowered by ``age`` seconds (never below 0; not spliced)."""
         out = bytearray(self.wire)
         for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
             _U32.pack_into(out, off, ttl - age if ttl > age else 0)
         return PreparedReply(bytes(out))
+
+
+_NO_OFFSETS = array("H")
+_NO_TTLS = array("I")
+_COUNTS: dict[tuple[int, int, int, int], tuple[bytes, bytes]] = {}
+
+
+def _counts(qd: int, an: int, ns: int, ar: int) -> tuple[bytes, bytes]:
+    """Header counts without and with our OPT record, shared by equal replies."""
+    found = _COUNTS.get((qd, an, ns, ar))
+    if found is None:
+        if len(_COUNTS) > 4096:
+            _COUNTS.clear()
+        found = _COUNTS[(qd, an, ns, ar)] = (
+            struct.pack(">HHHH", qd, an, ns, ar),
+            struct.pack(">HHHH", qd, an, ns, ar + 1),
+        )
+    return found
 
 
 _FLAG_VARIANTS: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}

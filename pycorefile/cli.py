@@ -139,7 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(describe(config)))
             return 0
         if args.allocations:
-            tables = [p.allocation_table() for p in config.find("autoalloc")]  # type: ignore[attr-defined]
+            try:
+                tables = [p.allocation_table() for p in config.find("autoalloc")]  # type: ignore[attr-defined]
+            except (ValueError, OSError) as exc:
+                print(f"cannot compute allocations: {exc}", file=sys.stderr)
+                return 1
             print(json.dumps([row for t in tables for row in t], indent=2))
             return 0
     except CorefileError as exc:

@@ -26,6 +26,7 @@ import dns.rdatatype
 import dns.rrset
 
 from pycorefile import Fallthrough, Reply, Request
+from pycorefile._wire import PreparedReply
 
 from ._table import HostEntry, MeshTable, names_of
 
@@ -47,47 +48,14 @@ _TYPE_CLASS = {
 }
 _POINTER_TO_QUESTION = b"\xc0\x0c"
 _WILDCARD_LABEL = b"\x01*"
-_OPT = (
-    b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00",  # 1232-byte payload, DO clear
-    b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00",  # DO set
-)
 
 # Header flags of our answers: QR, AA and RA (this server recurses through the
-# rest of its chain, and a missing RA makes dig and some stubs complain), with
-# the query's RD and CD copied; indexed by (RD << 1) | CD.
+# rest of its chain, and a missing RA makes dig and some stubs complain); the
+# query's RD and CD bits are copied in when rendering.
 _BASE_FLAGS = 0x8000 | 0x0400 | 0x0080
 
 
-def _flag_variants(rcode: int) -> tuple[bytes, bytes, bytes, bytes]:
-    base = _BASE_FLAGS | rcode
-    return (
-        _U16.pack(base),
-        _U16.pack(base | 0x0010),
-        _U16.pack(base | 0x0100),
-        _U16.pack(base | 0x0110),
-    )
-
-
-_FLAGS: dict[int, tuple[bytes, bytes, bytes, bytes]] = {
-    rcode: _flag_variants(rcode) for rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
-}
-
-
 _LENGTH = [bytes((n,)) for n in range(256)]
-
-
-_COUNTS: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-
-
-def _counts(answers: int, authority: int) -> tuple[bytes, bytes]:
-    """Header counts (QD=1) without and with our OPT record; shared between answers."""
-    found = _COUNTS.get((answers, authority))
-    if found is None:
-        found = _COUNTS[(answers, authority)] = (
-            struct.pack(">HHHH", 1, answers, authority, 0),
-            struct.pack(">HHHH", 1, answers, authority, 1),
-        )
-    return found
 
 
 def name_wire(name: str) -> bytes:
@@ -112,34 +80,13 @@ def reverse_name(address: str) -> str:
 # -- What a lookup returns ----------------------------------------------------------
 
 
-class Answer:
-    """One prepared reply: header counts, flags and records; the question comes from the query."""
+class Answer(PreparedReply):
+    """One prepared reply of the table: the question is always the query's own."""
 
-    __slots__ = ("_counts", "_counts_opt", "_flags", "_records", "rcode")
+    __slots__ = ()
 
     def __init__(self, rcode: int, answers: int, authority: int, records: bytes) -> None:
-        self.rcode = rcode
-        self._flags = _FLAGS[rcode]
-        self._counts, self._counts_opt = _counts(answers, authority)
-        self._records = records
-
-    def render(self, query: bytes, name_end: int, edns: bool, do: bool) -> bytes:
-        """The reply to ``query``: its ID, RD/CD and question; our OPT record if it sent one."""
-        flags = self._flags[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)]
-        if edns:
-            return (
-                query[:2]
-                + flags
-                + self._counts_opt
-                + query[12 : name_end + 4]
-                + self._records
-                + _OPT[do]
-            )
-        return query[:2] + flags + self._counts + query[12 : name_end + 4] + self._records
-
-    @property
-    def records(self) -> bytes:
-        return self._records
+        self._splice(_BASE_FLAGS | rcode, answers, authority, records)
 
 
 class EmptyName(Answer):
