@@ -9,8 +9,9 @@ slow, garbage, wrong ID, oversize), to stand in for real upstreams.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -122,6 +123,13 @@ class Upstream:
     (random bytes), ``wrong_id`` (a reply with another ID), ``servfail``,
     ``refused``. ``delay`` seconds are waited before each reply. ``queries``
     lists every question received as ``(name, type, proto)``.
+
+    A ``handler`` may return a list of replies, sent in order (a spoofed one
+    before the real one); ``client`` is the address of the query being
+    answered. ``truncate_udp`` sizes UDP replies as a real server does (the
+    query's EDNS payload or 512 bytes, TC=1); ``tls`` serves DNS over TLS on
+    the TCP port; ``tcp_close_after`` closes a TCP connection after that many
+    replies; ``connections`` counts accepted TCP (or TLS) connections.
     """
 
     records: Records = field(default_factory=dict)
@@ -131,7 +139,18 @@ class Upstream:
     host: str = "127.0.0.1"
     port: int = 0
     queries: list[tuple[str, str, str]] = field(default_factory=list)
-    handler: Callable[[dns.message.Message], dns.message.Message | bytes | None] | None = None
+    handler: (
+        Callable[
+            [dns.message.Message],
+            dns.message.Message | bytes | Sequence[dns.message.Message | bytes] | None,
+        ]
+        | None
+    ) = None
+    truncate_udp: bool = False
+    tls: ssl.SSLContext | None = None
+    tcp_close_after: int = 0
+    connections: int = 0
+    client: tuple[object, ...] = ()
 
     @property
     def address(self) -> str:
@@ -149,16 +168,38 @@ class Upstream:
 
     def respond(self, wire: bytes, proto: str) -> bytes | None:
         """The reply to one query, or None to stay silent."""
+        replies = self.respond_all(wire, proto)
+        return replies[-1] if replies else None
+
+    def respond_all(self, wire: bytes, proto: str) -> list[bytes]:
+        """Every reply to one query, in sending order (none to stay silent)."""
         try:
             q = dns.message.from_wire(wire)
         except Exception:
-            return None
+            return []
+        if self.handler is not None:
+            self._record(q, proto)
+            out = self.handler(q)
+            if out is None:
+                return []
+            items = [out] if isinstance(out, bytes | dns.message.Message) else list(out)
+            replies = [i if isinstance(i, bytes) else i.to_wire(max_size=65535) for i in items]
+        else:
+            one = self._respond(q, proto)
+            replies = [] if one is None else [one]
+        if proto == "udp" and self.truncate_udp:
+            limit = max(512, q.payload) if q.edns >= 0 else 512
+            replies = [_truncate(r, limit) for r in replies]
+        return replies
+
+    def _record(self, q: dns.message.Message, proto: str) -> tuple[str, str]:
         qname = q.question[0].name.to_text().lower() if q.question else "."
         qtype = dns.rdatatype.to_text(q.question[0].rdtype) if q.question else "?"
         self.queries.append((qname, qtype, proto))
-        if self.handler is not None:
-            out = self.handler(q)
-            return out if isinstance(out, bytes | None) else out.to_wire()
+        return qname, qtype
+
+    def _respond(self, q: dns.message.Message, proto: str) -> bytes | None:
+        qname, qtype = self._record(q, proto)
         if self.mode == "silent":
             return None
         if self.mode == "garbage":
@@ -234,22 +275,27 @@ class Upstream:
     ) -> None:
         if self.delay:
             await trio.sleep(self.delay)
-        out = self.respond(data, "udp")
-        if out is not None:
+        self.client = addr
+        for out in self.respond_all(data, "udp"):
             await sock.sendto(out, addr)
 
     async def _serve_tcp(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         while True:
-            conn, _ = await sock.accept()
-            nursery.start_soon(self._tcp_conn, conn)
+            conn, addr = await sock.accept()
+            self.connections += 1
+            nursery.start_soon(self._tcp_conn, conn, addr)
 
-    async def _tcp_conn(self, conn: trio.socket.SocketType) -> None:
+    async def _tcp_conn(self, conn: trio.socket.SocketType, addr: tuple[object, ...]) -> None:
+        stream: trio.abc.Stream = trio.SocketStream(conn)
+        if self.tls is not None:
+            stream = trio.SSLStream(stream, self.tls, server_side=True)
         with conn:
             buf = b""
+            answered = 0
             while True:
                 try:
-                    chunk = await conn.recv(65535)
-                except OSError:
+                    chunk = await stream.receive_some(65535)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     return
                 if not chunk:
                     return
@@ -259,15 +305,20 @@ class Upstream:
                     data, buf = buf[2 : 2 + size], buf[2 + size :]
                     if self.delay:
                         await trio.sleep(self.delay)
-                    out = self.respond(data, "tcp")
-                    if out is not None:
+                    self.client = addr
+                    for out in self.respond_all(data, "tcp"):
                         try:
-                            await _send_all(conn, struct.pack(">H", len(out)) + out)
-                        except OSError:
+                            await stream.send_all(struct.pack(">H", len(out)) + out)
+                        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                             return
+                    answered += 1
+                    if self.tcp_close_after and answered >= self.tcp_close_after:
+                        return
 
 
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    while data:
-        sent = await sock.send(data)
-        data = data[sent:]
+def _truncate(wire: bytes, limit: int) -> bytes:
+    """A reply cut to ``limit`` bytes as a server does over UDP: whole RRsets, TC=1."""
+    if len(wire) <= limit:
+        return wire
+    msg = dns.message.from_wire(wire)
+    return msg.to_wire(max_size=limit, prefer_truncation=True)
