@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from itertools import islice
 from typing import TYPE_CHECKING, TypeAlias
 
 import dns.flags
@@ -23,7 +24,8 @@ _KEY_SUFFIX = (b"\x00\x00", b"\x00\x01", b"\x01\x00", b"\x01\x01")
 """The DO and CD bits as the last two bytes of a request key."""
 
 _PARSED: dict[bytes, tuple[_wire.QueryFields, bytes]] = {}
-_PARSED_MAX = 4096
+_PARSED_MAX = 16384
+"""At most this many remembered questions (a few MB); the older half goes when full."""
 
 
 def _parse(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
@@ -31,7 +33,8 @@ def _parse(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
 
     Clients repeat the same questions, so most packets differ from one seen
     before only in their ID: the memo saves reading the name label by label.
-    It is bounded (cleared when full), so odd traffic cannot grow it.
+    It is bounded (the oldest half is dropped when full), so odd traffic
+    cannot grow it.
     """
     rest = wire[2:]
     hit = _PARSED.get(rest)
@@ -45,7 +48,8 @@ def _parse(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
             + _KEY_SUFFIX[(2 if fields[10] else 0) | (1 if fields[1] & 0x10 else 0)]
         )
         if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
+            for old in list(islice(_PARSED, _PARSED_MAX // 2)):
+                del _PARSED[old]
         hit = _PARSED[rest] = (fields, key)
     return hit
 
