@@ -419,7 +419,8 @@ SCENARIOS = {
 
 def table(results: list[Result]) -> str:
     rows = [
-        "| scenario | server | qps | ratio | avg ms | p50 ms | p99 ms | lost | CPU µs/q | peak RSS MB |",
+        "| scenario | server | qps | ratio | avg ms | p50 ms | p99 ms | lost | CPU µs/q "
+        "| peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     peers = {(r.scenario): r for r in results if r.server == "dnsmasq"}
@@ -500,7 +501,8 @@ def main() -> int:
     print(text)
     if args.write:
         header = (
-            f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
+            f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
+            f"{os.cpu_count()} cores, "
             f"Python {platform.python_version()}; command: `python bench/run.py "
             f"-d {args.duration:g} --write`. Server on core {SERVER_CORE}, dnsperf "
             f"(`-c 1 -q 100`) on core {CLIENT_CORE}, UDP on 127.0.0.1."

@@ -88,7 +88,7 @@ def test_workers_share_the_port_restart_reload_and_stop(tmp_path: Path) -> None:
 
 def test_metrics_of_workers_are_summed() -> None:
     one = (
-        "# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.\n"
+        "# HELP coredns_dns_requests_total Counter of DNS requests.\n"
         "# TYPE coredns_dns_requests_total counter\n"
         'coredns_dns_requests_total{server="dns://:53",zone=".",type="A"} 3.0\n'
         "# HELP coredns_build_info A metric with a constant '1' value.\n"

@@ -6,10 +6,10 @@ import dns.exception
 import dns.rcode
 import pytest
 
+from plugins.acl import AclConfig, Action, parse_acl
 from pycorefile import Directive, SetupContext, SetupError
 from pycorefile.corefile import ServerBlock, ZoneKey
 from pycorefile.testing import query, serve
-from plugins.acl import AclConfig, Action, parse_acl
 
 
 def ctx() -> SetupContext:
