@@ -26,7 +26,7 @@ import dns.rdatatype
 import dns.rrset
 
 from pycorefile import Fallthrough, Reply, Request
-from pycorefile._wire import PreparedReply
+from pycorefile._wire import PreparedReply, name_to_text
 
 from ._table import HostEntry, MeshTable, names_of
 
@@ -517,7 +517,7 @@ class _Builder:
                 parent = wire[pos:]
                 if parent in self.known:
                     break
-                text = _text(parent)
+                text = name_to_text(parent)
                 if not (self.everywhere or self.zones.through(text)):
                     break
                 self.known[parent] = self.empty(self.apex_of(text))
@@ -533,20 +533,3 @@ def _split(addresses: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
         else:
             v4.append(socket.inet_pton(socket.AF_INET, address))
     return v4, v6
-
-
-def _text(wire: bytes) -> str:
-    if wire == b"\x00":
-        return "."
-    parts = []
-    pos = 0
-    while wire[pos]:
-        n = wire[pos]
-        parts.append(wire[pos + 1 : pos + 1 + n].decode("ascii"))
-        pos += n + 1
-    return ".".join(parts) + "."
-
-
-def answer_name(wire: bytes) -> str:
-    """Presentation form of a stored key's name part (tests, debugging)."""
-    return _text(wire)
