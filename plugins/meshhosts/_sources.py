@@ -249,6 +249,15 @@ def _load_json(text: str, path: str) -> list[Any]:
 
 
 def _load_yaml(text: str, path: str) -> list[Any]:
+    # A file being rewritten in place is first empty, then cut mid-line: YAML
+    # would read either as a (smaller) valid table. Refuse both, so the last
+    # good table keeps serving; write `table: {}` for a table that is empty.
+    if not text.strip():
+        raise SourceError(path, 1, "empty file (an empty table is written `table: {}`)")
+    if not text.endswith("\n"):
+        raise SourceError(
+            path, text.count("\n") + 1, "incomplete: no newline at the end (still being written?)"
+        )
     try:
         return list(yaml.load_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
