@@ -89,6 +89,70 @@ def classify(
     return Category.SUCCESS  # a delegation, or an empty NOERROR without SOA
 
 
+_FAST_TYPES: dict[int, int] = {1: 4, 28: 16}
+"""Query types ``quick_classify`` handles (A, AAAA), with the rdata length of their records."""
+_TYPE_SOA = 6
+_TYPE_OPT = 41
+
+
+def quick_classify(wire: bytes, qtype: int) -> Category | None:
+    """``classify`` for the common simple reply, read from the bytes; None for the rest.
+
+    Handles A and AAAA replies whose answers are all records of the asked type
+    owned by the question name (a pointer to offset 12), with nothing but an
+    SOA (or, after answers, anything) in the authority section, and no
+    signatures. Anything else -- CNAME chains, DNSSEC, delegations, odd
+    shapes -- returns None and gets the full classification with dnspython.
+    The miss path then costs a walk over the bytes instead of a parse.
+    """
+    size = _FAST_TYPES.get(qtype)
+    if size is None or len(wire) < _wire.HEADER_LEN:
+        return None
+    flags, qdcount, ancount, nscount, arcount = struct.unpack_from(">HHHHH", wire, 2)
+    if qdcount != 1 or flags & 0x7800 or flags & _wire.FLAG_TC:
+        return None
+    rcode = flags & 0xF
+    if rcode in (dns.rcode.SERVFAIL, dns.rcode.NOTIMP):
+        return Category.SERVFAIL
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return Category.OTHER
+    try:
+        offset = _wire.skip_name(wire, _wire.HEADER_LEN) + 4
+        for _ in range(ancount):
+            if wire[offset : offset + 2] != b"\xc0\x0c":
+                return None
+            rtype, rdlen = struct.unpack_from(">H6xH", wire, offset + 2)
+            if rtype != qtype or rdlen != size:
+                return None
+            offset += 12 + rdlen
+        soa = False
+        for _ in range(nscount):
+            end = _wire.skip_name(wire, offset)
+            rtype, rdlen = struct.unpack_from(">H6xH", wire, end)
+            if rtype == _TYPE_SOA:
+                soa = True
+            elif not ancount or rtype == dns.rdatatype.RRSIG:
+                return None  # a delegation or signed denial: the full rules decide
+            offset = end + 10 + rdlen
+        for _ in range(arcount):
+            end = _wire.skip_name(wire, offset)
+            rtype, rdlen = struct.unpack_from(">H6xH", wire, end)
+            if rtype == dns.rdatatype.RRSIG:
+                return None
+            offset = end + 10 + rdlen
+    except (_wire.WireError, struct.error, IndexError):
+        return None
+    if offset > len(wire):
+        return None
+    if rcode == dns.rcode.NXDOMAIN:
+        if ancount:
+            return None
+        return Category.NXDOMAIN if soa else Category.OTHER
+    if ancount:
+        return Category.SUCCESS
+    return Category.NODATA if soa else Category.SUCCESS
+
+
 def _follow_chain(answer: list[dns.rrset.RRset], qname: dns.name.Name, qtype: int) -> _Chain:
     by_owner: dict[dns.name.Name, list[dns.rrset.RRset]] = {}
     for rrset in answer:

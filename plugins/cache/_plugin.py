@@ -24,7 +24,7 @@ from pycorefile import Directive, Plugin, Reply, Request, SetupContext
 from pycorefile._wire import HEADER_LEN, MAX_TCP
 from pycorefile._zones import in_zone
 
-from ._classify import Category, classify, stored_form
+from ._classify import Category, classify, quick_classify, stored_form
 from ._parse import CacheConfig, parse_cache
 from ._store import Entry, Shelf
 
@@ -230,12 +230,16 @@ class CachePlugin(Plugin):
         if wire[4:6] != b"\x00\x01" or wire[HEADER_LEN:question_end].lower() != request.key[:-2]:
             self._count(request).drops += 1
             return reply, None
-        if msg is None:
-            try:
-                msg = dns.message.from_wire(wire, ignore_trailing=True)
-            except (dns.exception.DNSException, ValueError):
-                return reply, None
-        category = classify(msg, msg.question[0].name, request.qtype, request.do, self.wall_clock())
+        category = quick_classify(wire, request.qtype)
+        if category is None:
+            if msg is None:
+                try:
+                    msg = dns.message.from_wire(wire, ignore_trailing=True)
+                except (dns.exception.DNSException, ValueError):
+                    return reply, None
+            category = classify(
+                msg, msg.question[0].name, request.qtype, request.do, self.wall_clock()
+            )
         if category is Category.OTHER or self._disabled(category, request):
             return reply, None
         config = self.config
