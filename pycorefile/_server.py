@@ -546,12 +546,13 @@ class Server:
         new_dns: dict[ListenerKey, DnsListener] = {}
         new_http: dict[tuple[str, int], HttpListener] = {}
         try:
+            zero_port = 0  # keys asking for "any port" share the first one picked
             for key in config.routes:
                 _transport, host, port = key
                 if key not in self.listeners:
-                    socks = bind_dns_sockets(
-                        host, port, self.options.recv_buffer, self.options.reuse_port
-                    )
+                    socks = self._bind_dns(host, port, zero_port)
+                    if port == 0 and not zero_port:
+                        zero_port = socks[0].getsockname()[1]
                     new_dns[key] = DnsListener(key, socks, self.options)
             for address in self._http_addresses(config):
                 if address not in self.http:
@@ -584,6 +585,16 @@ class Server:
             self.http.pop(addr).close()
         if old is not None:
             self._nursery.start_soon(self._retire, old)
+
+    def _bind_dns(self, host: str, port: int, zero_port: int) -> list[socket.socket]:
+        """Bind a listener; port 0 reuses ``zero_port`` when it is free on this host too."""
+        options = self.options
+        if port == 0 and zero_port:
+            try:
+                return bind_dns_sockets(host, zero_port, options.recv_buffer, options.reuse_port)
+            except OSError:
+                pass  # taken on this address: any free port will do
+        return bind_dns_sockets(host, port, options.recv_buffer, options.reuse_port)
 
     def _http_addresses(self, config: Config) -> dict[tuple[str, int], dict[str, HttpHandler]]:
         """HTTP routes by listening address; in worker mode all on the private socket."""
