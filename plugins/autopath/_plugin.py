@@ -1,0 +1,428 @@
+"""The autopath handler: do a stub resolver's search on its first query, answer with a CNAME."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
+import dns.rrset
+
+from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+from pycorefile._wire import PreparedReply, WireError, skip_name
+
+from ._parse import AutopathConfig, normalize_search, parse_autopath
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger("pycorefile.autopath")
+
+SEARCHED_TYPES = frozenset((dns.rdatatype.A, dns.rdatatype.AAAA))
+"""The query types autopath searches for: the ones ``getaddrinfo`` asks."""
+UNKNOWN_NEGATIVE_TTL = 5
+"""Seconds a reply without any TTL (NXDOMAIN or NODATA without an SOA) is trusted."""
+MAX_STORED = 10_000
+"""Synthesized answers kept at most (the oldest is dropped first)."""
+
+_NXDOMAIN = dns.rcode.NXDOMAIN
+_NOERROR = dns.rcode.NOERROR
+_TYPE_SOA = 6
+_TYPE_OPT = 41
+_COUNTS = struct.Struct(">HHH")
+_RR = struct.Struct(">HHIH")
+_U32 = struct.Struct(">I")
+
+
+class SearchPath:
+    """Search domains ready for matching: lowercased wire forms and dnspython labels."""
+
+    __slots__ = ("domains", "first", "labels")
+
+    def __init__(self, domains: Sequence[str]) -> None:
+        self.domains = tuple(domains)
+        names = [dns.name.from_text(d) for d in self.domains]
+        self.labels = tuple(n.labels for n in names)
+        first = names[0].to_wire() if names else None
+        self.first: bytes = first or b""
+        """The first search domain in wire form (empty when there is no search path)."""
+
+    def candidates(self, base: tuple[bytes, ...]) -> list[dns.name.Name]:
+        """What a stub resolver tries for ``base``: each search domain, then ``base`` itself.
+
+        Repeats and names longer than 255 bytes are left out. The first
+        candidate is always ``base`` + the first search domain.
+        """
+        out: list[dns.name.Name] = []
+        seen: set[dns.name.Name] = set()
+        for labels in (*self.labels, (b"",)):
+            try:
+                name = dns.name.Name(base + labels)
+            except dns.name.NameTooLong:
+                continue
+            if name not in seen:
+                seen.add(name)
+                out.append(name)
+        return out
+
+
+def suffix_start(name: bytes, suffix: bytes) -> int:
+    """Where ``suffix`` starts in wire name ``name`` when it is a label-aligned tail, else -1."""
+    start = len(name) - len(suffix)
+    if start < 0 or not name.endswith(suffix):
+        return -1
+    pos = 0
+    while pos < start:
+        pos += name[pos] + 1
+    return start if pos == start else -1
+
+
+def wire_labels(name: bytes) -> tuple[bytes, ...]:
+    """The labels of an uncompressed wire name that lacks its root byte."""
+    labels = []
+    pos = 0
+    while pos < len(name):
+        length = name[pos]
+        labels.append(name[pos + 1 : pos + 1 + length])
+        pos += length + 1
+    return tuple(labels)
+
+
+def reply_rcode(reply: Reply) -> int:
+    """The rcode of a reply, wire or dnspython (-1 for an empty reply: dropped)."""
+    if isinstance(reply, dns.message.Message):
+        return int(reply.rcode())
+    return reply[3] & 0xF if len(reply) >= 4 else -1
+
+
+def reply_lifetime(reply: Reply) -> int:
+    """How long a reply's facts hold: its smallest TTL, an SOA's counting as negative TTL.
+
+    Only the answer and authority sections count. A reply without any record
+    (a bare NXDOMAIN or NODATA) gets ``UNKNOWN_NEGATIVE_TTL``; an unreadable
+    one gets 0.
+    """
+    if isinstance(reply, dns.message.Message):
+        ttls = []
+        for rrset in (*reply.answer, *reply.authority):
+            ttls.append(rrset.ttl)
+            if rrset.rdtype == dns.rdatatype.SOA:
+                ttls.extend(rdata.minimum for rdata in rrset)
+        return min(ttls) if ttls else UNKNOWN_NEGATIVE_TTL
+    try:
+        return _wire_lifetime(reply)
+    except (WireError, struct.error, IndexError):
+        return 0
+
+
+def _wire_lifetime(wire: bytes) -> int:
+    qdcount, ancount, nscount = _COUNTS.unpack_from(wire, 4)
+    offset = 12
+    for _ in range(qdcount):
+        offset = skip_name(wire, offset) + 4
+    best = -1
+    for _ in range(ancount + nscount):
+        end = skip_name(wire, offset)
+        rtype, _rclass, ttl, rdlen = _RR.unpack_from(wire, end)
+        offset = end + 10 + rdlen
+        if rtype == _TYPE_OPT:
+            continue
+        if rtype == _TYPE_SOA and rdlen >= 20:
+            ttl = min(ttl, _U32.unpack_from(wire, offset - 4)[0])
+        if best < 0 or ttl < best:
+            best = ttl
+    return UNKNOWN_NEGATIVE_TTL if best < 0 else best
+
+
+class _Stored:
+    """A synthesized answer kept for its lifetime, its TTLs aged once per second."""
+
+    __slots__ = ("age", "current", "expires", "original", "stored")
+
+    def __init__(self, prepared: PreparedReply, now: float, lifetime: int) -> None:
+        self.original = prepared
+        self.current = prepared
+        self.age = 0
+        self.stored = now
+        self.expires = now + lifetime
+
+    def render(self, request: Request, now: float) -> bytes | None:
+        """The answer for ``request``, or None once it has expired."""
+        if now >= self.expires:
+            return None
+        age = int(now - self.stored)
+        if age != self.age:
+            self.current = self.original.aged(age)
+            self.age = age
+        return self.current.render(request.wire, request.name_end, request.edns, request.do)
+
+
+class _Search:
+    """One autopath search: the candidates tried in turn, and what their replies decide."""
+
+    __slots__ = ("candidates", "first", "index", "lifetime", "plugin", "request")
+
+    def __init__(
+        self, plugin: AutopathPlugin, request: Request, candidates: list[dns.name.Name]
+    ) -> None:
+        self.plugin = plugin
+        self.request = request
+        self.candidates = candidates
+        self.index = 0
+        self.lifetime = 1 << 31
+        self.first: Reply = b""
+
+    def next_request(self) -> Request:
+        """The request for the next candidate (the first is the query itself)."""
+        return self.request.derive(self.candidates[self.index])
+
+    def feed(self, reply: Reply) -> tuple[Reply, bool] | None:
+        """Take the current candidate's reply: None to go on, else (final reply, success)."""
+        rcode = reply_rcode(reply)
+        index = self.index
+        request = self.request
+        if index == 0:
+            if rcode != _NXDOMAIN:
+                # The name as asked answers (or fails): nothing to search.
+                return reply, rcode == _NOERROR
+            self.first = reply
+            # The answer will be autopath's, not that of whoever said NXDOMAIN.
+            request.answered_by = ""
+        if rcode == _NXDOMAIN:
+            self.lifetime = min(self.lifetime, reply_lifetime(reply))
+            self.index = index + 1
+            if self.index < len(self.candidates):
+                return None
+            return self.plugin.all_nxdomain(request, self.first, self.lifetime), False
+        if rcode != _NOERROR:
+            # SERVFAIL, REFUSED, a drop...: the search cannot be finished here. The
+            # client gets the same failure for the name it asked and goes on
+            # exactly as it would have without autopath.
+            return (reply if rcode < 0 else request.error(rcode)), False
+        lifetime = min(self.lifetime, reply_lifetime(reply))
+        return self.plugin.synthesize(request, self.candidates[index], reply, lifetime), True
+
+
+class AutopathPlugin(Plugin):
+    """Answers the first search-expanded query of a stub resolver with the search's result.
+
+    A query below the first search domain is split into a base name and the
+    domain; base + each search domain, then base alone, are asked of the rest
+    of the chain (so through the cache, each under its own name) until one is
+    not NXDOMAIN. The reply is a CNAME from the name asked to that name plus
+    its records, or NODATA with the CNAME, so A and AAAA stop at the same name.
+    """
+
+    def __init__(self, config: AutopathConfig, ctx: SetupContext) -> None:
+        self.config = config
+        self._ctx = ctx
+        self._all_zones = "." in config.zones
+        self._zone_wires = tuple(
+            w for w in (dns.name.from_text(z).to_wire() for z in config.zones) if w is not None
+        )
+        self._search = SearchPath(config.search)
+        self._source: Callable[[], Iterable[str]] | None = None
+        self._raw: object = None
+        self._raw_copy: tuple[str, ...] = ()
+        self._warned: set[str] = set()
+        self._stored: dict[bytes, _Stored] = {}
+        self._success: dict[str, int] = {}
+
+    @classmethod
+    def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> AutopathPlugin:
+        config = parse_autopath(directives, ctx)
+        if config.plugin is None and not config.search:
+            log.warning(
+                "plugin/autopath: %s has no search domains; autopath will do nothing",
+                config.source,
+            )
+        return cls(config, ctx)
+
+    async def startup(self) -> None:
+        name = self.config.plugin
+        if name is None:
+            return
+        other = self._ctx.plugin(name)
+        if other is None:
+            raise RuntimeError(f"plugin '{name}' (from {self.config.source}) is not loaded")
+        method = getattr(other, "search_path", None)
+        if not callable(method):
+            raise RuntimeError(
+                f"plugin '{name}' does not supply a search path (it has no search_path method)"
+            )
+        self._source = method
+
+    # -- Serving ----------------------------------------------------------------
+
+    def serve_now(self, request: Request) -> Reply | None:
+        plan = self._plan(request)
+        if plan is None:
+            return self.next.serve_now(request)
+        if type(plan) is bytes:
+            return plan
+        assert isinstance(plan, _Search)
+        sub = request
+        while True:
+            reply = self.next.serve_now(sub)
+            if reply is None:
+                return None
+            done = plan.feed(reply)
+            if done is not None:
+                return self._done(request, done)
+            sub = plan.next_request()
+
+    async def serve(self, request: Request) -> Reply:
+        plan = self._plan(request)
+        if plan is None:
+            return await self.next.serve(request)
+        if type(plan) is bytes:
+            return plan
+        assert isinstance(plan, _Search)
+        sub = request
+        while True:
+            reply = await self.next.serve(sub)
+            done = plan.feed(reply)
+            if done is not None:
+                return self._done(request, done)
+            sub = plan.next_request()
+
+    def _done(self, request: Request, done: tuple[Reply, bool]) -> Reply:
+        reply, success = done
+        if success:
+            server = request.server
+            self._success[server] = self._success.get(server, 0) + 1
+        return reply
+
+    def _plan(self, request: Request) -> _Search | bytes | None:
+        """None to pass the query on, a stored answer, or the search to run."""
+        if request.qtype not in SEARCHED_TYPES or request.qclass != dns.rdataclass.IN:
+            return None
+        search = self._search if self._source is None else self._current_search()
+        first = search.first
+        if not first:
+            return None
+        key = request.key
+        stored = self._stored.get(key)
+        if stored is not None:
+            out = stored.render(request, time.monotonic())
+            if out is not None:
+                server = request.server
+                self._success[server] = self._success.get(server, 0) + 1
+                return out
+            del self._stored[key]
+        name = key[: request.name_end - 12]
+        start = suffix_start(name, first)
+        if start <= 0:
+            # Not below the first search domain (or the domain itself): not a
+            # search the client started, so nothing to do.
+            return None
+        if not self._all_zones and not any(
+            suffix_start(name, zone) >= 0 for zone in self._zone_wires
+        ):
+            return None
+        return _Search(self, request, search.candidates(wire_labels(name[:start])))
+
+    def _current_search(self) -> SearchPath:
+        """The search path the supplying plugin gives now; a change forgets stored answers."""
+        assert self._source is not None
+        raw = self._source()
+        if raw is not self._raw:
+            copy = tuple(raw)
+            if copy != self._raw_copy:
+                self._search = SearchPath(self._valid_domains(copy))
+                self._stored.clear()
+                self._raw_copy = copy
+            self._raw = raw
+        return self._search
+
+    def _valid_domains(self, domains: tuple[str, ...]) -> tuple[str, ...]:
+        out: list[str] = []
+        for domain in domains:
+            try:
+                out.extend(normalize_search((domain,)))
+            except ValueError as exc:
+                if domain not in self._warned:
+                    self._warned.add(domain)
+                    log.warning("plugin/autopath: search path of %s: %s", self.config.source, exc)
+        return tuple(dict.fromkeys(out))
+
+    # -- Answers ----------------------------------------------------------------
+
+    def synthesize(
+        self, request: Request, target: dns.name.Name, reply: Reply, lifetime: int
+    ) -> bytes:
+        """CNAME from the name asked to ``target``, then ``reply``'s records.
+
+        The CNAME's TTL is ``lifetime``: the shortest of the winning reply's
+        TTLs and the negative TTLs of the names tried before it, since the
+        alias holds only while all of them stay as they are. The answer is kept
+        for that long under the asked question (never under another name).
+        """
+        won = (
+            reply
+            if isinstance(reply, dns.message.Message)
+            else dns.message.from_wire(reply, ignore_trailing=True)
+        )
+        # Built without EDNS and with RD/CD clear: rendering adds the asker's.
+        out = dns.message.Message(id=request.id)
+        out.flags = dns.flags.QR | (won.flags & (dns.flags.AA | dns.flags.RA | dns.flags.TC))
+        qname = request.qname
+        qtype = dns.rdatatype.RdataType.make(request.qtype)
+        out.question.append(dns.rrset.RRset(qname, dns.rdataclass.IN, qtype))
+        alias = dns.rdtypes.ANY.CNAME.CNAME(  # type: ignore[no-untyped-call]
+            dns.rdataclass.IN, dns.rdatatype.CNAME, target
+        )
+        out.answer.append(dns.rrset.from_rdata(qname, lifetime, alias))
+        out.answer.extend(won.answer)
+        out.authority.extend(won.authority)
+        prepared = PreparedReply.from_message(out)
+        if lifetime > 0 and not won.flags & dns.flags.TC:
+            self._store(request.key, prepared, lifetime)
+        return prepared.render(request.wire, request.name_end, request.edns, request.do)
+
+    def all_nxdomain(self, request: Request, first: Reply, lifetime: int) -> Reply:
+        """Every candidate is NXDOMAIN: the reply for the name asked (the first try's).
+
+        It is kept for the shortest negative TTL of all the tries.
+        """
+        if lifetime > 0:
+            try:
+                prepared = (
+                    PreparedReply.from_message(first)
+                    if isinstance(first, dns.message.Message)
+                    else PreparedReply(first)
+                )
+            except (WireError, struct.error, IndexError, dns.exception.DNSException):
+                return first
+            self._store(request.key, prepared, lifetime)
+        return first
+
+    def _store(self, key: bytes, prepared: PreparedReply, lifetime: int) -> None:
+        stored = self._stored
+        if len(stored) >= MAX_STORED:
+            del stored[next(iter(stored))]
+        stored[key] = _Stored(prepared, time.monotonic(), lifetime)
+
+    # -- Metrics ----------------------------------------------------------------
+
+    def metrics(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "coredns_autopath_success",
+            "Counter of requests that did autopath.",
+            labels=["server"],
+        )
+        for server, count in sorted(self._success.items()):
+            family.add_metric([server], count)
+        yield family
