@@ -191,7 +191,7 @@ class IptablesBackend:
         if save is None or restore is None:
             return False
         try:
-            run_tool([save, "-t", "nat"])
+            run_tool([save])
         except CaptureError:
             return False
         return True
@@ -224,9 +224,10 @@ class IptablesBackend:
             if not wanted:
                 self._remove_version(version, state)
                 continue
-            # Every table, not only nat: "iptables-save -t nat" shows nat even when absent.
-            existed = nat_section(self._save(version)) is not None
-            script = iptables_install_input(options, version, self._save(version, "-t", "nat"))
+            # All tables, not "-t nat", which shows a nat table even where there is none.
+            saved = self._save(version)
+            existed = nat_section(saved) is not None
+            script = iptables_install_input(options, version, saved)
             try:
                 self._restore(version, script)
             except CaptureError as exc:
@@ -240,7 +241,9 @@ class IptablesBackend:
         return notes
 
     def _remove_version(self, version: int, state: State) -> bool:
-        text = self._save(version, "-t", "nat")
+        # Plain iptables-save only reads: "-t nat" would make a legacy kernel set up the
+        # nat table just to show it, which is not ours to add.
+        text = self._save(version)
         script = iptables_remove_input(text)
         if script is not None:
             self._restore(version, script)
@@ -288,7 +291,7 @@ class IptablesBackend:
         """The capture chains in place, IPv4 then IPv6."""
         found = []
         for version in self._versions():
-            installed = parse_iptables_save(self._save(version, "-c", "-t", "nat"), version)
+            installed = parse_iptables_save(self._save(version, "-c"), version)
             if installed is not None:
                 found.append(installed)
         return found

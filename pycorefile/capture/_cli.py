@@ -27,6 +27,7 @@ from ._rules import (
     IPAddress,
     install_warnings,
     iptables_install_input,
+    listener_serves,
     nft_install_script,
     parse_resolv_conf,
 )
@@ -209,7 +210,13 @@ def _options(args: argparse.Namespace) -> tuple[CaptureOptions, list[str], list[
         destinations=nameservers if args.only_resolv_conf else None,
         ipv6=ipv6,
     )
-    return options, notes, install_warnings(options, nameservers)
+    listening = _probe.listeners(53, "udp")
+    local_resolvers = [
+        a
+        for a in nameservers
+        if a.is_loopback and any(listener_serves(item, a) for item in listening)
+    ]
+    return options, notes, install_warnings(options, local_resolvers)
 
 
 def _wait_for_proxy(port: int, seconds: float) -> None:
@@ -236,6 +243,8 @@ def _install(args: argparse.Namespace) -> int:
         print("# nftables (nft -f -):")
         print(nft_install_script(options), end="")
         for version in (4, 6):
+            if options.targets(version) == ():
+                continue
             tool = "iptables" if version == 4 else "ip6tables"
             print(f"# {tool} fallback ({tool}-restore --noflush), on a nat table without it:")
             print(iptables_install_input(options, version, ""), end="")
@@ -359,7 +368,9 @@ def _describe(item: Installed) -> list[str]:
         ports = sorted({r.port for r in redirects})
         local = "127.0.0.1" if version == 4 else "[::1]"
         counted = [r.packets for r in redirects if r.packets is not None]
-        tally = f"; {sum(counted)} connections captured so far" if counted else ""
+        total = sum(counted)
+        plural = "" if total == 1 else "s"
+        tally = f"; {total} connection{plural} captured so far" if counted else ""
         lines.append(
             f"    IPv{version}: {protocols} to port 53 of {where} -> "
             + ", ".join(f"{local}:{p}" for p in ports)
@@ -435,7 +446,8 @@ def _check_owner(address: IPAddress, port: int, capturing: list[Installed]) -> l
     if owner is None or not capturing:
         return []
     gid = "?" if owner.gid is None else str(owner.gid)
-    print(f"  the socket on port {port} belongs to uid {owner.uid}, gid {gid}")
+    host = f"[{address}]" if address.version == 6 else str(address)
+    print(f"  the UDP socket on {host}:{port} belongs to uid {owner.uid}, gid {gid}")
     uids = {u for item in capturing for u in item.uids}
     gids = {g for item in capturing for g in item.gids}
     if owner.uid in uids or (owner.gid is not None and owner.gid in gids):

@@ -111,8 +111,14 @@ def parse_resolv_conf(text: str, filename: str = "resolv.conf") -> tuple[IPAddre
     return tuple(found)
 
 
-def install_warnings(options: CaptureOptions, nameservers: Sequence[IPAddress] = ()) -> list[str]:
-    """Setups that install fine but will not behave as the operator probably expects."""
+def install_warnings(
+    options: CaptureOptions, local_resolvers: Sequence[IPAddress] = ()
+) -> list[str]:
+    """Setups that install fine but will not behave as the operator probably expects.
+
+    ``local_resolvers`` are the resolv.conf name servers on this host that something
+    listens on at port 53 (systemd-resolved's 127.0.0.53, a local dnsmasq...).
+    """
     warnings: list[str] = []
     if 0 in options.exclude_uids:
         warnings.append(
@@ -121,9 +127,8 @@ def install_warnings(options: CaptureOptions, nameservers: Sequence[IPAddress] =
         )
     if 0 in options.exclude_gids:
         warnings.append("gid 0 is excluded: every process of group root bypasses capture")
-    local = [a for a in nameservers if a.is_loopback]
-    if local and options.destinations is None:
-        shown = ", ".join(str(a) for a in local)
+    if local_resolvers and options.destinations is None:
+        shown = ", ".join(str(a) for a in local_resolvers)
         warnings.append(
             f"resolv.conf names a local resolver ({shown}). Its own upstream queries to "
             "port 53 are captured too, so if pycorefile forwards to it the queries loop. "
