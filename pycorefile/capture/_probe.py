@@ -14,15 +14,19 @@ from pathlib import Path
 import dns.exception
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
 from ._rules import IPAddress, Listener, listener_serves, parse_proc_net
 
 PROBE_TIMEOUT = 1.0
-# A small question any DNS server answers, one way or another, without much work.
+# A small question any DNS server answers at once by itself: it comes with the
+# STATUS opcode, which servers answer NOTIMP without consulting a plugin or an
+# upstream, so a slow upstream never makes a live proxy look dead.
 PROBE_NAME = "."
 PROBE_TYPE = dns.rdatatype.SOA
+PROBE_OPCODE = dns.opcode.STATUS
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ def probe(
 ) -> ProbeResult:
     """Send one query for ``. SOA`` and say whether a DNS reply came back in time."""
     query = dns.message.make_query(PROBE_NAME, PROBE_TYPE)
+    query.set_opcode(PROBE_OPCODE)
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     started = time.monotonic()
