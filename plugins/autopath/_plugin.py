@@ -147,9 +147,11 @@ def _wire_lifetime(wire: bytes) -> int:
 class _Stored:
     """A synthesized answer kept for its lifetime, its TTLs aged once per second."""
 
-    __slots__ = ("age", "current", "expires", "original", "stored")
+    __slots__ = ("age", "current", "expires", "original", "stored", "success")
 
-    def __init__(self, prepared: PreparedReply, now: float, lifetime: int) -> None:
+    def __init__(self, prepared: PreparedReply, now: float, lifetime: int, success: bool) -> None:
+        self.success = success
+        """True for a found name (counted as an autopath success), False for NXDOMAIN."""
         self.original = prepared
         self.current = prepared
         self.age = 0
@@ -316,8 +318,9 @@ class AutopathPlugin(Plugin):
         if stored is not None:
             out = stored.render(request, time.monotonic())
             if out is not None:
-                server = request.server
-                self._success[server] = self._success.get(server, 0) + 1
+                if stored.success:
+                    server = request.server
+                    self._success[server] = self._success.get(server, 0) + 1
                 return out
             del self._stored[key]
         name = key[: request.name_end - 12]
@@ -387,7 +390,7 @@ class AutopathPlugin(Plugin):
         out.authority.extend(won.authority)
         prepared = PreparedReply.from_message(out)
         if lifetime > 0 and not won.flags & dns.flags.TC:
-            self._store(request.key, prepared, lifetime)
+            self._store(request.key, prepared, lifetime, True)
         return prepared.render(request.wire, request.name_end, request.edns, request.do)
 
     def all_nxdomain(self, request: Request, first: Reply, lifetime: int) -> Reply:
@@ -404,14 +407,14 @@ class AutopathPlugin(Plugin):
                 )
             except (WireError, struct.error, IndexError, dns.exception.DNSException):
                 return first
-            self._store(request.key, prepared, lifetime)
+            self._store(request.key, prepared, lifetime, False)
         return first
 
-    def _store(self, key: bytes, prepared: PreparedReply, lifetime: int) -> None:
+    def _store(self, key: bytes, prepared: PreparedReply, lifetime: int, success: bool) -> None:
         stored = self._stored
         if len(stored) >= MAX_STORED:
             del stored[next(iter(stored))]
-        stored[key] = _Stored(prepared, time.monotonic(), lifetime)
+        stored[key] = _Stored(prepared, time.monotonic(), lifetime, success)
 
     # -- Metrics ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import dns.rdatatype
 import pytest
 import trio
 
+from plugins.autopath import AutopathPlugin
 from pycorefile import Request, Server
 from pycorefile.testing import Upstream, make_query, query, serve
 from tests.plugins.test_autopath import (
@@ -26,6 +27,7 @@ from tests.plugins.test_autopath import (
     S0,
     UPSTREAM_RECORDS,
     cname,
+    config_of,
     records,
 )
 
@@ -174,8 +176,8 @@ async def test_search_path_follows_resolv_conf(server: Server, resolv: Path) -> 
 
 async def test_mesh_answers_without_waiting(server: Server) -> None:
     """Once the tries are cached, a searched answer is a ``serve_now`` one."""
-    (block,) = server.config.blocks
-    route = next(iter(next(iter(server.config.routes.values())).values()))
+    (block,) = config_of(server).blocks
+    route = next(iter(next(iter(config_of(server).routes.values())).values()))
 
     def request(name: str) -> Request:
         req = Request.from_message(make_query(name, "A"))
@@ -188,8 +190,9 @@ async def test_mesh_answers_without_waiting(server: Server) -> None:
     assert now is not None
     wire = now if isinstance(now, bytes) else now.to_wire()
     assert records(dns.message.from_wire(wire))[0] == cname(name, PP)
-    (autopath,) = server.config.find("autopath")
-    autopath._stored.clear()  # type: ignore[attr-defined]
+    (autopath,) = config_of(server).find("autopath")
+    assert isinstance(autopath, AutopathPlugin)
+    autopath._stored.clear()
     rebuilt = block.chain.serve_now(request(name))
     assert rebuilt is not None
 
