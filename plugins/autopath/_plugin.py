@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import dns.exception
@@ -34,6 +34,12 @@ UNKNOWN_NEGATIVE_TTL = 5
 """Seconds a reply without any TTL (NXDOMAIN or NODATA without an SOA) is trusted."""
 MAX_STORED = 10_000
 """Synthesized answers kept at most (the oldest is dropped first)."""
+MAX_WAITING = 4096
+"""Searches handed from ``serve_now`` to ``serve`` kept at most (the oldest is dropped first).
+
+One is left behind only when the server refuses a query it could not answer
+at once (too many in flight); a dropped one is searched again from the start.
+"""
 
 _NXDOMAIN = dns.rcode.NXDOMAIN
 _NOERROR = dns.rcode.NOERROR
@@ -112,26 +118,46 @@ def reply_lifetime(reply: Reply) -> int:
     (a bare NXDOMAIN or NODATA) gets ``UNKNOWN_NEGATIVE_TTL``; an unreadable
     one gets 0.
     """
+    return reply_facts(reply)[0]
+
+
+def reply_facts(reply: Reply) -> tuple[int, bool]:
+    """``reply_lifetime`` and whether the authority section holds an SOA.
+
+    A denial without an SOA is one CoreDNS's cache never keeps (it has no
+    negative TTL); an unreadable reply counts as having none.
+    """
     if isinstance(reply, dns.message.Message):
         ttls = []
         for rrset in (*reply.answer, *reply.authority):
             ttls.append(rrset.ttl)
             if rrset.rdtype == dns.rdatatype.SOA:
                 ttls.extend(rdata.minimum for rdata in rrset)
-        return min(ttls) if ttls else UNKNOWN_NEGATIVE_TTL
+        soa = any(rrset.rdtype == dns.rdatatype.SOA for rrset in reply.authority)
+        return (min(ttls) if ttls else UNKNOWN_NEGATIVE_TTL), soa
     try:
-        return _wire_lifetime(reply)
+        best = -1
+        soa = False
+        for in_authority, rtype, ttl in _wire_records(reply):
+            if rtype == _TYPE_SOA:
+                soa = soa or in_authority
+            if best < 0 or ttl < best:
+                best = ttl
     except (WireError, struct.error, IndexError):
-        return 0
+        return 0, False
+    return (UNKNOWN_NEGATIVE_TTL if best < 0 else best), soa
 
 
-def _wire_lifetime(wire: bytes) -> int:
+def _wire_records(wire: bytes) -> Iterator[tuple[bool, int, int]]:
+    """(in the authority section, type, TTL) of each answer and authority record.
+
+    An SOA's TTL is already lowered to its MINIMUM field (its negative TTL).
+    """
     qdcount, ancount, nscount = _COUNTS.unpack_from(wire, 4)
     offset = 12
     for _ in range(qdcount):
         offset = skip_name(wire, offset) + 4
-    best = -1
-    for _ in range(ancount + nscount):
+    for index in range(ancount + nscount):
         end = skip_name(wire, offset)
         rtype, _rclass, ttl, rdlen = _RR.unpack_from(wire, end)
         offset = end + 10 + rdlen
@@ -139,9 +165,7 @@ def _wire_lifetime(wire: bytes) -> int:
             continue
         if rtype == _TYPE_SOA and rdlen >= 20:
             ttl = min(ttl, _U32.unpack_from(wire, offset - 4)[0])
-        if best < 0 or ttl < best:
-            best = ttl
-    return UNKNOWN_NEGATIVE_TTL if best < 0 else best
+        yield index >= ancount, rtype, ttl
 
 
 class _Stored:
@@ -172,21 +196,42 @@ class _Stored:
 class _Search:
     """One autopath search: the candidates tried in turn, and what their replies decide."""
 
-    __slots__ = ("candidates", "first", "index", "lifetime", "plugin", "request")
+    __slots__ = (
+        "_candidates", "base", "first", "index", "keep_denial", "lifetime", "path", "plugin",
+        "request",
+    )  # fmt: skip
 
     def __init__(
-        self, plugin: AutopathPlugin, request: Request, candidates: list[dns.name.Name]
+        self, plugin: AutopathPlugin, request: Request, path: SearchPath, base: tuple[bytes, ...]
     ) -> None:
         self.plugin = plugin
         self.request = request
-        self.candidates = candidates
+        self.path = path
+        self.base = base
+        """The labels of the asked name before the first search domain."""
+        self._candidates: list[dns.name.Name] | None = None
         self.index = 0
         self.lifetime = 1 << 31
         self.first: Reply = b""
+        self.keep_denial = True
+        """False when the first try's NXDOMAIN has no SOA: an all-NXDOMAIN end is not kept."""
 
-    def next_request(self) -> Request:
-        """The request for the next candidate (the first is the query itself)."""
-        return self.request.derive(self.candidates[self.index])
+    @property
+    def candidates(self) -> list[dns.name.Name]:
+        """The names to try (``SearchPath.candidates``), built only once the first is NXDOMAIN.
+
+        The first is the asked name itself, so a name that exists as asked
+        never pays for building the others.
+        """
+        found = self._candidates
+        if found is None:
+            found = self._candidates = self.path.candidates(self.base)
+        return found
+
+    def current(self) -> Request:
+        """The request for the candidate to try now (the first is the query itself)."""
+        index = self.index
+        return self.request if index == 0 else self.request.derive(self.candidates[index])
 
     def feed(self, reply: Reply) -> tuple[Reply, bool] | None:
         """Take the current candidate's reply: None to go on, else (final reply, success)."""
@@ -201,11 +246,17 @@ class _Search:
             # The answer will be autopath's, not that of whoever said NXDOMAIN.
             request.answered_by = ""
         if rcode == _NXDOMAIN:
-            self.lifetime = min(self.lifetime, reply_lifetime(reply))
+            lifetime, soa = reply_facts(reply)
+            if index == 0 and not soa:
+                # The answer would be this NXDOMAIN, which CoreDNS's cache (in front
+                # of its autopath) never keeps without an SOA: nor is it kept here.
+                self.keep_denial = False
+            self.lifetime = min(self.lifetime, lifetime)
             self.index = index + 1
             if self.index < len(self.candidates):
                 return None
-            return self.plugin.all_nxdomain(request, self.first, self.lifetime), False
+            lifetime = self.lifetime if self.keep_denial else 0
+            return self.plugin.all_nxdomain(request, self.first, lifetime), False
         if rcode != _NOERROR:
             # SERVFAIL, REFUSED, a drop...: the search cannot be finished here. The
             # client gets the same failure for the name it asked and goes on
@@ -238,6 +289,8 @@ class AutopathPlugin(Plugin):
         self._raw_copy: tuple[str, ...] = ()
         self._warned: set[str] = set()
         self._stored: dict[bytes, _Stored] = {}
+        self._waiting: dict[Request, _Search] = {}
+        """Searches ``serve_now`` got part way through, resumed by ``serve``."""
         self._success: dict[str, int] = {}
 
     @classmethod
@@ -273,30 +326,36 @@ class AutopathPlugin(Plugin):
         if type(plan) is bytes:
             return plan
         assert isinstance(plan, _Search)
-        sub = request
         while True:
-            reply = self.next.serve_now(sub)
+            reply = self.next.serve_now(plan.current())
             if reply is None:
+                # The tries answered so far are not asked again (they were counted
+                # and maybe answered from the cache): ``serve`` goes on from here.
+                self._hand_over(request, plan)
                 return None
             done = plan.feed(reply)
             if done is not None:
                 return self._done(request, done)
-            sub = plan.next_request()
 
     async def serve(self, request: Request) -> Reply:
-        plan = self._plan(request)
+        plan = self._waiting.pop(request, None) or self._plan(request)
         if plan is None:
             return await self.next.serve(request)
         if type(plan) is bytes:
             return plan
         assert isinstance(plan, _Search)
-        sub = request
         while True:
-            reply = await self.next.serve(sub)
+            reply = await self.next.serve(plan.current())
             done = plan.feed(reply)
             if done is not None:
                 return self._done(request, done)
-            sub = plan.next_request()
+
+    def _hand_over(self, request: Request, plan: _Search) -> None:
+        """Keep a search that must wait for ``serve`` of the same request to resume."""
+        waiting = self._waiting
+        if len(waiting) >= MAX_WAITING:
+            del waiting[next(iter(waiting))]
+        waiting[request] = plan
 
     def _done(self, request: Request, done: tuple[Reply, bool]) -> Reply:
         reply, success = done
@@ -333,7 +392,7 @@ class AutopathPlugin(Plugin):
             suffix_start(name, zone) >= 0 for zone in self._zone_wires
         ):
             return None
-        return _Search(self, request, search.candidates(wire_labels(name[:start])))
+        return _Search(self, request, search, wire_labels(name[:start]))
 
     def _current_search(self) -> SearchPath:
         """The search path the supplying plugin gives now; a change forgets stored answers."""

@@ -13,7 +13,7 @@ from plugins.autopath import (
     parse_autopath,
     resolv_conf_search,
 )
-from plugins.autopath._plugin import reply_lifetime, suffix_start, wire_labels
+from plugins.autopath._plugin import reply_facts, reply_lifetime, suffix_start, wire_labels
 from pycorefile import CorefileError, Directive, SetupContext, SetupError, load_config
 from pycorefile.corefile import ServerBlock, ZoneKey
 
@@ -172,3 +172,29 @@ def test_reply_lifetime_reads_soa_minimum() -> None:
     bare = dns.message.make_response(q)
     assert reply_lifetime(bare) == reply_lifetime(bare.to_wire()) == 5
     assert reply_lifetime(b"\x00" * 5) == 0
+
+
+def test_reply_facts_see_an_soa_only_in_the_authority_section() -> None:
+    import dns.message
+    import dns.rcode
+    import dns.rrset
+
+    q = dns.message.make_query("x.example.", "A")
+    soa = "ns. host. 1 3600 600 86400 45"
+    cases = []
+    denial = dns.message.make_response(q)
+    denial.set_rcode(dns.rcode.NXDOMAIN)
+    denial.authority.append(dns.rrset.from_text("example.", 300, "IN", "SOA", soa))
+    cases.append((denial, (45, True)))
+    bare = dns.message.make_response(q)
+    bare.set_rcode(dns.rcode.NXDOMAIN)
+    cases.append((bare, (5, False)))
+    answered = dns.message.make_response(q, our_payload=1232)
+    answered.answer.append(dns.rrset.from_text("x.example.", 20, "IN", "A", "192.0.2.1"))
+    cases.append((answered, (20, False)))
+    soa_query = dns.message.make_response(dns.message.make_query("example.", "SOA"))
+    soa_query.answer.append(dns.rrset.from_text("example.", 300, "IN", "SOA", soa))
+    cases.append((soa_query, (45, False)))
+    for msg, facts in cases:
+        assert reply_facts(msg) == reply_facts(msg.to_wire()) == facts
+    assert reply_facts(b"\x00" * 5) == (0, False)
