@@ -18,6 +18,9 @@ from .corefile import CorefileError, Directive, ServerBlock, ZoneKey, normalize_
 from .plugin import Plugin, SetupContext, SetupError
 
 ReplyObserver = Callable[[Request, bytes], None]
+"""Told of every reply sent (or dropped, ``b''``): the metrics plugin's hook."""
+FailureObserver = Callable[[Request, Exception], None]
+"""Told of every exception a plugin raised (answered SERVFAIL): CoreDNS's panics."""
 ListenerKey = tuple[str, str, int]
 """(transport, host, port); host '' means every interface."""
 
@@ -43,8 +46,10 @@ class BlockConfig:
         return f"{key.transport}://{host}:{key.port}"
 
 
-@dataclass
+@dataclass(eq=False)
 class Route:
+    """Where queries for ``zone`` on one listener go (hashed by identity)."""
+
     zone: str
     config: BlockConfig
     server: str
@@ -60,6 +65,7 @@ class Config:
     observers: list[ReplyObserver]
     shared: dict[str, object]
     corefile: str
+    failure_observers: list[FailureObserver] = field(default_factory=list)
 
     @property
     def plugins(self) -> list[Plugin]:
@@ -95,6 +101,8 @@ def build_config(
     shared = dict(shared or {})
     observers: list[ReplyObserver] = []
     shared["reply_observers"] = observers
+    failure_observers: list[FailureObserver] = []
+    shared["failure_observers"] = failure_observers
     pending: list[_Pending] = []
     for block in blocks:
         keys = tuple(normalize_keys(block, dns_port))
@@ -183,7 +191,7 @@ def build_config(
             except ValueError as exc:
                 raise CorefileError(str(exc), p.block.file, p.block.line, p.block.column) from None
             http.setdefault((host, port), {})[path] = handler
-    return Config(configs, routes, http, observers, shared, corefile)
+    return Config(configs, routes, http, observers, shared, corefile, failure_observers)
 
 
 def _check_overlap(routes: dict[ListenerKey, dict[bytes, Route]]) -> None:

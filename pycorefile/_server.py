@@ -26,7 +26,7 @@ import trio
 
 from . import _wire
 from ._chain import plugin_of
-from ._config import Config, ListenerKey, ReplyObserver, Route
+from ._config import Config, FailureObserver, ListenerKey, ReplyObserver, Route
 from ._http import HttpHandler, HttpListener
 from ._request import Reply, Request
 
@@ -74,6 +74,7 @@ class Dispatcher:
     routes: dict[bytes, Route] = field(default_factory=dict)
     observers: list[ReplyObserver] = field(default_factory=list)
     udp_cap: int = _wire.OUR_PAYLOAD
+    failure_observers: list[FailureObserver] = field(default_factory=list)
 
     def handle(
         self, data: bytes, client: tuple[str, int], proto: str, local: tuple[str, int] | None
@@ -107,7 +108,12 @@ class Dispatcher:
             reply = self.failed(request, exc)
         if reply is None:
             return request
-        return self.finish(request, reply)
+        if type(reply) is not bytes or len(reply) > request.max_size:
+            return self.finish(request, reply)
+        # finish() written out: a reply that fits as it is (every cache hit).
+        for observe in self.observers:
+            observe(request, reply)
+        return reply
 
     @staticmethod
     def _unusual(data: bytes, info: _wire.QueryInfo) -> bytes | None:
@@ -169,6 +175,8 @@ class Dispatcher:
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         request.answered_by = name
+        for observe in self.failure_observers:
+            observe(request, exc)
         return request.error(dns.rcode.SERVFAIL)
 
     def finish(self, request: Request, reply: Reply) -> bytes:
@@ -298,9 +306,14 @@ class DnsListener:
             out.append(("udp" if s.type == socket.SOCK_DGRAM else "tcp", host, port))
         return out
 
-    def use(self, routes: dict[bytes, Route], observers: list[ReplyObserver]) -> None:
+    def use(self, config: Config) -> None:
         """Serve a new configuration from the next packet on (reload)."""
-        self.dispatcher = Dispatcher(routes, observers, self.options.udp_cap)
+        self.dispatcher = Dispatcher(
+            config.routes[self.key],
+            config.observers,
+            self.options.udp_cap,
+            config.failure_observers,
+        )
 
     def stop_accepting(self) -> None:
         self.accept_scope.cancel()
@@ -334,7 +347,9 @@ class DnsListener:
         while True:
             await wait_readable(sock)
             # Drain what is queued without an await per datagram: that is most
-            # of the cost of a query in trio.
+            # of the cost of a query in trio. (A reload swaps the dispatcher
+            # between batches.)
+            handle = self.dispatcher.handle
             for _ in range(RECV_BATCH):
                 try:
                     data, client = recvfrom(65535)
@@ -342,7 +357,7 @@ class DnsListener:
                     break
                 except OSError:
                     continue  # e.g. an ICMP error reported on the socket
-                result = self.dispatcher.handle(data, client, "udp", local)
+                result = handle(data, client, "udp", local)
                 if type(result) is bytes:
                     if not result:
                         continue  # DROP: a plugin chose not to answer
@@ -570,11 +585,11 @@ class Server:
         self.config = config
         for key, lst in new_dns.items():
             self.listeners[key] = lst
-            lst.use(config.routes[key], config.observers)
+            lst.use(config)
             await self._nursery.start(lst.run)
         for key, lst in self.listeners.items():
             if key in config.routes:
-                lst.use(config.routes[key], config.observers)
+                lst.use(config)
         for addr, h in new_http.items():
             self.http[addr] = h
             self._nursery.start_soon(h.serve)

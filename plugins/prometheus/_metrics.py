@@ -53,8 +53,19 @@ _REQUEST_AT = _DURATION_AT + len(DURATION_BUCKETS) + 1
 _RESPONSE_AT = _REQUEST_AT + len(SIZE_BUCKETS) + 1
 _ROW_LEN = _RESPONSE_AT + len(SIZE_BUCKETS) + 1
 
-RowKey = tuple[str, str, str, int, str, int, str, bool]
-"""(server, zone, proto, family, type label, rcode, plugin, DO bit)."""
+# A hot row (sizes in its key): count, duration sum, then the duration buckets.
+_HOT_DURATION_AT = 2
+_HOT_ROW_LEN = _HOT_DURATION_AT + len(DURATION_BUCKETS) + 1
+HOT_ROWS_MAX = 4096
+"""Hot rows kept before they are folded into the size-free rows (bounds memory)."""
+
+RowKey = tuple[str, str, str, int, int, int, str, bool]
+"""(server, zone, proto, family, query type, rcode, plugin, DO bit)."""
+HotKey = tuple[str, str, str, int, int, int, str, bool, int, int]
+"""A ``RowKey`` plus the request and response sizes in bytes."""
+
+_SIZE_INDEX = bytes(bisect_left(SIZE_BUCKETS, size) for size in range(65536))
+"""The size bucket of every possible message length: a lookup instead of a bisect."""
 
 
 def rcode_name(rcode: int) -> str:
@@ -64,11 +75,41 @@ def rcode_name(rcode: int) -> str:
 
 class Counters:
     """The counts themselves. A reload hands them to the new configuration, so
-    counters keep growing across reloads as they do in CoreDNS."""
+    counters keep growing across reloads as they do in CoreDNS.
+
+    A query is counted in a *hot* row whose key holds its exact request and
+    response sizes (a client repeats the same few sizes), so the hot path
+    updates three numbers; the size sums and size histograms follow from the
+    key when rows are folded into the size-free ``rows`` (at scrape time, or
+    when there are ``HOT_ROWS_MAX`` hot rows). Folding is exact.
+    """
 
     def __init__(self) -> None:
+        self.hot: dict[HotKey, list[float]] = {}
         self.rows: dict[RowKey, list[float]] = {}
         self.panics = 0
+
+    def fold(self) -> dict[RowKey, list[float]]:
+        """Move every hot row into ``rows`` and return them."""
+        hot, self.hot = self.hot, {}
+        rows = self.rows
+        durations = len(DURATION_BUCKETS) + 1
+        for key, hot_row in hot.items():
+            *labels, asked, sent = key
+            row_key: RowKey = tuple(labels)  # type: ignore[assignment]
+            row = rows.get(row_key)
+            if row is None:
+                row = rows[row_key] = [0] * _ROW_LEN
+            count = hot_row[_COUNT]
+            row[_COUNT] += count
+            row[_DURATION_SUM] += hot_row[_DURATION_SUM]
+            for i in range(durations):
+                row[_DURATION_AT + i] += hot_row[_HOT_DURATION_AT + i]
+            row[_REQUEST_SUM] += count * asked
+            row[_RESPONSE_SUM] += count * sent
+            row[_REQUEST_AT + _SIZE_INDEX[asked]] += count
+            row[_RESPONSE_AT + _SIZE_INDEX[sent]] += count
+        return rows
 
 
 def server_labels(ctx: SetupContext) -> list[tuple[str, str, str, int]]:
@@ -93,6 +134,7 @@ class Observer:
     listeners: list[tuple[str, str, int]] = field(default_factory=list)
     """(server label, host, port) of every enabled block, to label dropped queries."""
     _dropped_labels: dict[Any, str] = field(default_factory=dict)
+    _route_labels: dict[Any, tuple[str, str] | tuple[()]] = field(default_factory=dict)
 
     def add_block(self, ctx: SetupContext) -> None:
         for label, zone, host, port in server_labels(ctx):
@@ -101,38 +143,52 @@ class Observer:
 
     def observe(self, request: Request, wire: bytes) -> None:
         route = request.route
-        server = route.server
-        if not server:
-            server = self._dropped_label(request)
-            zone = DROPPED
-        else:
-            zone = route.zone
-            if (server, zone) not in self.enabled:
-                return
+        labels = self._route_labels.get(route)
+        if labels is None:
+            labels = self._labels(request)
+        if not labels:
+            return  # a block without prometheus: not counted, as in CoreDNS
+        server, zone = labels
         key = (
             server,
             zone,
             request.proto,
             2 if ":" in request.client[0] else 1,
-            _TYPE_CODES.get(request.qtype, "other"),
+            request.qtype,
             wire[3] & 0xF if wire else NO_REPLY,
             request.answered_by,
             request.do,
+            len(request.wire),
+            len(wire),
         )
-        rows = self.counters.rows
-        row = rows.get(key)
+        counters = self.counters
+        hot = counters.hot
+        row = hot.get(key)
         if row is None:
-            row = rows[key] = [0] * _ROW_LEN
+            if len(hot) >= HOT_ROWS_MAX:
+                counters.fold()
+                hot = counters.hot
+            row = hot[key] = [0] * _HOT_ROW_LEN
         seconds = time.perf_counter() - request.started
-        asked = len(request.wire)
-        sent = len(wire)
         row[_COUNT] += 1
         row[_DURATION_SUM] += seconds
-        row[_REQUEST_SUM] += asked
-        row[_RESPONSE_SUM] += sent
-        row[_DURATION_AT + bisect_left(DURATION_BUCKETS, seconds)] += 1
-        row[_REQUEST_AT + bisect_left(SIZE_BUCKETS, asked)] += 1
-        row[_RESPONSE_AT + bisect_left(SIZE_BUCKETS, sent)] += 1
+        row[_HOT_DURATION_AT + bisect_left(DURATION_BUCKETS, seconds)] += 1
+
+    def _labels(self, request: Request) -> tuple[str, str] | tuple[()]:
+        """``(server, zone)`` of the query's block, or ``()`` when it is not counted.
+
+        Remembered per block; queries no block took are labelled by listener.
+        """
+        route = request.route
+        if not route.server:
+            return (self._dropped_label(request), DROPPED)
+        labels = (route.server, route.zone)
+        found = self._route_labels[route] = labels if labels in self.enabled else ()
+        return found
+
+    def failed(self, request: Request, exc: Exception) -> None:
+        """A plugin raised (the reply is SERVFAIL): CoreDNS's recovered panic."""
+        self.counters.panics += 1
 
     def _dropped_label(self, request: Request) -> str:
         """The server label of the listener that took a query no block matched."""
@@ -200,8 +256,9 @@ def core_families(
     request_sizes: dict[tuple[str, ...], list[float]] = {}
     response_sizes: dict[tuple[str, ...], list[float]] = {}
     view = ""
-    for key, row in list(counters.rows.items()):
-        server, zone, proto, ip_family, qtype, rcode, plugin, do = key
+    for key, row in list(counters.fold().items()):
+        server, zone, proto, ip_family, qtype_code, rcode, plugin, do = key
+        qtype = _TYPE_CODES.get(qtype_code, "other")
         count = row[_COUNT]
         k = (server, zone, view, proto, str(ip_family), qtype)
         requests[k] = requests.get(k, 0) + count
@@ -265,7 +322,12 @@ def core_families(
     )
     seen: set[tuple[str, str, str]] = set()
     for ctx in blocks:
-        names = [name for name, plugin in ctx.plugins.items() if plugin.serves_queries]
+        # prometheus counts every reply, as CoreDNS's handler does, though not a chain link.
+        names = [
+            name
+            for name, plugin in ctx.plugins.items()
+            if plugin.serves_queries or name == "prometheus"
+        ]
         for label, zone, _host, _port in server_labels(ctx):
             for name in names:
                 if (label, zone, name) not in seen:

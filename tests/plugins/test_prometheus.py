@@ -283,6 +283,38 @@ async def test_core_series_after_known_queries() -> None:
     assert value(found, "process_cpu_seconds_total") > 0
 
 
+async def test_size_histograms_stay_exact_across_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows keyed by exact sizes are folded when there are too many: nothing is lost.
+    monkeypatch.setattr("plugins.prometheus._metrics.HOT_ROWS_MAX", 3)
+    async with open_server(COREFILE, registry=registry()) as server:
+        asked = answered = 0
+        for i in range(12):
+            wire = make_query("x" * (i + 1) + ".count.test.", "A").to_wire()
+            reply = await query_wire(server, wire)
+            assert reply is not None
+            asked += len(wire)
+            answered += len(reply)
+        found, _ = await scrape(server)
+        again, _ = await scrape(server)  # a scrape folds; a second one sees the same
+    labels = {"server": SERVER, "view": "", "zone": "count.test.", "proto": "udp"}
+    for result in (found, again):
+        assert value(result, "coredns_dns_request_size_bytes_sum", **labels) == asked
+        assert value(result, "coredns_dns_request_size_bytes_count", **labels) == 12
+        assert value(result, "coredns_dns_response_size_bytes_sum", **labels) == answered
+        assert value(result, "coredns_dns_response_size_bytes_count", **labels) == 12
+        assert (
+            value(
+                result, "coredns_dns_request_duration_seconds_count", type="A", **labels_of(labels)
+            )
+            == 12
+        )
+
+
+def labels_of(labels: dict[str, str]) -> dict[str, str]:
+    """The duration histogram's labels: no ``proto``."""
+    return {k: v for k, v in labels.items() if k != "proto"}
+
+
 async def test_errors_plugin_handles_so_no_panic() -> None:
     text = "count.test:0 {\n bind 127.0.0.1\n prometheus 127.0.0.1:0\n errors\n counting\n}\n"
     async with open_server(text, registry=registry()) as server:
