@@ -222,6 +222,9 @@ def upstream(data: Data) -> Iterator[Upstream]:
         "--neg-ttl=60",
         "--address=/miss.bench.test/192.0.2.1",
         "--address=/ext.bench.test/192.0.2.2",
+        # Since dnsmasq 2.86 --address answers only A; --local makes other types NODATA.
+        "--local=/miss.bench.test/",
+        "--local=/ext.bench.test/",
         "--local=/cluster.local/",
         "--cache-size=0",
         "--log-facility=/dev/null",
