@@ -26,6 +26,9 @@ _KEY_SUFFIX = (b"\x00\x00", b"\x00\x01", b"\x01\x00", b"\x01\x01")
 _PARSED: dict[bytes, tuple[_wire.QueryFields, bytes]] = {}
 _PARSED_MAX = 16384
 """At most this many remembered questions (a few MB); the older half goes when full."""
+_FIELDS: dict[tuple[object, ...], _wire.QueryFields] = {}
+"""One tuple for all remembered questions whose fields after the ID are equal (few shapes)."""
+_FIELDS_MAX = 1024
 
 
 def _parse(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
@@ -34,23 +37,30 @@ def _parse(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
     Clients repeat the same questions, so most packets differ from one seen
     before only in their ID: the memo saves reading the name label by label.
     It is bounded (the oldest half is dropped when full), so odd traffic
-    cannot grow it.
+    cannot grow it. The remembered fields carry ID 0 (the caller reads the ID
+    from the packet), so questions of one shape share them: a remembered
+    question costs its bytes, a pair and a dictionary slot.
     """
     rest = wire[2:]
     hit = _PARSED.get(rest)
     if hit is None:
-        fields = _wire.parse_query(wire)
-        end = fields[4]
+        after_id = _wire.parse_query(wire)[1:]
+        shared = _FIELDS.get(after_id)
+        if shared is None:
+            if len(_FIELDS) >= _FIELDS_MAX:
+                _FIELDS.clear()
+            shared = _FIELDS[after_id] = (0, *after_id)
+        end = shared[4]
         # The key: the lowercased question plus the bits that change the answer.
         key = (
             wire[12:end].lower()
             + wire[end : end + 4]
-            + _KEY_SUFFIX[(2 if fields[10] else 0) | (1 if fields[1] & 0x10 else 0)]
+            + _KEY_SUFFIX[(2 if shared[10] else 0) | (1 if shared[1] & 0x10 else 0)]
         )
         if len(_PARSED) >= _PARSED_MAX:
             for old in list(islice(_PARSED, _PARSED_MAX // 2)):
                 del _PARSED[old]
-        hit = _PARSED[rest] = (fields, key)
+        hit = _PARSED[rest] = (shared, key)
     return hit
 
 

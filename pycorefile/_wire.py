@@ -11,7 +11,6 @@ an oversize reply, preparing an answer once).
 from __future__ import annotations
 
 import struct
-from array import array
 from collections.abc import Sequence
 
 import dns.exception
@@ -314,44 +313,46 @@ class PreparedReply:
     """A reply kept as wire bytes, answered again by patching, not rebuilding.
 
     The stored bytes hold no OPT record. ``render`` joins the client's ID, the
-    stored flags with the client's RD and CD bits, the stored counts, the
-    client's question name (so the letter case is the client's) and the stored
-    rest, and appends our OPT record when the client sent one. ``aged`` gives a
-    copy with every TTL lowered (a cache keeps one per second of age).
+    stored header (flags with the client's RD and CD bits, and the counts),
+    the client's question name (so the letter case is the client's) and the
+    stored rest, and appends our OPT record when the client sent one. ``aged``
+    gives a copy with every TTL lowered (a cache keeps one per second of age).
 
     A reply built with ``spliced`` takes the whole question (name, type and
     class) from the query and stores only records that name their owner by a
     pointer to offset 12: one such reply serves any name and type it belongs
     to, whatever the name's length (the meshhosts table, wildcards).
+
+    Compact, as a cache or a mesh table keeps tens of thousands of these: the
+    only bytes of its own are what follows the question name (the stored
+    question name is never sent); the header variants and the TTL offsets
+    (relative to those bytes) are shared by every reply of the same shape.
     """
 
-    __slots__ = ("_asked", "_counts", "_counts_opt", "_flags", "_tail", "name_end", "rcode",
-                 "ttl_offsets", "ttls", "wire")  # fmt: skip
+    __slots__ = ("_asked", "_heads", "_offsets", "_tail")
+
+    _asked: int
+    """0, or 4 when the query's type and class are sent too (spliced)."""
+    _heads: _Heads
+    """Header after the ID, indexed by ``(EDNS << 2) | (RD << 1) | CD`` of the query."""
+    _offsets: tuple[int, ...]
+    """Where each TTL field is in ``_tail`` (OPT excluded)."""
+    _tail: bytes
 
     def __init__(self, wire: bytes) -> None:
-        self._asked = 0
         wire = strip_opt(wire)
-        self.wire = wire
-        offsets, ttls = ttl_offsets(wire)
-        # Compact: a cache or a mesh table keeps tens of thousands of these.
-        self.ttl_offsets = array("H", offsets)
-        self.ttls = array("I", ttls)
-        self.rcode = wire[3] & 0xF
-        self.name_end = _name_end(wire)
-        self._flags = _flag_variants(_U16.unpack_from(wire, 2)[0])
-        self._counts, self._counts_opt = _counts(*struct.unpack_from(">HHHH", wire, 4))
-        self._tail = wire[self.name_end :]
+        name_end = _name_end(wire)
+        offsets = ttl_offsets(wire)[0]
+        self._asked = 0
+        self._heads = _heads(*struct.unpack_from(">HHHHH", wire, 2))
+        self._offsets = _shared_offsets(tuple(off - name_end for off in offsets))
+        self._tail = wire[name_end:]
 
     def _splice(self, flags: int, answers: int, authority: int, records: bytes) -> None:
         """Set up a reply whose question always comes whole from the query."""
         self._asked = 4
-        self.wire = b""
-        self.ttl_offsets = _NO_OFFSETS
-        self.ttls = _NO_TTLS
-        self.rcode = flags & 0xF
-        self.name_end = HEADER_LEN
-        self._flags = _flag_variants(flags)
-        self._counts, self._counts_opt = _counts(1, answers, authority, 0)
+        self._heads = _heads(flags, 1, answers, authority, 0)
+        self._offsets = ()
         self._tail = records
 
     @classmethod
@@ -361,10 +362,30 @@ class PreparedReply:
         reply._splice(flags, answers, authority, records)
         return reply
 
+    def _with_tail(self, tail: bytes) -> PreparedReply:
+        """A reply of the same shape whose bytes after the question name are ``tail``."""
+        reply = PreparedReply.__new__(PreparedReply)
+        reply._asked = self._asked
+        reply._heads = self._heads
+        reply._offsets = self._offsets
+        reply._tail = tail
+        return reply
+
     @property
     def records(self) -> bytes:
         """Everything after the question: the stored records."""
         return self._tail[4 - self._asked :]
+
+    @property
+    def rcode(self) -> int:
+        """The (non-extended) rcode of the reply."""
+        return self._heads[0][1] & 0xF
+
+    @property
+    def ttls(self) -> list[int]:
+        """The TTL of each record, in message order (OPT excluded)."""
+        tail = self._tail
+        return [_U32.unpack_from(tail, off)[0] for off in self._offsets]
 
     @classmethod
     def from_message(cls, msg: dns.message.Message) -> PreparedReply:
@@ -374,62 +395,73 @@ class PreparedReply:
     @property
     def min_ttl(self) -> int:
         """The smallest TTL in the reply, 0 when it holds no records."""
-        return min(self.ttls) if self.ttls else 0
+        return min(self.ttls, default=0)
 
     def render(self, query: bytes, name_end: int, edns: bool, do: bool) -> bytes:
         """The reply for ``query``: its ID, RD/CD bits and question casing; our OPT if asked."""
-        flags = self._flags[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)]
-        asked = query[12 : name_end + self._asked]
         if edns:
             return (
-                query[:2] + flags + self._counts_opt + asked + self._tail
+                query[:2]
+                + self._heads[(6 if query[2] & 1 else 4) | (1 if query[3] & 0x10 else 0)]
+                + query[12 : name_end + self._asked] + self._tail
                 + (_OPT_DO if do else _OPT_NO_DO)
             )  # fmt: skip
-        return query[:2] + flags + self._counts + asked + self._tail
+        return (
+            query[:2]
+            + self._heads[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)]
+            + query[12 : name_end + self._asked] + self._tail
+        )  # fmt: skip
 
     def aged(self, age: int) -> PreparedReply:
         """A copy whose TTLs are lowered by ``age`` seconds (never below 0; not spliced)."""
-        out = bytearray(self.wire)
-        for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+        out = bytearray(self._tail)
+        for off in self._offsets:
+            ttl = _U32.unpack_from(out, off)[0]
             _U32.pack_into(out, off, ttl - age if ttl > age else 0)
-        return PreparedReply(bytes(out))
+        return self._with_tail(bytes(out))
+
+    def with_ttl(self, ttl: int) -> PreparedReply:
+        """A copy whose every TTL is ``ttl`` (stale answers use this)."""
+        return self._with_tail(replace_ttls(self._tail, self._offsets, ttl))
 
 
-_NO_OFFSETS = array("H")
-_NO_TTLS = array("I")
-_COUNTS: dict[tuple[int, int, int, int], tuple[bytes, bytes]] = {}
+_Heads = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]
+_HEADS: dict[tuple[int, int, int, int, int], _Heads] = {}
+_OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}
+_SHARED_MAX = 1024
+"""Distinct shapes remembered for sharing; past this the memory starts anew."""
 
 
-def _counts(qd: int, an: int, ns: int, ar: int) -> tuple[bytes, bytes]:
-    """Header counts without and with our OPT record, shared by equal replies."""
-    found = _COUNTS.get((qd, an, ns, ar))
+def _heads(flags: int, qd: int, an: int, ns: int, ar: int) -> _Heads:
+    """The header after the ID for each RD/CD combination, without and with our OPT.
+
+    Shared by every prepared reply with the same flags and counts (there are few).
+    """
+    base = flags & ~(FLAG_RD | FLAG_CD)
+    found = _HEADS.get((base, qd, an, ns, ar))
     if found is None:
-        if len(_COUNTS) > 4096:
-            _COUNTS.clear()
-        found = _COUNTS[(qd, an, ns, ar)] = (
-            struct.pack(">HHHH", qd, an, ns, ar),
-            struct.pack(">HHHH", qd, an, ns, ar + 1),
-        )
+        if len(_HEADS) >= _SHARED_MAX:
+            _HEADS.clear()
+        a, b, c, d, e, f, g, h = (
+            _HEADER.pack(
+                0,
+                base | (FLAG_RD if i & 2 else 0) | (FLAG_CD if i & 1 else 0),
+                qd, an, ns, ar + (1 if i & 4 else 0),
+            )[2:]
+            for i in range(8)
+        )  # fmt: skip
+        found = _HEADS[(base, qd, an, ns, ar)] = (a, b, c, d, e, f, g, h)
     return found
 
 
-_FLAG_VARIANTS: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
-
-
-def _flag_variants(flags: int) -> tuple[bytes, bytes, bytes, bytes]:
-    """The flags word with each RD/CD combination, indexed by ``(RD << 1) | CD``.
-
-    Shared by every prepared reply with the same flags (there are few).
-    """
-    base = flags & ~(FLAG_RD | FLAG_CD)
-    variants = _FLAG_VARIANTS.get(base)
-    if variants is None:
-        a, b, c, d = (
-            _U16.pack(base | (FLAG_RD if i & 2 else 0) | (FLAG_CD if i & 1 else 0))
-            for i in range(4)
-        )
-        variants = _FLAG_VARIANTS[base] = (a, b, c, d)
-    return variants
+def _shared_offsets(offsets: tuple[int, ...]) -> tuple[int, ...]:
+    """``offsets``, or an equal tuple already held by another reply."""
+    found = _OFFSETS.get(offsets)
+    if found is None:
+        if len(_OFFSETS) >= _SHARED_MAX:
+            _OFFSETS.clear()
+        found = _OFFSETS[offsets] = offsets
+    return found
 
 
 def _name_end(wire: bytes) -> int:

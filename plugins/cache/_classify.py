@@ -239,11 +239,25 @@ def stored_form(
             _TTL.pack_into(out, off, min(ttl, ceiling))
         return bytes(out), servfail_ttl
     if not ttls:
-        return bytes(out), float(clamp(NO_RECORDS_TTL, settings.min_ttl, settings.max_ttl))
+        return bytes(out), _lifetime(clamp(NO_RECORDS_TTL, settings.min_ttl, settings.max_ttl))
     shortest = None
     for off, ttl in zip(offsets, ttls, strict=True):
         clamped = clamp(ttl, settings.min_ttl, settings.max_ttl)
         _TTL.pack_into(out, off, clamped)
         shortest = clamped if shortest is None or clamped < shortest else shortest
     assert shortest is not None
-    return bytes(out), float(shortest)
+    return bytes(out), _lifetime(shortest)
+
+
+_LIFETIMES: dict[int, float] = {}
+_LIFETIMES_MAX = 4096
+
+
+def _lifetime(seconds: int) -> float:
+    """``float(seconds)``, one object per value: entries of equal lifetime share it."""
+    found = _LIFETIMES.get(seconds)
+    if found is None:
+        if len(_LIFETIMES) >= _LIFETIMES_MAX:
+            _LIFETIMES.clear()
+        found = _LIFETIMES[seconds] = float(seconds)
+    return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from pycorefile._wire import PreparedReply, replace_ttls
+from pycorefile._wire import PreparedReply
 
 from ._classify import Category
 
@@ -54,8 +54,7 @@ class Entry:
         """The reply with every TTL set to ``ttl``, for answers past expiry."""
         view = self.stale_view
         if view is None:
-            now = self.view
-            view = self.stale_view = PreparedReply(replace_ttls(now.wire, now.ttl_offsets, ttl))
+            view = self.stale_view = self.view.with_ttl(ttl)
         return view
 
     @property

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pycorefile import _wire
+from pycorefile import _request, _wire
 from pycorefile._request import Request
 from pycorefile.testing import make_query
 
@@ -147,6 +147,52 @@ def test_prepared_reply_patches_id_case_ttl_and_opt() -> None:
     out = dns.message.from_wire(prepared.aged(400).render(plain, info.name_end, info.edns, info.do))
     assert out.edns == -1
     assert out.answer[0].ttl == 0
+
+
+@pytest.mark.parametrize("edns", [False, True])
+@pytest.mark.parametrize("rd", [False, True])
+@pytest.mark.parametrize("cd", [False, True])
+def test_prepared_reply_mirrors_rd_cd_and_edns(edns: bool, rd: bool, cd: bool) -> None:
+    stored = reply_for("a.example", ("a.example", 60, "A", "192.0.2.1"))
+    stored.answer.append(dns.rrset.from_text("a.example.", 30, "IN", "TXT", '"t"'))
+    stored.flags |= dns.flags.RD | dns.flags.CD  # the stored bits never leak
+    prepared = _wire.PreparedReply(stored.to_wire())
+    query = make_query("A.example", "A", edns=edns, rd=rd, cd=cd).to_wire()
+    info = _wire.read_query(query)
+    out = dns.message.from_wire(prepared.render(query, info.name_end, info.edns, info.do))
+    assert bool(out.flags & dns.flags.RD) == rd
+    assert bool(out.flags & dns.flags.CD) == cd
+    assert (out.edns == 0) == edns
+    assert out.question[0].name.to_text() == "A.example."
+    assert [rrset.ttl for rrset in out.answer] == [60, 30]
+    assert prepared.ttls == [60, 30] and prepared.min_ttl == 30 and prepared.rcode == 0
+
+
+def test_prepared_reply_ages_and_pins_every_record() -> None:
+    stored = reply_for("a.example", ("a.example", 60, "A", "192.0.2.1"))
+    stored.answer.append(dns.rrset.from_text("a.example.", 5, "IN", "TXT", '"t"'))
+    prepared = _wire.PreparedReply(stored.to_wire())
+    assert prepared.aged(10).ttls == [50, 0]  # never below 0
+    assert prepared.with_ttl(30).ttls == [30, 30]
+    assert prepared.ttls == [60, 5]  # copies: the original is unchanged
+    query = make_query("a.example", "A").to_wire()
+    info = _wire.read_query(query)
+    out = dns.message.from_wire(prepared.aged(10).render(query, info.name_end, False, False))
+    assert [rrset.ttl for rrset in out.answer] == [50, 0]
+
+
+def test_parse_memo_shares_fields_between_names_of_one_shape() -> None:
+    first = make_query("aa.example", "A")
+    second = make_query("bb.example", "A")
+    first.id, second.id = 1000, 2000
+    a = Request.from_wire(first.to_wire())
+    b = Request.from_wire(second.to_wire())
+    again = make_query("aa.example", "A")
+    again.id = 3000
+    c = Request.from_wire(again.to_wire())
+    assert (a.id, b.id, c.id) == (1000, 2000, 3000)  # the ID is always the packet's
+    assert a.key != b.key and a.key is c.key
+    assert _request._parse(first.to_wire())[0] is _request._parse(second.to_wire())[0]
 
 
 @settings(max_examples=300, deadline=None)
