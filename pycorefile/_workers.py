@@ -19,17 +19,17 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from ._app import Runner, user_facing, version_lines
 from ._config import Config
 from ._http import HttpListener, HttpRequest, HttpResponse
 from ._server import bind_http_socket
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("pycorefile")
 
@@ -60,6 +60,10 @@ async def fetch_unix(path: str, target: str, accept: str = "") -> HttpResponse:
 
 def merge_metrics(texts: Sequence[str]) -> list[Metric]:
     """Every worker's series summed into one (build info and such taken once)."""
+    # Imported when metrics are asked for: prometheus_client costs ~2 MB resident.
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
@@ -232,6 +236,9 @@ class Supervisor:
         if request.path != "/metrics":
             failed = [r for r in responses if r.status != 200]
             return failed[0] if failed else responses[0]
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import choose_encoder
+
         registry = CollectorRegistry(auto_describe=False)
         texts = [r.body.decode() for r in responses if r.status == 200]
         registry.register(_Merged(merge_metrics(texts)))

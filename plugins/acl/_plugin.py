@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import dns.rcode
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.metrics_core import Metric
 
 from pycorefile import DROP, Directive, Plugin, Reply, Request, SetupContext
 from pycorefile._zones import match_zone
 
 from ._rules import AclConfig, Action, parse_acl
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 _MEMO_MAX = 8192
 _METRICS = {
@@ -81,6 +83,8 @@ class AclPlugin(Plugin):
         return await self.next.serve(request)
 
     def metrics(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily  # at scrape time (~2 MB)
+
         families = {
             action: CounterMetricFamily(name, doc, labels=["server", "zone", "view"])
             for action, (name, doc) in _METRICS.items()

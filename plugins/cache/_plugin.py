@@ -12,13 +12,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.message
 import dns.rcode
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
 
 from pycorefile import Directive, Plugin, Reply, Request, SetupContext
 from pycorefile._wire import HEADER_LEN, MAX_TCP
@@ -27,6 +26,9 @@ from pycorefile._zones import in_zone
 from ._classify import Category, classify, quick_classify, stored_form
 from ._parse import CacheConfig, parse_cache
 from ._store import Entry, Shelf
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("pycorefile")
 
@@ -368,6 +370,9 @@ class CachePlugin(Plugin):
         return counts
 
     def metrics(self) -> Iterable[Metric]:
+        # Imported at scrape time: prometheus_client costs ~2 MB resident.
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         labels = ["server", "zones", "view"]
         typed = ["server", "type", "zones", "view"]
         zones = self.zones_label

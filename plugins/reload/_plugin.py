@@ -8,15 +8,16 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
 
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args, parse_duration
 from pycorefile._app import Runner, checksum
 from pycorefile.corefile import CorefileError, ServerBlock, parse_corefile
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("pycorefile")
 
@@ -134,6 +135,8 @@ class ReloadPlugin(Plugin):
                 return
 
     def metrics(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily  # at scrape time (~2 MB)
+
         if not self.active or not self.digest:
             return
         family = GaugeMetricFamily(
