@@ -121,8 +121,8 @@ class Forwarder:
         question = Question(request.key[: end - 12], request.wire[end : end + 4])
         attempts = config.max_connect_attempts or 2 * len(proxies)
         held: tuple[bytes, Checked] | None = None
-        # One deadline for the whole query, folded into each try's own scope
-        # (a trio cancel scope costs several microseconds: one per try, not two).
+        # One deadline for the whole query, folded into each try's deadline
+        # (no cancel scope per query: a UDP try's channel keeps the time).
         overall = trio.current_time() + OVERALL_DEADLINE - request.duration
         for attempt in range(attempts):
             if trio.current_time() >= overall:
@@ -167,24 +167,22 @@ class Forwarder:
         counters = proxy.counters
         counters.requests += 1
         started = trio.current_time()
-        reason = "timeout"
         deadline = min(started + (timeout or self.config.read_timeout), overall)
-        with trio.CancelScope(deadline=deadline):
-            try:
-                data, checked = await proxy.exchange(_with_id(wire, qid), qid, question, transport)
-            except UpstreamFailure as exc:
-                reason = exc.reason
-                log.debug("plugin/forward: %s: %s", proxy.label, exc)
-            except LocalFailure as exc:
-                log.warning("plugin/forward: cannot query %s: %s", proxy.label, exc)
-                return None
-            else:
-                counters.answered(rcode_label(checked.rcode), trio.current_time() - started)
-                return data, checked
-        counters.failed(reason)
-        if self.config.max_fails:
-            proxy.trouble.set()
-        return None
+        try:
+            data, checked = await proxy.exchange(
+                _with_id(wire, qid), qid, question, transport, deadline
+            )
+        except UpstreamFailure as exc:
+            log.debug("plugin/forward: %s: %s", proxy.label, exc)
+            counters.failed(exc.reason)
+            if self.config.max_fails:
+                proxy.trouble.set()
+            return None
+        except LocalFailure as exc:
+            log.warning("plugin/forward: cannot query %s: %s", proxy.label, exc)
+            return None
+        counters.answered(rcode_label(checked.rcode), trio.current_time() - started)
+        return data, checked
 
     async def probe(self, proxy: Proxy, wire: bytes, question: Question) -> bool:
         """One health check: any DNS reply in time means healthy."""
@@ -222,6 +220,10 @@ class Forwarder:
                 log.info("plugin/forward: upstream %s is up again", proxy.label)
             proxy.fails = 0
             proxy.trouble = trio.Event()
+
+
+_HINFO = dns.rdatatype.HINFO
+"""The type of loop probes: other queries need no name lookup to rule them out."""
 
 
 @dataclass
@@ -271,16 +273,17 @@ class ForwardPlugin(Plugin):
     def configs(self) -> list[ForwardConfig]:
         return [f.config for f in self.forwarders]
 
-    def covering(self, name: str) -> list[Forwarder]:
-        """The directives that forward ``name``, longest FROM first."""
+    def covering(self, request: Request) -> list[Forwarder]:
+        """The directives that forward the query's name, longest FROM first."""
         if self._everything is not None:
-            return self._everything
+            return self._everything  # the name is not even read
+        name = request.name
         return [f for f in self.by_zone if f.config.covers(name)]
 
     # -- Serving ----------------------------------------------------------------
 
     def serve_now(self, request: Request) -> Reply | None:
-        covering = self.covering(request.name)
+        covering = self.covering(request)
         if not covering:
             return self.next.serve_now(request)
         if covering[0].over_limit():
@@ -288,10 +291,15 @@ class ForwardPlugin(Plugin):
         return None
 
     async def serve(self, request: Request) -> Reply:
-        name = request.name
-        if self.loop_probes and name in self.loop_probes and self._loop_probe_seen(request):
+        probes = self.loop_probes
+        if (
+            probes
+            and request.qtype == _HINFO
+            and request.name in probes
+            and self._loop_probe_seen(request)
+        ):
             return request.error(dns.rcode.SERVFAIL)
-        covering = self.covering(name)
+        covering = self.covering(request)
         if not covering:
             return await self.next.serve(request)
         for index, forwarder in enumerate(covering):

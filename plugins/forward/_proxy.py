@@ -1,26 +1,40 @@
-"""One upstream: exchanges over UDP, TCP or TLS, a pool of reusable connections, health.
+"""One upstream: exchanges over UDP, TCP or TLS, reusable sockets, health.
 
-Every UDP try uses a new socket connected to the upstream, so the kernel
-picks a fresh random source port, drops datagrams from any other address,
-and reports an ICMP "port unreachable" as ``ConnectionRefusedError``. TCP and
-TLS connections carry one query at a time and go back to an idle pool for
-reuse until they have been idle for ``expire``.
+UDP queries travel on a few *channels* per upstream: connected sockets (the
+kernel drops datagrams from any other address) that carry many queries at
+once, told apart by their random IDs, and that are replaced after
+``expire``. One reader task per channel drains replies and hands each to the
+task waiting for it, and a sweeper answers waits whose time is up, so a query
+costs one send and one wake-up: no socket, no cancel scope of its own. TCP
+and TLS connections carry one query at a time and go back to an idle pool
+for reuse until they have been idle for ``expire``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import random
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 
+import outcome
 import trio
 
-from ._message import Checked, Question, check_reply
+from ._message import Checked, Question, check_reply, new_id
 from ._metrics import UpstreamCounters
 from ._parse import ForwardConfig, UpstreamAddress
 
 _U16 = struct.Struct(">H")
 MAX_MESSAGE = 65535
+UDP_CHANNELS = 4
+"""Channels per upstream in use at once; each query takes one at random."""
+UDP_RECV_BUFFER = 1024 * 1024
+"""Receive buffer of a channel: replies to every query in flight must fit."""
+
+log = logging.getLogger("pycorefile")
 
 
 class UpstreamFailure(Exception):
@@ -69,6 +83,136 @@ class _Connection:
             buf += chunk
 
 
+class _Waiter:
+    """A task waiting on a channel for the reply to one query."""
+
+    __slots__ = ("deadline", "question", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, question: Question, deadline: float) -> None:
+        self.task = task
+        self.question = question
+        self.deadline = deadline
+
+
+class _UdpChannel:
+    """A connected UDP socket to one upstream, carrying many queries at once by ID."""
+
+    def __init__(self, proxy: Proxy, retire_at: float) -> None:
+        sock = socket.socket(proxy.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECV_BUFFER)
+            sock.connect(proxy.sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.counters = proxy.counters
+        self.retire_at = retire_at
+        self.pending: dict[int, _Waiter] = {}
+        self.retired = False
+        self.closed = False
+        self._sweep_scope = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._read, name="forward/udp-reader")
+        trio.lowlevel.spawn_system_task(self._sweep, name="forward/udp-sweeper")
+
+    async def exchange(
+        self, query: bytes, qid: int, question: Question, deadline: float
+    ) -> tuple[bytes, Checked]:
+        """Send ``query`` and wait for its reply until ``deadline`` (a trio time)."""
+        pending = self.pending
+        if qid in pending:  # the ID is taken on this socket: draw another
+            while qid in pending:
+                qid = new_id()
+            query = _U16.pack(qid) + query[2:]
+        waiter = _Waiter(trio.lowlevel.current_task(), question, deadline)
+        pending[qid] = waiter
+        if deadline < self._sweep_scope.deadline:
+            self._sweep_scope.deadline = deadline
+        try:
+            self.sock.send(query)
+        except OSError as exc:
+            del pending[qid]
+            if isinstance(exc, ConnectionRefusedError):
+                raise UpstreamFailure("refused", "connection refused") from None
+            raise UpstreamFailure("error", exc.strerror or str(exc)) from None
+
+        def abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+            if pending.get(qid) is waiter:
+                del pending[qid]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        result: tuple[bytes, Checked] = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
+
+    async def _read(self) -> None:
+        """Hand every reply to its waiter; end when closed, or retired and idle."""
+        sock = self.sock
+        pending = self.pending
+        try:
+            while not self.closed and (pending or not self.retired):
+                await trio.lowlevel.wait_readable(sock)
+                while True:
+                    try:
+                        data = sock.recv(MAX_MESSAGE)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    qid = data[0] << 8 | data[1] if len(data) >= 2 else -1
+                    waiter = pending.get(qid)
+                    checked = check_reply(data, qid, waiter.question) if waiter else None
+                    if waiter is None or checked is None:
+                        self.counters.mismatched += 1  # late, spoofed or garbled
+                        continue
+                    del pending[qid]
+                    trio.lowlevel.reschedule(waiter.task, outcome.Value((data, checked)))
+        except (trio.ClosedResourceError, OSError, ValueError) as exc:
+            reason = "refused" if isinstance(exc, ConnectionRefusedError) else "closed"
+            self._fail_all(UpstreamFailure(reason, str(exc) or type(exc).__name__))
+        except Exception:  # a system task must not raise: it would end the server
+            log.exception("plugin/forward: reading replies failed")
+            self._fail_all(UpstreamFailure("error", "reading replies failed"))
+        finally:
+            self.close()
+
+    async def _sweep(self) -> None:
+        """Fail the waits whose deadline passed (sleeping until the earliest one)."""
+        pending = self.pending
+        while not self.closed:
+            with self._sweep_scope:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            earliest = math.inf
+            for qid, waiter in list(pending.items()):
+                if waiter.deadline <= now:
+                    del pending[qid]
+                    trio.lowlevel.reschedule(waiter.task, outcome.Error(UpstreamFailure("timeout")))
+                elif waiter.deadline < earliest:
+                    earliest = waiter.deadline
+            self._sweep_scope = trio.CancelScope(deadline=earliest)
+
+    def _fail_all(self, failure: UpstreamFailure) -> None:
+        waiters = list(self.pending.values())
+        self.pending.clear()
+        for waiter in waiters:
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(failure))
+
+    def retire(self) -> None:
+        """Take no new queries; close once the ones in flight are answered."""
+        self.retired = True
+        if not self.pending:
+            self.close()
+
+    def close(self) -> None:
+        """Close now: the reader and sweeper end, waiters get a failure."""
+        if self.closed:
+            return
+        self.closed = True
+        self._sweep_scope.cancel()
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+        self._fail_all(UpstreamFailure("closed", "upstream socket closed"))
+
+
 _STREAM_ERRORS = (
     EOFError, OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError,
 )  # fmt: skip
@@ -95,6 +239,7 @@ class Proxy:
         self.trouble = trio.Event()
         """Set when a try failed: the health checker starts probing."""
         self.idle: list[_Connection] = []
+        self.channels: list[_UdpChannel | None] = [None] * UDP_CHANNELS
         self.closed = False
 
     def __repr__(self) -> str:
@@ -115,35 +260,40 @@ class Proxy:
         return "tcp" if client_proto == "tcp" else "udp"
 
     async def exchange(
-        self, query: bytes, qid: int, question: Question, transport: str
+        self,
+        query: bytes,
+        qid: int,
+        question: Question,
+        transport: str,
+        deadline: float = math.inf,
     ) -> tuple[bytes, Checked]:
         """Send ``query`` (already carrying ``qid``) and wait for the matching reply.
 
-        Raises UpstreamFailure or LocalFailure; the caller bounds the time.
+        Raises UpstreamFailure (``timeout`` once ``deadline``, a trio time,
+        passes) or LocalFailure.
         """
         if transport == "udp":
-            return await self._udp(query, qid, question)
-        return await self._stream(query, qid, question, transport)
+            return await self._channel().exchange(query, qid, question, deadline)
+        with trio.move_on_at(deadline):
+            return await self._stream(query, qid, question, transport)
+        raise UpstreamFailure("timeout")
 
-    async def _udp(self, query: bytes, qid: int, question: Question) -> tuple[bytes, Checked]:
-        try:
-            sock = trio.socket.socket(self.family, socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise LocalFailure(f"no UDP socket: {exc.strerror}") from None
-        with sock:
+    def _channel(self) -> _UdpChannel:
+        """A UDP channel for one query: one of a few, each replaced after ``expire``."""
+        if self.closed:
+            raise LocalFailure("upstream closed (reload or shutdown)")
+        slot = random.randrange(UDP_CHANNELS)
+        channel = self.channels[slot]
+        now = trio.current_time()
+        if channel is None or channel.closed or now >= channel.retire_at:
+            if channel is not None:
+                channel.retire()
             try:
-                await sock.connect(self.sockaddr)
-                await sock.send(query)
-                while True:
-                    data = await sock.recv(MAX_MESSAGE)
-                    checked = check_reply(data, qid, question)
-                    if checked is not None:
-                        return data, checked
-                    self.counters.mismatched += 1
-            except ConnectionRefusedError:
-                raise UpstreamFailure("refused", "connection refused") from None
+                channel = _UdpChannel(self, now + self.expire)
             except OSError as exc:
-                raise UpstreamFailure("error", exc.strerror or str(exc)) from None
+                raise LocalFailure(f"no UDP socket: {exc.strerror}") from None
+            self.channels[slot] = channel
+        return channel
 
     async def _stream(
         self, query: bytes, qid: int, question: Question, transport: str
@@ -226,13 +376,21 @@ class Proxy:
         self.sweep()
 
     def sweep(self) -> None:
-        """Close idle connections unused for ``expire`` (the oldest are first)."""
+        """Close idle connections unused for ``expire`` and UDP channels past it."""
         now = trio.current_time()
         while self.idle and now - self.idle[0].last_used >= self.expire:
             self.idle.pop(0).close()
+        for slot, channel in enumerate(self.channels):
+            if channel is not None and (channel.closed or now >= channel.retire_at):
+                channel.retire()
+                self.channels[slot] = None
 
     def close(self) -> None:
-        """Close every idle connection; connections in use close when their try ends."""
+        """Close every idle connection and UDP channel; TCP in use closes when its try ends."""
         self.closed = True
         while self.idle:
             self.idle.pop().close()
+        for slot, channel in enumerate(self.channels):
+            if channel is not None:
+                channel.retire()
+                self.channels[slot] = None

@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from plugins.forward import ForwardPlugin
+from plugins.forward._proxy import UDP_CHANNELS
 from pycorefile import Server, load_config
 from pycorefile.testing import Upstream, make_query, query, query_wire, serve
 
@@ -96,7 +97,11 @@ async def test_answer_passes_through_with_id_and_question_echoed(proto: str) -> 
         return r
 
     up = Upstream(host="127.0.0.2", handler=record)
-    async with up.running(), serve(corefile(f"forward . {up.address}")) as server:
+    # expire 0: no socket is reused, each try has a fresh source port.
+    async with (
+        up.running(),
+        serve(corefile(f"forward . {up.address} {{\n expire 0\n }}")) as server,
+    ):
         for _ in range(3):
             q = make_query("A.ExAmPle.", "A")
             q.id = 0x1234
@@ -110,6 +115,35 @@ async def test_answer_passes_through_with_id_and_question_echoed(proto: str) -> 
     if proto == "udp":
         ports = {client[1] for _, client in seen[-3:]}  # type: ignore[index]
         assert len(ports) > 1, "each UDP try must come from a fresh source port"
+
+
+async def test_udp_sockets_are_shared_then_replaced_after_expire() -> None:
+    ports: list[int] = []
+
+    def record(q: dns.message.Message) -> dns.message.Message:
+        if q.question[0].rdtype == dns.rdatatype.A:  # not the loop probe
+            ports.append(up.client[1])  # type: ignore[index]
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "192.0.2.1"))
+        return r
+
+    up = Upstream(host="127.0.0.2", handler=record)
+    async with (
+        up.running(),
+        serve(corefile(f"forward . {up.address} {{\n expire 1s\n }}")) as server,
+    ):
+        for i in range(20):
+            assert answers(await query(server, f"n{i}.example.", "A")) == ["192.0.2.1"]
+        first = set(ports)
+        await trio.sleep(1.1)
+        for i in range(20):
+            assert answers(await query(server, f"m{i}.example.", "A")) == ["192.0.2.1"]
+        later = set(ports[20:])
+    # At most UDP_CHANNELS sockets at a time, as CoreDNS reuses its connections;
+    # once expired, every one of them is replaced by a socket on a new port.
+    assert 1 <= len(first) <= UDP_CHANNELS
+    assert 1 <= len(later) <= UDP_CHANNELS
+    assert later != first
 
 
 async def test_raw_question_bytes_are_echoed_exactly() -> None:
@@ -302,11 +336,18 @@ async def test_spoofed_replies_are_ignored_and_the_right_one_accepted() -> None:
     up = Upstream(host="127.0.0.2", handler=spoofing)
     async with up.running(), serve(corefile(f"forward . {up.address}")) as server:
         r = await query(server, "a.example", "A")
-        dropped = samples(server, "coredns_forward_mismatched_replies_total")
+        # The three bad replies, then (the socket lives on for later queries)
+        # the late duplicate: no query waits for it any more.
+        with trio.move_on_after(2):
+            while True:
+                dropped = samples(server, "coredns_forward_mismatched_replies_total")
+                if dropped[(("to", up.address),)] >= 4:
+                    break
+                await trio.sleep(0.01)
     assert forged_from_elsewhere
     assert r.rcode() == dns.rcode.NOERROR
     assert answers(r) == ["192.0.2.1"]
-    assert dropped[(("to", up.address),)] == 3
+    assert dropped[(("to", up.address),)] == 4
 
 
 async def test_a_reply_to_another_type_is_not_accepted() -> None:
