@@ -134,6 +134,10 @@ class _UdpChannel:
         except OSError as exc:
             del pending[qid]
             if isinstance(exc, ConnectionRefusedError):
+                # An ICMP error cannot be told apart by query: it may belong to
+                # any query in flight here, so all of them fail now.
+                self._fail_all("refused", "connection refused")
+                self.close()
                 raise UpstreamFailure("refused", "connection refused") from None
             raise UpstreamFailure("error", exc.strerror or str(exc)) from None
 
@@ -167,10 +171,10 @@ class _UdpChannel:
                     trio.lowlevel.reschedule(waiter.task, outcome.Value((data, checked)))
         except (trio.ClosedResourceError, OSError, ValueError) as exc:
             reason = "refused" if isinstance(exc, ConnectionRefusedError) else "closed"
-            self._fail_all(UpstreamFailure(reason, str(exc) or type(exc).__name__))
+            self._fail_all(reason, str(exc) or type(exc).__name__)
         except Exception:  # a system task must not raise: it would end the server
             log.exception("plugin/forward: reading replies failed")
-            self._fail_all(UpstreamFailure("error", "reading replies failed"))
+            self._fail_all("error", "reading replies failed")
         finally:
             self.close()
 
@@ -190,11 +194,12 @@ class _UdpChannel:
                     earliest = waiter.deadline
             self._sweep_scope = trio.CancelScope(deadline=earliest)
 
-    def _fail_all(self, failure: UpstreamFailure) -> None:
+    def _fail_all(self, reason: str, detail: str) -> None:
+        """Every query in flight here fails (each gets its own exception)."""
         waiters = list(self.pending.values())
         self.pending.clear()
         for waiter in waiters:
-            trio.lowlevel.reschedule(waiter.task, outcome.Error(failure))
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(UpstreamFailure(reason, detail)))
 
     def retire(self) -> None:
         """Take no new queries; close once the ones in flight are answered."""
@@ -210,7 +215,7 @@ class _UdpChannel:
         self._sweep_scope.cancel()
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
-        self._fail_all(UpstreamFailure("closed", "upstream socket closed"))
+        self._fail_all("closed", "upstream socket closed")
 
 
 _STREAM_ERRORS = (

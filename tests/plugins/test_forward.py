@@ -278,6 +278,32 @@ async def test_every_upstream_refusing_is_servfail_at_once() -> None:
     assert took < 1.0, took  # no try timeout
 
 
+async def test_refusal_fails_every_query_in_flight_on_a_shared_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One shared socket: an ICMP "port unreachable" is reported to whichever
+    # call comes next on it, not to the query that caused it; every query in
+    # flight there must fail at once, none may wait for its try timeout.
+    monkeypatch.setattr("plugins.forward._proxy.UDP_CHANNELS", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.2", 0))
+        closed = f"127.0.0.2:{s.getsockname()[1]}"
+    body = f"forward . {closed} {{\n read_timeout 3s\n max_fails 0\n max_connect_attempts 1\n }}"
+    async with serve(corefile(body)) as server:
+        rcodes: list[int] = []
+
+        async def ask(i: int) -> None:
+            rcodes.append((await query(server, f"q{i}.example", "A", timeout=5)).rcode())
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(ask, i)
+        took = elapsed_since(start)
+    assert rcodes == [dns.rcode.SERVFAIL] * 20
+    assert took < 1.5, took  # not one try timeout (3 s)
+
+
 async def test_garbage_is_dropped_and_counted_then_the_next_upstream_answers() -> None:
     garbage = Upstream(host="127.0.0.2", mode="garbage")
     good = Upstream(records=dict(RECORDS), host="127.0.0.3")
