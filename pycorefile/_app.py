@@ -9,7 +9,7 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -19,11 +19,14 @@ from ._config import Config, build_config
 from ._registry import Registry
 from ._server import Server, ServerOptions, StartupError
 from ._version import __version__
-from .corefile import CorefileError, parse_corefile
+from .corefile import CorefileError, ServerBlock, parse_corefile
 
 log = logging.getLogger("pycorefile")
 
 DEFAULT_COREFILE = ".:{port} {{\n    whoami\n    log\n}}\n"
+
+Parse = Callable[[str, str], list[ServerBlock]]
+"""Corefile text and file name to blocks: ``parse_corefile`` or ``parse_corefile_apart``."""
 
 
 @dataclass
@@ -62,9 +65,10 @@ def load_config(
     registry: Registry | None = None,
     dns_port: int = 53,
     shared: dict[str, object] | None = None,
+    parse: Parse = parse_corefile,
 ) -> Config:
     """Parse and set up a Corefile; raise CorefileError with its location on any mistake."""
-    blocks = parse_corefile(text, filename)
+    blocks = parse(text, filename)
     return build_config(
         blocks,
         registry or default_registry(),
@@ -116,8 +120,11 @@ class Runner:
         registry: Registry | None = None,
         dns_port: int = 53,
         options: ServerOptions | None = None,
+        parse: Parse = parse_corefile,
     ) -> None:
         self.source = source
+        self.parse = parse
+        """How Corefiles are parsed: in this process, or apart (the command line)."""
         self.registry = registry or default_registry()
         self.dns_port = dns_port
         self.server = Server(options)
@@ -131,6 +138,7 @@ class Runner:
             registry=self.registry,
             dns_port=self.dns_port,
             shared={"runner": self},
+            parse=self.parse,
         )
         return config
 

@@ -16,7 +16,7 @@ from ._config import describe
 from ._registry import RegistryError
 from ._server import ServerOptions
 from ._workers import Supervisor
-from .corefile import CorefileError, blocks_to_json, parse_corefile
+from .corefile import CorefileError, blocks_to_json, parse_corefile, parse_corefile_apart
 
 log = logging.getLogger("pycorefile")
 
@@ -133,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (args.worker_http or args.workers > 1)
             else None
         )
-        runner = Runner(source, registry=registry, dns_port=args.port, options=options)
+        # A server parses apart: the parser's memory never stays resident.
+        parse = parse_corefile if args.validate or args.allocations else parse_corefile_apart
+        runner = Runner(source, registry=registry, dns_port=args.port, options=options, parse=parse)
         config = runner.build(source)
         if args.validate:
             print("\n".join(describe(config)))

@@ -14,7 +14,7 @@ import trio
 
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args, parse_duration
 from pycorefile._app import Runner, checksum
-from pycorefile.corefile import CorefileError, ServerBlock, parse_corefile
+from pycorefile.corefile import CorefileError, ServerBlock
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -71,7 +71,7 @@ def corefile_digest(runner: Runner) -> str:
     """
     try:
         source = runner.source.reread(runner.dns_port)
-        return blocks_digest(parse_corefile(source.text, source.filename))
+        return blocks_digest(runner.parse(source.text, source.filename))
     except (CorefileError, OSError, ValueError):
         files = runner.files() or ([runner.source.path] if runner.source.path else [])
         return "unparsed:" + checksum(files)

@@ -4,6 +4,11 @@
 CoreDNS groups it (syntax only: directive names are not checked here);
 ``normalize_keys`` turns a block's keys into ``ZoneKey`` values. Every user
 mistake is reported as a ``CorefileError``.
+
+The parser (and lark) is imported on first use only: a server started from
+the command line parses in a short-lived child process
+(``parse_corefile_apart``), so the grammar's few megabytes never stay resident
+beside the cache.
 """
 
 from __future__ import annotations
@@ -12,10 +17,10 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._apart import parse_corefile_apart
 from ._imports import FileImporter
 from ._keys import find_duplicate_keys, normalize_keys, zone_syntax_warning
 from ._model import CorefileError, Directive, ServerBlock, Token, ZoneKey
-from ._parser import parse
 
 __all__ = [
     "CorefileError",
@@ -28,6 +33,7 @@ __all__ = [
     "load_corefile",
     "normalize_keys",
     "parse_corefile",
+    "parse_corefile_apart",
     "zone_syntax_warning",
 ]
 
@@ -43,6 +49,8 @@ def parse_corefile(
     ``env`` supplies ``{$NAME}``/``{%NAME%}`` values and defaults to the process
     environment.
     """
+    from ._parser import parse  # lark: imported only where a Corefile is parsed
+
     return parse(text, filename, os.environ if env is None else env, FileImporter())
 
 

@@ -89,6 +89,10 @@ class CorefileError(Exception):
         self.column = column
         self.source_line = source_line
 
+    def __reduce__(self) -> tuple[type[CorefileError], tuple[str, str, int, int, str | None]]:
+        # Pickled whole (a child process reports it to the server).
+        return (type(self), (self.message, self.file, self.line, self.column, self.source_line))
+
     def __str__(self) -> str:
         text = f"{self.file}:{self.line}:{self.column} - {self.message}"
         source = self.source_line
