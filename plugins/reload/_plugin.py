@@ -96,6 +96,9 @@ class ReloadPlugin(Plugin):
         self.digest = corefile_digest(runner) if runner is not None and active else ""
         """What the configuration this plugin belongs to was built from."""
         self._seen = self.digest
+        self._bytes_seen = ""
+        """The checksum of the files' bytes when ``_seen`` was computed: parsing (in a
+        child process) is needed only once the bytes change."""
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> ReloadPlugin:
@@ -119,6 +122,11 @@ class ReloadPlugin(Plugin):
             await trio.sleep(self.period)
             if self._retired(runner):
                 return
+            files = runner.files() or ([runner.source.path] if runner.source.path else [])
+            raw = checksum(files)
+            if raw == self._bytes_seen:
+                continue
+            self._bytes_seen = raw
             digest = corefile_digest(runner)
             if digest == self._seen:
                 continue
