@@ -64,6 +64,7 @@ RowKey = tuple[str, str, str, int, int, int, str, bool]
 HotKey = tuple[str, str, str, int, int, int, str, bool, int, int]
 """A ``RowKey`` plus the request and response sizes in bytes."""
 
+_FIRST_BOUND = DURATION_BUCKETS[0]
 _SIZE_INDEX = bytes(bisect_left(SIZE_BUCKETS, size) for size in range(65536))
 """The size bucket of every possible message length: a lookup instead of a bisect."""
 
@@ -91,7 +92,8 @@ class Counters:
 
     def fold(self) -> dict[RowKey, list[float]]:
         """Move every hot row into ``rows`` and return them."""
-        hot, self.hot = self.hot, {}
+        hot = dict(self.hot)
+        self.hot.clear()  # in place: observers keep a reference to it
         rows = self.rows
         durations = len(DURATION_BUCKETS) + 1
         for key, hot_row in hot.items():
@@ -136,6 +138,9 @@ class Observer:
     _dropped_labels: dict[Any, str] = field(default_factory=dict)
     _route_labels: dict[Any, tuple[str, str] | tuple[()]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._hot = self.counters.hot
+
     def add_block(self, ctx: SetupContext) -> None:
         for label, zone, host, port in server_labels(ctx):
             self.enabled.add((label, zone))
@@ -161,18 +166,19 @@ class Observer:
             len(request.wire),
             len(wire),
         )
-        counters = self.counters
-        hot = counters.hot
+        hot = self._hot
         row = hot.get(key)
         if row is None:
             if len(hot) >= HOT_ROWS_MAX:
-                counters.fold()
-                hot = counters.hot
+                self.counters.fold()
             row = hot[key] = [0] * _HOT_ROW_LEN
         seconds = time.perf_counter() - request.started
         row[_COUNT] += 1
         row[_DURATION_SUM] += seconds
-        row[_HOT_DURATION_AT + bisect_left(DURATION_BUCKETS, seconds)] += 1
+        if seconds < _FIRST_BOUND:  # nearly every reply that needed no waiting
+            row[_HOT_DURATION_AT] += 1
+        else:
+            row[_HOT_DURATION_AT + bisect_left(DURATION_BUCKETS, seconds)] += 1
 
     def _labels(self, request: Request) -> tuple[str, str] | tuple[()]:
         """``(server, zone)`` of the query's block, or ``()`` when it is not counted.
