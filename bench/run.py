@@ -1,18 +1,21 @@
 """Benchmark pycorefile beside dnsmasq (and dnslib's proxy) with dnsperf, on loopback.
 
-    python bench/run.py                      # every scenario, 10 s each
-    python bench/run.py -s cache -d 5        # one scenario, 5 s
+    python bench/run.py                      # every scenario, 10 s per server
+    python bench/run.py -s cache -d 5        # one scenario, 5 s per server
 
 Each server under test is pinned to one core with taskset, dnsperf to the
-other, and every scenario runs against pycorefile and its peer in the same
-run, so the ratio is meaningful even on a noisy machine. Results print as a
-Markdown table and, with --write, replace the results section of
-docs/performance.md. All traffic stays on 127.0.0.1.
+other, and every scenario runs against pycorefile and its peers in the same
+run: all of them are started, then measured in turns (``--rounds``, 2 by
+default, splitting the duration), so a change in the machine's load during
+the run falls on every server alike and the ratio stays meaningful on a
+noisy machine. Results print as a Markdown table and, with --write, replace
+the results section of docs/performance.md. All traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -25,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,16 +162,29 @@ class Data:
         path.write_text("".join(line + "\n" for line in lines))
         return path
 
+    def query_rounds(
+        self, scenario: str, make: Callable[[int], list[str]]
+    ) -> Callable[[int], Path]:
+        """The query file of each round, written once (``make(round)`` gives its lines)."""
+        files: dict[int, Path] = {}
 
-def cache_queries() -> list[str]:
+        def of_round(turn: int) -> Path:
+            if turn not in files:
+                files[turn] = self.queries(f"{scenario}.{turn}", make(turn))
+            return files[turn]
+
+        return of_round
+
+
+def cache_queries(turn: int = 0) -> list[str]:
     return [f"name{i}.bench.test A" for i in range(UPSTREAM_NAMES)]
 
 
-def mesh_queries() -> list[str]:
+def mesh_queries(turn: int = 0) -> list[str]:
     return [f"svc{i}.ns{i % 10 + 1}.svc.cluster.local A" for i in range(MESH_SERVICES)]
 
 
-def autopath_queries() -> list[str]:
+def autopath_queries(turn: int = 0) -> list[str]:
     # `svcN.nsM` looked up from ns1: the stub's first try is NAME.ns1.svc.cluster.local.
     return [
         f"svc{i}.ns{i % 10 + 1}.ns1.svc.cluster.local A"
@@ -177,11 +193,12 @@ def autopath_queries() -> list[str]:
     ]
 
 
-def miss_queries(count: int = 400_000) -> list[str]:
-    return [f"r{i}.miss.bench.test A" for i in range(count)]
+def miss_queries(turn: int = 0, count: int = 200_000) -> list[str]:
+    """Names no server has seen: a fresh set each round."""
+    return [f"r{i}.t{turn}.miss.bench.test A" for i in range(count)]
 
 
-def sidecar_queries() -> list[str]:
+def sidecar_queries(turn: int = 0) -> list[str]:
     """An ndots:5 client with autopath: first search-expanded tries, A and AAAA."""
     out = []
     for i in range(3000):
@@ -338,7 +355,38 @@ class Result:
     rss_mb: float
 
 
-def dnsperf(port: int, queries: Path, seconds: float, verbose: bool = True) -> dict[str, float]:
+@dataclass
+class Tally:
+    """What one server did over all its turns of a scenario."""
+
+    completed: float = 0.0
+    lost: int = 0
+    seconds: float = 0.0
+    latency_total: float = 0.0
+    cpu: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    def result(self, server: str, scenario: str, rss_mb: float) -> Result:
+        completed = self.completed or 1
+        p50 = p99 = 0.0
+        if len(self.latencies) > 1:
+            q = statistics.quantiles(self.latencies, n=100)
+            p50, p99 = q[49], q[98]
+        return Result(
+            server,
+            scenario,
+            self.completed / self.seconds if self.seconds else 0.0,
+            self.latency_total / completed * 1e3,
+            p50 * 1e3,
+            p99 * 1e3,
+            self.lost,
+            self.cpu / completed * 1e6,
+            rss_mb,
+        )
+
+
+def dnsperf(port: int, queries: Path, seconds: float, tally: Tally | None = None) -> None:
+    """Run dnsperf against ``port``; add what it measured to ``tally`` (None: warm-up)."""
     args = [
         "taskset",
         "-c",
@@ -359,57 +407,62 @@ def dnsperf(port: int, queries: Path, seconds: float, verbose: bool = True) -> d
         "-t",
         "2",
     ]
-    if verbose:
+    if tally is not None:
         args.append("-v")
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
-    stats: dict[str, float] = {}
-    latencies = []
+    if tally is None:
+        return
+    completed = qps = avg = 0.0
     for line in out.splitlines():
         if line.startswith("> "):
-            latencies.append(float(line.rsplit(" ", 1)[1]))
+            tally.latencies.append(float(line.rsplit(" ", 1)[1]))
         elif "Queries completed:" in line:
-            stats["completed"] = float(line.split()[2])
+            completed = float(line.split()[2])
         elif "Queries lost:" in line:
-            stats["lost"] = float(line.split()[2])
+            tally.lost += int(line.split()[2])
         elif "Queries per second:" in line:
-            stats["qps"] = float(line.split()[3])
+            qps = float(line.split()[3])
         elif "Average Latency (s):" in line:
-            stats["avg"] = float(line.split()[3])
-    if latencies:
-        q = statistics.quantiles(latencies, n=100)
-        stats["p50"], stats["p99"] = q[49], q[98]
-    return stats
+            avg = float(line.split()[3])
+    tally.completed += completed
+    tally.seconds += completed / qps if qps else 0.0
+    tally.latency_total += avg * completed
+
+
+Starter = Callable[[str, "Data", "Upstream"], AbstractContextManager[tuple[int, int]]]
+"""Starts a server for a scenario; yields its (pid, port)."""
 
 
 def measure(
-    name: str,
+    servers: list[tuple[str, Starter, float]],
     scenario: str,
-    starter: Callable[..., object],
     data: Data,
     up: Upstream,
-    queries: Path,
-    seconds: float,
+    queries: Callable[[int], Path],
+    rounds: int,
     warm: bool,
-) -> Result:
-    with starter(scenario, data, up) as (pid, port):  # type: ignore[attr-defined]
-        if warm:
-            dnsperf(port, queries, min(seconds, 3), verbose=False)
-        before = cpu_seconds(pid)
-        stats = dnsperf(port, queries, seconds)
-        used = cpu_seconds(pid) - before
-        rss = peak_rss_mb(pid)
-    completed = stats.get("completed", 0) or 1
-    return Result(
-        name,
-        scenario,
-        stats.get("qps", 0.0),
-        stats.get("avg", 0.0) * 1e3,
-        stats.get("p50", 0.0) * 1e3,
-        stats.get("p99", 0.0) * 1e3,
-        int(stats.get("lost", 0)),
-        used / completed * 1e6,
-        rss,
-    )
+) -> list[Result]:
+    """Start every server, then give each a turn of dnsperf per round, in order.
+
+    ``servers`` is ``(name, starter, seconds per run)``; ``queries(round)`` is
+    the query file of a round (a fresh one per round where answers must not
+    be cached yet).
+    """
+    with ExitStack() as running:
+        started = []
+        for name, starter, seconds in servers:
+            pid, port = running.enter_context(starter(scenario, data, up))
+            if warm:
+                dnsperf(port, queries(0), min(seconds, 3))
+            started.append((name, pid, port, seconds, Tally()))
+        for turn in range(rounds):
+            for _name, pid, port, seconds, tally in started:
+                before = cpu_seconds(pid)
+                dnsperf(port, queries(turn), seconds / rounds, tally)
+                tally.cpu += cpu_seconds(pid) - before
+        return [
+            tally.result(name, scenario, peak_rss_mb(pid)) for name, pid, _, _, tally in started
+        ]
 
 
 SCENARIOS = {
@@ -458,7 +511,12 @@ def main() -> int:
         choices=list(SCENARIOS),
         help="scenario to run (repeatable; default all)",
     )
-    parser.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument(
+        "-d", "--duration", type=float, default=10.0, help="seconds per server and scenario"
+    )
+    parser.add_argument(
+        "-r", "--rounds", type=int, default=2, help="turns the duration is split into"
+    )
     parser.add_argument("--no-dnslib", action="store_true", help="skip dnslib's proxy")
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args()
@@ -471,38 +529,22 @@ def main() -> int:
         with upstream(data) as up:
             for scenario in args.scenario or list(SCENARIOS):
                 description, make_queries, warm, dnslib_ok = SCENARIOS[scenario]
-                queries = data.queries(scenario, make_queries())
                 print(f"== {scenario}: {description}", file=sys.stderr)
-                results.append(
-                    measure(
-                        "pycorefile",
-                        scenario,
-                        run_pycorefile,
-                        data,
-                        up,
-                        queries,
-                        args.duration,
-                        warm,
-                    )
-                )
-                results.append(
-                    measure(
-                        "dnsmasq", scenario, run_dnsmasq, data, up, queries, args.duration, warm
-                    )
-                )
+                servers: list[tuple[str, Starter, float]] = [
+                    ("pycorefile", run_pycorefile, args.duration),
+                    ("dnsmasq", run_dnsmasq, args.duration),
+                ]
                 if dnslib_ok and not args.no_dnslib and _has_dnslib():
-                    results.append(
-                        measure(
-                            "dnslib proxy",
-                            scenario,
-                            run_dnslib,
-                            data,
-                            up,
-                            queries,
-                            min(args.duration, 5),
-                            warm,
-                        )
-                    )
+                    servers.append(("dnslib proxy", run_dnslib, min(args.duration, 5)))
+                results += measure(
+                    servers,
+                    scenario,
+                    data,
+                    up,
+                    data.query_rounds(scenario, make_queries),
+                    args.rounds,
+                    warm,
+                )
     text = table(results)
     print(text)
     if args.write:
@@ -510,19 +552,15 @@ def main() -> int:
             f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
             f"{os.cpu_count()} cores, "
             f"Python {platform.python_version()}; command: `python bench/run.py "
-            f"-d {args.duration:g} --write`. Server on core {SERVER_CORE}, dnsperf "
-            f"(`-c 1 -q 100`) on core {CLIENT_CORE}, UDP on 127.0.0.1."
+            f"-d {args.duration:g} -r {args.rounds} --write`. Server on core {SERVER_CORE}, "
+            f"dnsperf (`-c 1 -q 100`) on core {CLIENT_CORE}, UDP on 127.0.0.1."
         )
         write_doc(header + "\n\n" + text)
     return 0
 
 
 def _has_dnslib() -> bool:
-    try:
-        import dnslib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("dnslib") is not None
 
 
 if __name__ == "__main__":

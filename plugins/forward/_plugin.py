@@ -82,6 +82,9 @@ class Forwarder:
         """
         proxies = self.proxies
         n = len(proxies)
+        max_fails = self.config.max_fails
+        if n == 1 and not proxies[0].down(max_fails):
+            return proxies  # the usual single upstream, up: nothing to order
         policy = self.config.policy
         if n == 1:
             ordered = proxies
@@ -93,7 +96,6 @@ class Forwarder:
             ordered = proxies[start:] + proxies[:start]
         else:
             ordered = proxies
-        max_fails = self.config.max_fails
         if max_fails:
             healthy = [p for p in ordered if not p.down(max_fails)]
             if not healthy:

@@ -1,0 +1,45 @@
+"""The benchmark scripts still run end to end (a smoke test: no speed is asserted here)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_run_measures_pycorefile_beside_dnsmasq() -> None:
+    out = run("bench/run.py", "-s", "cache", "-s", "miss", "-d", "2", "-r", "2", "--no-dnslib")
+    rows = {
+        (cells[0], cells[1]): cells
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith("| scenario")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {
+        ("cache", "pycorefile"),
+        ("cache", "dnsmasq"),
+        ("miss", "pycorefile"),
+        ("miss", "dnsmasq"),
+    }
+    for (scenario, server), cells in rows.items():
+        qps = float(cells[2].replace(",", ""))
+        assert qps > 100, (scenario, server, cells)
+        assert float(cells[8]) > 0, cells  # CPU per query was measured
+    assert re.fullmatch(r"\d+\.\d\dx", rows[("cache", "pycorefile")][3])
+
+
+def test_memory_fills_the_cache_and_reports() -> None:
+    out = run("bench/memory.py", "-n", "300")
+    assert re.search(r"cache entries\s+300\b", out), out
+    assert re.search(r"RSS, full cache\s+\d+\.\d MB", out), out
