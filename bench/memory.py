@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, Data, free_port, process, upstream, wait_answering
+from run import ROOT, Data, free_port, pycorefile_process, upstream, wait_answering
 
 TARGET_MB = 40.0
 """Issue 10's goal: the whole process under this with a full 10,000-entry cache."""
@@ -117,17 +117,12 @@ def main() -> int:
         data = Data(Path(tmp))
         with upstream(data) as up:
             port, metrics = free_port(), free_port()
-            conf = Path(tmp) / "Corefile"
-            conf.write_text(
+            text = (
                 f".:{port} {{\n    bind 127.0.0.1\n    prometheus 127.0.0.1:{metrics}\n"
                 f"    cache {{\n        success {total}\n    }}\n"
                 f"    forward . 127.0.0.1:{up.port}\n}}\n"
             )
-            with process(
-                [sys.executable, "-m", "pycorefile", "-conf", str(conf), "-quiet"],
-                stdout=subprocess.DEVNULL,
-                cwd=str(ROOT),
-            ) as proc:
+            with pycorefile_process(Path(tmp) / "Corefile", text) as proc:
                 wait_answering(port, names[0])  # the first entry
                 time.sleep(0.5)
                 base = status_kb(proc.pid)

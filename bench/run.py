@@ -281,14 +281,23 @@ def pycorefile_corefile(scenario: str, port: int, up: int, data: Data, metrics: 
 def run_pycorefile(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, int]]:
     port, metrics = free_port(), free_port()
     conf = data.dir / f"Corefile.{scenario}"
-    conf.write_text(pycorefile_corefile(scenario, port, up.port, data, metrics))
+    with pycorefile_process(
+        conf, pycorefile_corefile(scenario, port, up.port, data, metrics)
+    ) as proc:
+        wait_answering(port)
+        yield proc.pid, port
+
+
+@contextmanager
+def pycorefile_process(conf: Path, text: str) -> Iterator[subprocess.Popen[bytes]]:
+    """pycorefile serving ``text`` (written to ``conf``), on the server core."""
+    conf.write_text(text)
     with process(
         [sys.executable, "-m", "pycorefile", "-conf", str(conf), "-quiet"],
         stdout=subprocess.DEVNULL,
         cwd=str(ROOT),
     ) as proc:
-        wait_answering(port)
-        yield proc.pid, port
+        yield proc
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from run import (
     free_port,
     need,
     peak_rss_mb,
-    process,
+    pycorefile_process,
     upstream,
     wait_answering,
 )
@@ -128,18 +128,13 @@ def main() -> int:
         queries = data.queries("soak", lines)
         with upstream(data) as up:
             port, metrics = free_port(), free_port()
-            conf = data.dir / "Corefile.soak"
-            conf.write_text(
+            text = (
                 f".:{port} {{\n    bind 127.0.0.1\n    prometheus 127.0.0.1:{metrics}\n"
                 f"    errors\n    cache {{\n        success 10000\n        denial 10000\n    }}\n"
                 f"    meshhosts cluster.local {{\n        file {data.mesh_table}\n"
                 f"        fallthrough\n    }}\n    forward . 127.0.0.1:{up.port}\n}}\n"
             )
-            with process(
-                [sys.executable, "-m", "pycorefile", "-conf", str(conf), "-quiet"],
-                stdout=subprocess.DEVNULL,
-                cwd=str(ROOT),
-            ) as proc:
+            with pycorefile_process(data.dir / "Corefile.soak", text) as proc:
                 wait_answering(port)
                 samples: list[tuple[float, float]] = []
                 stop = threading.Event()

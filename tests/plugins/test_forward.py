@@ -79,6 +79,13 @@ def samples(server: Server, family: str) -> dict[tuple[tuple[str, str], ...], fl
     return out
 
 
+def answer_a(q: dns.message.Message) -> dns.message.Message:
+    """A response to ``q`` with one A record, 192.0.2.1, for the name asked."""
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "192.0.2.1"))
+    return r
+
+
 def elapsed_since(start: float) -> float:
     return time.perf_counter() - start
 
@@ -92,9 +99,7 @@ async def test_answer_passes_through_with_id_and_question_echoed(proto: str) -> 
 
     def record(q: dns.message.Message) -> dns.message.Message:
         seen.append((q.id, up.client))
-        r = dns.message.make_response(q)
-        r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "192.0.2.1"))
-        return r
+        return answer_a(q)
 
     up = Upstream(host="127.0.0.2", handler=record)
     # expire 0: no socket is reused, each try has a fresh source port.
@@ -123,9 +128,7 @@ async def test_udp_sockets_are_shared_then_replaced_after_expire() -> None:
     def record(q: dns.message.Message) -> dns.message.Message:
         if q.question[0].rdtype == dns.rdatatype.A:  # not the loop probe
             ports.append(up.client[1])  # type: ignore[index]
-        r = dns.message.make_response(q)
-        r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "192.0.2.1"))
-        return r
+        return answer_a(q)
 
     up = Upstream(host="127.0.0.2", handler=record)
     async with (
