@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ._chain import Handler, build_chain
 from ._http import HttpHandler, parse_address
@@ -17,8 +18,28 @@ from ._zones import zone_wire
 from .corefile import CorefileError, Directive, ServerBlock, ZoneKey, normalize_keys
 from .plugin import Plugin, SetupContext, SetupError
 
-ReplyObserver = Callable[[Request, bytes], None]
-"""Told of every reply sent (or dropped, ``b''``): the metrics plugin's hook."""
+Client = tuple[str, int] | tuple[str, int, int, int]
+"""A client's address as the socket gives it (IPv6 adds flow info and scope)."""
+
+
+class ReplyObserver(Protocol):
+    """Told of every reply sent (or dropped, ``b''``): the metrics plugin's hook."""
+
+    def observe(self, request: Request, wire: bytes) -> None:
+        """A reply to ``request``."""
+
+    def observe_known(
+        self, route: Route, proto: str, client: Client, qtype: int, do: bool,
+        answered_by: str, asked: int, wire: bytes, started: float,
+    ) -> None:  # fmt: skip
+        """A reply from the fast path (``Plugin.serve_known``): no Request was made.
+
+        ``asked`` is the query's size, ``started`` its ``time.perf_counter()``.
+        """
+
+
+KnownAnswer = Callable[[bytes, bytes, int, bool, bool, str], "bytes | None"]
+"""A first plugin's ``serve_known``."""
 FailureObserver = Callable[[Request, Exception], None]
 """Told of every exception a plugin raised (answered SERVFAIL): CoreDNS's panics."""
 ListenerKey = tuple[str, str, int]
@@ -37,6 +58,10 @@ class BlockConfig:
     plugins: list[Plugin]
     chain: Handler
     any_class: bool
+    known: KnownAnswer | None = None
+    """The first plugin's ``serve_known`` when it has one (the fast path)."""
+    known_by: str = ""
+    """That plugin's name (the ``plugin`` label of what it answers)."""
 
     @property
     def server_label(self) -> str:
@@ -161,6 +186,9 @@ def build_config(
         config = BlockConfig(
             p.block, p.keys, hosts, p.plugins, chain, any(pl.any_class for pl in chain_plugins)
         )
+        head = chain_plugins[0] if chain_plugins else None
+        if head is not None and type(head).serve_known is not Plugin.serve_known:
+            config.known, config.known_by = head.serve_known, head.name
         configs.append(config)
         for key in p.keys:
             for host in hosts or [""]:

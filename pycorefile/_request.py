@@ -31,7 +31,7 @@ _FIELDS: dict[tuple[object, ...], _wire.QueryFields] = {}
 _FIELDS_MAX = 1024
 
 
-def _parse(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
+def parse_question(wire: bytes) -> tuple[_wire.QueryFields, bytes]:
     """The query's fields and its key, remembered by everything after the ID.
 
     Clients repeat the same questions, so most packets differ from one seen
@@ -103,7 +103,7 @@ class Request(QueryInfo):
         server_cap: int = _wire.OUR_PAYLOAD,
     ) -> None:
         """Read a query; raises ``_wire.WireError`` (drop) or ``QuestionError`` (FORMERR)."""
-        fields, self.key = _parse(wire)
+        fields, self.key = parse_question(wire)
         (
             self.id, self.flags, self.opcode, self.qdcount, self.name_end, self.qtype,
             self.qclass, self.edns, self.edns_payload, self.edns_version, self.do, self.simple,

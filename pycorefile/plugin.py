@@ -137,6 +137,23 @@ class Plugin:
         """
         return None
 
+    def serve_known(
+        self, wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
+    ) -> bytes | None:
+        """The server's fast path: answer a plain query from memory, or None.
+
+        Called, instead of the chain, only for the first plugin of a block's
+        chain, with the query's bytes and what the server read from them:
+        ``key`` (``Request.key``), ``name_end``, ``edns``, ``do``, and
+        ``server`` (the block's metric label). A plugin that answers repeated
+        questions from memory (cache, meshhosts) overrides it so that a hit
+        costs no ``Request``. When it returns bytes they must be exactly what
+        ``serve_now`` would have returned, with the same effects; when it
+        returns None it must have had no effect (the chain then runs as
+        usual).
+        """
+        return None
+
     async def startup(self) -> None:
         """Called once the whole configuration is built, before queries arrive."""
 

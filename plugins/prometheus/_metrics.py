@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from pycorefile import Request, SetupContext, __version__
+from pycorefile._config import Client, Route
 
 DURATION_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
 """CoreDNS's ``ExponentialBuckets(0.00025, 2, 16)``: 0.25 ms to about 8 s."""
@@ -136,7 +137,7 @@ class Observer:
     listeners: list[tuple[str, str, int]] = field(default_factory=list)
     """(server label, host, port) of every enabled block, to label dropped queries."""
     _dropped_labels: dict[Any, str] = field(default_factory=dict)
-    _route_labels: dict[Any, tuple[str, str] | tuple[()]] = field(default_factory=dict)
+    _route_labels: dict[Route, tuple[str, str] | tuple[()]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._hot = self.counters.hot
@@ -147,23 +148,48 @@ class Observer:
             self.listeners.append((label, host, port))
 
     def observe(self, request: Request, wire: bytes) -> None:
+        """A reply to ``request`` (the server's reply observer)."""
         route = request.route
-        labels = self._route_labels.get(route)
+        labels = None
+        if not route.server:  # no block took it: labelled by the listener it came to
+            labels = (self._dropped_label(request), DROPPED)
+        self.observe_known(
+            route,
+            request.proto,
+            request.client,
+            request.qtype,
+            request.do,
+            request.answered_by,
+            len(request.wire),
+            wire,
+            request.started,
+            labels,
+        )
+
+    def observe_known(
+        self, route: Route, proto: str, client: Client, qtype: int, do: bool,
+        answered_by: str, asked: int, wire: bytes, started: float,
+        labels: tuple[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """A reply given from what the server read, with no Request (its fast path)."""
         if labels is None:
-            labels = self._labels(request)
-        if not labels:
-            return  # a block without prometheus: not counted, as in CoreDNS
+            known = self._route_labels.get(route)
+            if known is None:
+                known = self._labels_of(route)
+            if not known:
+                return  # a block without prometheus: not counted, as in CoreDNS
+            labels = known
         server, zone = labels
         key = (
             server,
             zone,
-            request.proto,
-            2 if ":" in request.client[0] else 1,
-            request.qtype,
+            proto,
+            2 if ":" in client[0] else 1,
+            qtype,
             wire[3] & 0xF if wire else NO_REPLY,
-            request.answered_by,
-            request.do,
-            len(request.wire),
+            answered_by,
+            do,
+            asked,
             len(wire),
         )
         hot = self._hot
@@ -172,7 +198,7 @@ class Observer:
             if len(hot) >= HOT_ROWS_MAX:
                 self.counters.fold()
             row = hot[key] = [0] * _HOT_ROW_LEN
-        seconds = time.perf_counter() - request.started
+        seconds = time.perf_counter() - started
         row[_COUNT] += 1
         row[_DURATION_SUM] += seconds
         if seconds < _FIRST_BOUND:  # nearly every reply that needed no waiting
@@ -180,14 +206,8 @@ class Observer:
         else:
             row[_HOT_DURATION_AT + bisect_left(DURATION_BUCKETS, seconds)] += 1
 
-    def _labels(self, request: Request) -> tuple[str, str] | tuple[()]:
-        """``(server, zone)`` of the query's block, or ``()`` when it is not counted.
-
-        Remembered per block; queries no block took are labelled by listener.
-        """
-        route = request.route
-        if not route.server:
-            return (self._dropped_label(request), DROPPED)
+    def _labels_of(self, route: Route) -> tuple[str, str] | tuple[()]:
+        """``(server, zone)`` of a block, or ``()`` when it is not counted (remembered)."""
         labels = (route.server, route.zone)
         found = self._route_labels[route] = labels if labels in self.enabled else ()
         return found

@@ -110,7 +110,7 @@ def _state(ctx: SetupContext) -> MetricsState:
     counters = previous.counters if isinstance(previous, MetricsState) else Counters()
     state = MetricsState(counters, runner)
     ctx.shared[STATE_KEY] = state
-    ctx.shared["reply_observers"].append(state.observer.observe)
+    ctx.shared["reply_observers"].append(state.observer)
     ctx.shared["failure_observers"].append(state.observer.failed)
     return state
 
