@@ -144,6 +144,8 @@ class _UdpChannel:
         def abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
             if pending.get(qid) is waiter:
                 del pending[qid]
+                if self.retired and not pending:
+                    self._sweep_scope.deadline = -math.inf  # the sweeper closes it
             return trio.lowlevel.Abort.SUCCEEDED
 
         result: tuple[bytes, Checked] = await trio.lowlevel.wait_task_rescheduled(abort)
@@ -179,7 +181,8 @@ class _UdpChannel:
             self.close()
 
     async def _sweep(self) -> None:
-        """Fail the waits whose deadline passed (sleeping until the earliest one)."""
+        """Fail the waits whose deadline passed (sleeping until the earliest one);
+        close the channel once it is retired and nothing waits on it."""
         pending = self.pending
         while not self.closed:
             with self._sweep_scope:
@@ -192,6 +195,8 @@ class _UdpChannel:
                     trio.lowlevel.reschedule(waiter.task, outcome.Error(UpstreamFailure("timeout")))
                 elif waiter.deadline < earliest:
                     earliest = waiter.deadline
+            if self.retired and not pending:
+                self.close()  # the reader, waiting for data that will not come, ends too
             self._sweep_scope = trio.CancelScope(deadline=earliest)
 
     def _fail_all(self, reason: str, detail: str) -> None:

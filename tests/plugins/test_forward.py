@@ -149,6 +149,28 @@ async def test_udp_sockets_are_shared_then_replaced_after_expire() -> None:
     assert later != first
 
 
+async def test_a_replaced_socket_closes_once_its_last_query_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("plugins.forward._proxy.UDP_CHANNELS", 1)
+    silent = Upstream(host="127.0.0.2", mode="silent")
+    body = "forward . {0} {{\n expire 200ms\n read_timeout 600ms\n max_fails 0\n}}"
+    async with serving(body, silent) as server:
+        proxy = plugin(server).forwarders[0].proxies[0]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(query, server, "first.example", "A")
+            await trio.sleep(0.3)  # the first query waits on a socket now past expire
+            (old,) = proxy.channels
+            assert old is not None and old.pending
+            nursery.start_soon(query, server, "second.example", "A")
+            await trio.sleep(0.1)
+            assert proxy.channels[0] is not old  # replaced, but still awaited
+            assert not old.closed
+        # Both queries timed out: nothing waits on the old socket any more.
+        assert old.closed
+        assert old.sock.fileno() == -1
+
+
 async def test_raw_question_bytes_are_echoed_exactly() -> None:
     up = Upstream(records=dict(RECORDS), host="127.0.0.2")
     async with up.running(), serve(corefile(f"forward . {up.address}")) as server:
