@@ -127,7 +127,8 @@ async def test_udp_sockets_are_shared_then_replaced_after_expire() -> None:
 
     def record(q: dns.message.Message) -> dns.message.Message:
         if q.question[0].rdtype == dns.rdatatype.A:  # not the loop probe
-            ports.append(up.client[1])  # type: ignore[index]
+            assert isinstance(up.client, tuple)
+            ports.append(up.client[1])
         return answer_a(q)
 
     up = Upstream(host="127.0.0.2", handler=record)
