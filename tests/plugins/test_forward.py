@@ -123,7 +123,7 @@ async def test_answer_passes_through_with_id_and_question_echoed(proto: str) -> 
 
 
 async def test_udp_sockets_are_shared_then_replaced_after_expire() -> None:
-    ports: list[int] = []
+    ports: list[object] = []
 
     def record(q: dns.message.Message) -> dns.message.Message:
         if q.question[0].rdtype == dns.rdatatype.A:  # not the loop probe
