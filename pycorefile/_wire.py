@@ -27,6 +27,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _HEADER = struct.Struct(">HHHHHH")
 _OPT_NO_DO = b"\x00\x00\x29" + _U16.pack(OUR_PAYLOAD) + b"\x00\x00\x00\x00\x00\x00"
+_join = b"".join
+
 _OPT_DO = b"\x00\x00\x29" + _U16.pack(OUR_PAYLOAD) + b"\x00\x00\x80\x00\x00\x00"
 
 # Header flag bits (the 16-bit flags word).
@@ -399,18 +401,19 @@ class PreparedReply:
 
     def render(self, query: bytes, name_end: int, edns: bool, do: bool) -> bytes:
         """The reply for ``query``: its ID, RD/CD bits and question casing; our OPT if asked."""
+        # One join: each ``+`` would make an intermediate bytes object.
         if edns:
-            return (
-                query[:2]
-                + self._heads[(6 if query[2] & 1 else 4) | (1 if query[3] & 0x10 else 0)]
-                + query[12 : name_end + self._asked] + self._tail
-                + (_OPT_DO if do else _OPT_NO_DO)
-            )  # fmt: skip
-        return (
-            query[:2]
-            + self._heads[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)]
-            + query[12 : name_end + self._asked] + self._tail
-        )  # fmt: skip
+            return _join((
+                query[:2],
+                self._heads[(6 if query[2] & 1 else 4) | (1 if query[3] & 0x10 else 0)],
+                query[12 : name_end + self._asked], self._tail,
+                _OPT_DO if do else _OPT_NO_DO,
+            ))  # fmt: skip
+        return _join((
+            query[:2],
+            self._heads[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)],
+            query[12 : name_end + self._asked], self._tail,
+        ))  # fmt: skip
 
     def aged(self, age: int) -> PreparedReply:
         """A copy whose TTLs are lowered by ``age`` seconds (never below 0; not spliced)."""
