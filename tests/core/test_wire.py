@@ -192,7 +192,8 @@ def test_parse_memo_shares_fields_between_names_of_one_shape() -> None:
     c = Request.from_wire(again.to_wire())
     assert (a.id, b.id, c.id) == (1000, 2000, 3000)  # the ID is always the packet's
     assert a.key != b.key and a.key is c.key
-    assert _request.parse_question(first.to_wire())[0] is _request.parse_question(second.to_wire())[0]
+    first_fields = _request.parse_question(first.to_wire())[0]
+    assert first_fields is _request.parse_question(second.to_wire())[0]
 
 
 @settings(max_examples=300, deadline=None)
