@@ -66,7 +66,10 @@ def test_corefile_example_answers_offline() -> None:
         pytest.fail("needs unshare (util-linux) and ip (iproute2); .ci/run installs them")
     done = subprocess.run(
         ["unshare", "--net", sys.executable, "-c", INSIDE],
-        cwd=ROOT, capture_output=True, text=True, timeout=90,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.splitlines()[-1])
