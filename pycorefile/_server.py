@@ -116,8 +116,7 @@ class Dispatcher:
             if fields[_SIMPLE] and not fields[_FLAGS] & 0xF800 and not fields[_VERSION]:
                 route = self._only_root or self.route(key, fields[_NAME_END] - 12)
                 if route is not None and fields[_QCLASS] == 1:
-                    config = route.config
-                    known = config.known
+                    known = route.config.known
                     if known is not None:
                         fast = self._known(data, client, proto, fields, key, route, known)
                         if fast is not None:
