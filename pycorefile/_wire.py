@@ -341,10 +341,13 @@ class PreparedReply:
     """Where each TTL field is in ``_tail`` (OPT excluded)."""
     _tail: bytes
 
-    def __init__(self, wire: bytes) -> None:
-        wire = strip_opt(wire)
+    def __init__(self, wire: bytes, offsets: Sequence[int] | None = None) -> None:
+        """Prepare ``wire``; ``offsets`` (its TTL positions) when already known and
+        the OPT record already gone, which saves walking the records again."""
+        if offsets is None:
+            wire = strip_opt(wire)
+            offsets = ttl_offsets(wire)[0]
         name_end = _name_end(wire)
-        offsets = ttl_offsets(wire)[0]
         self._asked = 0
         self._heads = _heads(*struct.unpack_from(">HHHHH", wire, 2))
         self._offsets = _shared_offsets(tuple(off - name_end for off in offsets))

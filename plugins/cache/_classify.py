@@ -219,8 +219,9 @@ def stored_form(
     settings: KindSettings,
     servfail_ttl: float,
     keep_ad: bool,
-) -> tuple[bytes, float]:
-    """The bytes to store and how many seconds they live (0: do not store).
+) -> tuple[bytes, float, list[int]]:
+    """The bytes to store, how many seconds they live (0: do not store), and
+    where their TTLs are.
 
     The OPT record is dropped; each record keeps its own TTL, clamped to the
     kind's [MINTTL, TTL]; the entry lives as long as its shortest clamped TTL
@@ -237,16 +238,17 @@ def stored_form(
         ceiling = max(1, int(-(-servfail_ttl // 1)))
         for off, ttl in zip(offsets, ttls, strict=True):
             _TTL.pack_into(out, off, min(ttl, ceiling))
-        return bytes(out), servfail_ttl
+        return bytes(out), servfail_ttl, offsets
     if not ttls:
-        return bytes(out), _lifetime(clamp(NO_RECORDS_TTL, settings.min_ttl, settings.max_ttl))
+        lifetime = _lifetime(clamp(NO_RECORDS_TTL, settings.min_ttl, settings.max_ttl))
+        return bytes(out), lifetime, offsets
     shortest = None
     for off, ttl in zip(offsets, ttls, strict=True):
         clamped = clamp(ttl, settings.min_ttl, settings.max_ttl)
         _TTL.pack_into(out, off, clamped)
         shortest = clamped if shortest is None or clamped < shortest else shortest
     assert shortest is not None
-    return bytes(out), _lifetime(shortest)
+    return bytes(out), _lifetime(shortest), offsets
 
 
 _LIFETIMES: dict[int, float] = {}

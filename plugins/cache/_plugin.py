@@ -272,10 +272,12 @@ class CachePlugin(Plugin):
         if category is Category.SERVFAIL and config.servfail_ttl <= 0:
             return reply, None
         settings = config.success if category is Category.SUCCESS else config.denial
-        stored, duration = stored_form(wire, category, settings, config.servfail_ttl, request.do)
+        stored, duration, offsets = stored_form(
+            wire, category, settings, config.servfail_ttl, request.do
+        )
         if duration <= 0:
             return reply, None
-        return reply, Entry(stored, category, now, duration)
+        return reply, Entry(stored, category, now, duration, offsets)
 
     def _keep_old(self, old: Entry, category: Category, now: float) -> bool:
         """True when a refresh's reply must not replace the entry it refreshes.

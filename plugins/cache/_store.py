@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from pycorefile._wire import PreparedReply
 
@@ -27,8 +28,15 @@ class Entry:
         "stale_view", "stored", "used", "view", "view_age",
     )  # fmt: skip
 
-    def __init__(self, wire: bytes, category: Category, stored: float, duration: float) -> None:
-        self.view = PreparedReply(wire)
+    def __init__(
+        self,
+        wire: bytes,
+        category: Category,
+        stored: float,
+        duration: float,
+        offsets: Sequence[int] | None = None,
+    ) -> None:
+        self.view = PreparedReply(wire, offsets)
         self.view_age = 0
         self.category = category
         self.stored = stored

@@ -151,24 +151,29 @@ def test_stored_form_clamps_each_record_and_drops_opt() -> None:
         authority=(("example.org.", 86400, "NS", "ns.example.org."),),
     )
     message.use_edns(0, payload=4096)
-    stored, lifetime = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, False)
+    stored, lifetime, offsets = stored_form(
+        message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, False
+    )
     assert ttls_of(stored) == [300, 5, 3600]
+    assert [struct.unpack_from(">I", stored, off)[0] for off in offsets] == [300, 5, 3600]
     assert lifetime == 5.0
     assert struct.unpack(">H", stored[10:12])[0] == 0  # no OPT record left
     assert dns.message.from_wire(stored).edns == -1
 
 
 def test_min_above_max_lets_the_max_win() -> None:
-    stored, lifetime = stored_form(
+    stored, lifetime, _ = stored_form(
         reply(answer=(WWW_A,)).to_wire(), Category.SUCCESS, KindSettings(1, 20, 60), 5.0, False
     )
     assert (ttls_of(stored), lifetime) == ([20], 20.0)
 
 
 def test_stored_form_without_records_lives_five_seconds() -> None:
-    _, lifetime = stored_form(reply().to_wire(), Category.SUCCESS, SUCCESS, 5.0, False)
+    _, lifetime, _ = stored_form(reply().to_wire(), Category.SUCCESS, SUCCESS, 5.0, False)
     assert lifetime == 5.0
-    _, zero = stored_form(reply().to_wire(), Category.SUCCESS, KindSettings(1, 3600, 0), 5, False)
+    _, zero, _ = stored_form(
+        reply().to_wire(), Category.SUCCESS, KindSettings(1, 3600, 0), 5, False
+    )
     assert zero == 5.0  # MINTTL 0 does not lower CoreDNS's default for empty replies
 
 
@@ -180,17 +185,17 @@ def test_servfail_lives_the_servfail_duration() -> None:
 def test_ad_bit_is_kept_only_for_do() -> None:
     message = reply(answer=(WWW_A,))
     message.flags |= dns.flags.AD
-    plain, _ = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, False)
-    signed, _ = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, True)
+    plain = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, False)[0]
+    signed = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, True)[0]
     assert not dns.message.from_wire(plain).flags & dns.flags.AD
     assert dns.message.from_wire(signed).flags & dns.flags.AD
 
 
 def entry(stored: float = 0.0) -> Entry:
-    wire, lifetime = stored_form(
+    wire, lifetime, offsets = stored_form(
         reply(answer=(WWW_A,)).to_wire(), Category.SUCCESS, SUCCESS, 5.0, False
     )
-    return Entry(wire, Category.SUCCESS, stored, lifetime)
+    return Entry(wire, Category.SUCCESS, stored, lifetime, offsets)
 
 
 def test_entry_ages_and_goes_stale() -> None:
