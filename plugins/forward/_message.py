@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import dns.flags
 import dns.message
@@ -35,9 +35,11 @@ FLAG_TC = 0x02
 """TC in the first flags byte."""
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
-    """What a reply must echo: the lowercased wire name, then type and class as bytes."""
+class Question(NamedTuple):
+    """What a reply must echo: the lowercased wire name, then type and class as bytes.
+
+    (Tuples, as ``Checked``: one of each is made per forwarded query.)
+    """
 
     name: bytes
     type_class: bytes
@@ -52,8 +54,7 @@ class Question:
         return cls(wire[HEADER_LEN:end].lower(), wire[end : end + 4])
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
+class Checked(NamedTuple):
     """A reply that matched: where its records end and where its OPT record is."""
 
     end: int
