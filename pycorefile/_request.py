@@ -113,12 +113,7 @@ class Request(QueryInfo):
         self.client = client
         self.proto = proto
         self.local = local
-        if proto != "udp":
-            self.max_size = _wire.MAX_TCP
-        elif self.edns:
-            self.max_size = min(self.edns_payload, server_cap)
-        else:
-            self.max_size = 512
+        self.max_size = _wire.reply_limit(proto, self.edns, self.edns_payload, server_cap)
         self._message: dns.message.Message | None = None
         self._name: str | None = None
         self.answered_by = ""

@@ -106,32 +106,30 @@ class Dispatcher:
         (``answer``), or None to drop the packet. This is the hot path: one
         call per query, the common case first.
         """
-        # The fast path: a plain query that the chain's first plugin answers
-        # from memory (a cache hit, a mesh name) is answered with no Request.
         try:
             fields, key = parse_question(data)
-        except _wire.WireError:
-            pass  # the slow path below answers FORMERR or drops it
-        else:
-            if fields[_SIMPLE] and not fields[_FLAGS] & 0xF800 and not fields[_VERSION]:
-                route = self._only_root or self.route(key, fields[_NAME_END] - 12)
-                if route is not None and fields[_QCLASS] == 1:
-                    known = route.config.known
-                    if known is not None:
-                        fast = self._known(data, client, proto, fields, key, route, known)
-                        if fast is not None:
-                            return fast
-        try:
-            request = Request(data, client, proto, local, self.udp_cap)
         except _wire.QuestionError:
             return _wire.error_reply(data, None, dns.rcode.FORMERR)
         except _wire.WireError:
             return None
-        if not request.simple or request.flags & 0xF800 or request.edns_version:
+        plain = fields[_SIMPLE] and not fields[_FLAGS] & 0xF800 and not fields[_VERSION]
+        route: Route | None = None
+        if plain:
+            route = self._only_root or self.route(key, fields[_NAME_END] - 12)
+            # The fast path: a query that the chain's first plugin answers from
+            # memory (a cache hit, a mesh name) is answered with no Request.
+            if route is not None and fields[_QCLASS] == 1:
+                known = route.config.known
+                if known is not None:
+                    fast = self._known(data, client, proto, fields, key, route, known)
+                    if fast is not None:
+                        return fast
+        request = Request(data, client, proto, local, self.udp_cap)
+        if not plain:
             refusal = self._unusual(data, request)
             if refusal is not None:
                 return refusal or None
-        route = self._only_root or self.route(request.key, request.name_end - 12)
+            route = self._only_root or self.route(key, request.name_end - 12)
         if route is None:
             return self.finish(request, request.error(dns.rcode.REFUSED))
         request.route = route
@@ -144,12 +142,7 @@ class Dispatcher:
             reply = self.failed(request, exc)
         if reply is None:
             return request
-        if type(reply) is not bytes or len(reply) > request.max_size:
-            return self.finish(request, reply)
-        # finish() written out: a reply that fits as it is.
-        for observer in self.observers:
-            observer.observe(request, reply)
-        return reply
+        return self.finish(request, reply)
 
     def _known(
         self,
@@ -170,11 +163,8 @@ class Dispatcher:
             return None  # the chain runs, fails the same way, and reports it
         if reply is None:
             return None
-        if len(reply) > 512:
-            if proto != "udp":
-                limit = _wire.MAX_TCP
-            else:
-                limit = min(fields[_PAYLOAD], self.udp_cap) if edns else 512
+        if len(reply) > 512:  # every client takes 512 bytes
+            limit = _wire.reply_limit(proto, edns, fields[_PAYLOAD], self.udp_cap)
             if len(reply) > limit:
                 reply = _wire.fit_reply(reply, limit)
         answered_by = route.config.known_by

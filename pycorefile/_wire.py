@@ -27,9 +27,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _HEADER = struct.Struct(">HHHHHH")
 _OPT_NO_DO = b"\x00\x00\x29" + _U16.pack(OUR_PAYLOAD) + b"\x00\x00\x00\x00\x00\x00"
-_join = b"".join
-
 _OPT_DO = b"\x00\x00\x29" + _U16.pack(OUR_PAYLOAD) + b"\x00\x00\x80\x00\x00\x00"
+_join = b"".join
 
 # Header flag bits (the 16-bit flags word).
 FLAG_QR = 0x8000
@@ -227,6 +226,14 @@ def max_reply_size(proto: str, info: QueryInfo, server_cap: int = OUR_PAYLOAD) -
     if not info.edns:
         return 512
     return max(512, min(info.edns_payload, server_cap))
+
+
+def reply_limit(proto: str, edns: bool, payload: int, server_cap: int) -> int:
+    """The largest reply a client takes: 64 KiB over TCP, its EDNS payload (at most
+    ``server_cap``) over UDP, 512 bytes for a UDP query without EDNS."""
+    if proto != "udp":
+        return MAX_TCP
+    return min(payload, server_cap) if edns else 512
 
 
 def fit_reply(reply: bytes, max_size: int) -> bytes:
