@@ -73,8 +73,12 @@ def corefile_digest(runner: Runner) -> str:
         source = runner.source.reread(runner.dns_port)
         return blocks_digest(runner.parse(source.text, source.filename))
     except (CorefileError, OSError, ValueError):
-        files = runner.files() or ([runner.source.path] if runner.source.path else [])
-        return "unparsed:" + checksum(files)
+        return "unparsed:" + checksum(watched_files(runner))
+
+
+def watched_files(runner: Runner) -> list[str]:
+    """The Corefile and its imports as served, or the Corefile alone before that."""
+    return runner.files() or ([runner.source.path] if runner.source.path else [])
 
 
 class ReloadPlugin(Plugin):
@@ -122,8 +126,7 @@ class ReloadPlugin(Plugin):
             await trio.sleep(self.period)
             if self._retired(runner):
                 return
-            files = runner.files() or ([runner.source.path] if runner.source.path else [])
-            raw = checksum(files)
+            raw = checksum(watched_files(runner))
             if raw == self._bytes_seen:
                 continue
             self._bytes_seen = raw

@@ -33,7 +33,6 @@ def parse_corefile_apart(
             capture_output=True,
             timeout=CHILD_TIMEOUT,
             check=False,
-            cwd=os.getcwd(),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         problem = f"cannot parse the Corefile in a child process: {exc}"
