@@ -14,6 +14,7 @@ from .corefile import CorefileError, Directive, ServerBlock
 from .plugin import (
     Fallthrough,
     Plugin,
+    PluginError,
     SetupContext,
     SetupError,
     check_args,
@@ -27,6 +28,7 @@ __all__ = [
     "Directive",
     "Fallthrough",
     "Plugin",
+    "PluginError",
     "Reply",
     "Request",
     "Server",

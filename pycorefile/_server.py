@@ -39,6 +39,7 @@ from ._config import (
 )
 from ._http import HttpHandler, HttpListener
 from ._request import Reply, Request, parse_question
+from .plugin import PluginError
 
 # Offsets into the fields ``parse_question`` reads (see ``_wire.QueryFields``).
 _FLAGS: Final = 1
@@ -223,8 +224,17 @@ class Dispatcher:
         return self.finish(request, reply)
 
     def failed(self, request: Request, exc: Exception) -> bytes:
-        """A plugin raised: log it with the plugin's name and answer SERVFAIL."""
+        """A plugin raised: answer its rcode (PluginError) or log a panic and answer SERVFAIL.
+
+        A ``PluginError`` is an expected failure (CoreDNS's ``return rcode,
+        err``): the client gets its rcode and only the errors plugin, when
+        configured, logs it. Anything else is a bug in a plugin.
+        """
         name = plugin_of(exc) or "?"
+        if isinstance(exc, PluginError):
+            if not request.answered_by:
+                request.answered_by = name
+            return request.error(exc.rcode)
         log.error(
             "plugin/%s: %s %s: %s: %s",
             name,

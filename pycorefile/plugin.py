@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Fallthrough",
     "Plugin",
+    "PluginError",
     "SetupContext",
     "SetupError",
     "check_args",
@@ -60,6 +61,23 @@ class SetupError(Exception):
             if 0 <= index < len(d.arg_tokens):
                 source = d.arg_tokens[index].source_line
         return CorefileError(f"plugin/{plugin}: {self.message}", file, line, column, source)
+
+
+class PluginError(Exception):
+    """A plugin could not answer: CoreDNS's ``return rcode, err``.
+
+    Raise it from ``serve`` when the query fails in an expected way (every
+    upstream timed out, an API is unreachable). The client gets ``rcode``
+    (SERVFAIL by default); the ``errors`` plugin logs the message; nothing
+    between the raiser and the server stores it (a cache never keeps it), and
+    it is not counted as a panic. Any other exception is a bug in the plugin:
+    it is logged by the server, counted as a panic and answered SERVFAIL.
+    """
+
+    def __init__(self, message: str, rcode: int = 2) -> None:
+        super().__init__(message)
+        self.message = message
+        self.rcode = rcode
 
 
 @dataclass
