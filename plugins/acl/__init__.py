@@ -1,6 +1,16 @@
 """acl: allow, block, filter or drop queries by type and source network, as CoreDNS's acl."""
 
-from ._plugin import AclPlugin
-from ._rules import AclConfig, Action, Rule, parse_acl
+from ._plugin import EDE_BLOCKED, EDE_FILTERED, AclPlugin, with_extended_error
+from ._rules import AclConfig, Action, Policy, Rule, parse_acl
 
-__all__ = ["AclConfig", "AclPlugin", "Action", "Rule", "parse_acl"]
+__all__ = [
+    "EDE_BLOCKED",
+    "EDE_FILTERED",
+    "AclConfig",
+    "AclPlugin",
+    "Action",
+    "Policy",
+    "Rule",
+    "parse_acl",
+    "with_extended_error",
+]

@@ -1,16 +1,16 @@
-"""The acl plugin: decides per query before anything else answers it."""
+"""The acl plugin: decides per query before anything after it answers."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import dns.rcode
 
 from pycorefile import DROP, Directive, Plugin, Reply, Request, SetupContext
-from pycorefile._zones import match_zone
 
-from ._rules import AclConfig, Action, parse_acl
+from ._rules import AclConfig, Action, Verdicts, parse_acl
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -23,47 +23,83 @@ _METRICS = {
     Action.DROP: ("coredns_acl_dropped_requests", "Counter of DNS requests being dropped."),
 }
 
+EDE_OPTION = 15
+"""The EDNS option code of an Extended DNS Error (RFC 8914)."""
+EDE_BLOCKED = 15
+EDE_FILTERED = 17
+_EDE = struct.Struct(">HHH")
+_OPT_TAIL = b"\x00\x00\x29"  # an OPT record: the root name, then type 41
+
+
+def with_extended_error(reply: bytes, info_code: int) -> bytes:
+    """``reply``, a ``Request.error`` to an EDNS query, with an Extended DNS Error added.
+
+    That reply ends with its own OPT record and no options yet (11 bytes, the
+    last two the empty RDLENGTH), so the option is appended in place.
+    """
+    if reply[-11:-8] != _OPT_TAIL or reply[-2:] != b"\x00\x00":
+        raise ValueError("the reply does not end with an empty OPT record")
+    return reply[:-2] + b"\x00\x06" + _EDE.pack(EDE_OPTION, 2, info_code)
+
 
 class AclPlugin(Plugin):
-    """Allow, block (REFUSED), filter (empty NOERROR) or drop (no reply) queries."""
+    """Allow, block (REFUSED), filter (empty NOERROR) or drop (no reply) queries.
+
+    Blocked and filtered replies carry an Extended DNS Error (Blocked,
+    Filtered) when the client sent EDNS, as CoreDNS's. Other plugins whose
+    stored answers skip the chain after them (autopath) ask ``admits`` first.
+    """
 
     repeatable = True
 
     def __init__(self, config: AclConfig) -> None:
         self.config = config
-        # Decisions depend only on (client address, type): remember them, bounded.
-        self._memo: dict[tuple[str, int], Action] = {}
+        # What the rules say depends only on (client address, type), the zones
+        # aside: remember it, bounded.
+        self._memo: dict[tuple[str, int], Verdicts] = {}
         self.counts: dict[tuple[Action, str, str], int] = {}
+        """Replies by (action, server, zone); allowed ones have zone '' (CoreDNS has none)."""
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> AclPlugin:
         return cls(parse_acl(directives, ctx))
 
-    def _decide(self, request: Request) -> tuple[Action, str]:
-        zone = match_zone(request.name, self.config.zones)
-        if zone is None:
-            return Action.ALLOW, ""
+    def _verdicts(self, request: Request) -> Verdicts:
         key = (request.client[0], request.qtype)
-        action = self._memo.get(key)
-        if action is None:
-            action = self.config.decide(request.qtype, request.client[0])
+        verdicts = self._memo.get(key)
+        if verdicts is None:
+            verdicts = self.config.verdicts(request.qtype, request.client[0])
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()
-            self._memo[key] = action
-        return action, zone
+            self._memo[key] = verdicts
+        return verdicts
+
+    def _decide(self, request: Request) -> tuple[Action, str]:
+        return self.config.decide(request.name, self._verdicts(request))
+
+    def admits(self, request: Request, names: Iterable[str]) -> bool:
+        """True when this client asking ``names`` (lowercased FQDNs) with the request's type
+        would be let through for every one. Nothing is counted."""
+        verdicts = self._verdicts(request)
+        decide = self.config.decide
+        return all(decide(name, verdicts)[0] is Action.ALLOW for name in names)
 
     def _count(self, request: Request, action: Action, zone: str) -> None:
-        if zone:
-            counted = (action, request.server, zone)
-            self.counts[counted] = self.counts.get(counted, 0) + 1
+        counted = (action, request.server, zone)
+        self.counts[counted] = self.counts.get(counted, 0) + 1
 
     def _refuse(self, request: Request, action: Action) -> Reply:
         request.answered_by = self.name
         if action is Action.DROP:
             return DROP
         if action is Action.BLOCK:
-            return request.error(dns.rcode.REFUSED)
-        return request.reply()  # FILTER: NOERROR, nothing in it
+            rcode, info_code = dns.rcode.REFUSED, EDE_BLOCKED
+        else:  # FILTER: NOERROR, nothing in it
+            rcode, info_code = dns.rcode.NOERROR, EDE_FILTERED
+        reply = request.error(rcode)
+        # Only to a client that sent EDNS: an OPT record to one that did not is
+        # forbidden (RFC 6891, 7), though CoreDNS sends it.
+        return with_extended_error(reply, info_code) if request.edns else reply
 
     def serve_now(self, request: Request) -> Reply | None:
         action, zone = self._decide(request)
@@ -86,9 +122,14 @@ class AclPlugin(Plugin):
         from prometheus_client.core import CounterMetricFamily  # at scrape time (~2 MB)
 
         families = {
-            action: CounterMetricFamily(name, doc, labels=["server", "zone", "view"])
+            action: CounterMetricFamily(
+                name,
+                doc,
+                labels=["server", "view"] if action is Action.ALLOW else ["server", "zone", "view"],
+            )
             for action, (name, doc) in _METRICS.items()
         }
         for (action, server, zone), count in self.counts.items():
-            families[action].add_metric([server, zone, ""], count)
+            labels = [server, ""] if action is Action.ALLOW else [server, zone, ""]
+            families[action].add_metric(labels, count)
         return families.values()
