@@ -19,7 +19,7 @@ import dns.rdtypes.ANY.CNAME
 import dns.rrset
 
 from pycorefile import Directive, Plugin, Reply, Request, SetupContext
-from pycorefile._wire import PreparedReply, WireError, skip_name
+from pycorefile._wire import PreparedReply, WireError, name_to_text, skip_name
 
 from ._parse import AutopathConfig, normalize_search, parse_autopath
 
@@ -48,6 +48,22 @@ _TYPE_OPT = 41
 _COUNTS = struct.Struct(">HHH")
 _RR = struct.Struct(">HHIH")
 _U32 = struct.Struct(">I")
+
+ClientGate = Callable[[Request, Sequence[str]], bool]
+"""A later plugin's ``admits(request, names)``: would this client, asking each of ``names``
+with the request's type, be let through (acl)? Stored answers are given only when so."""
+
+
+def client_gates(handler: object) -> tuple[ClientGate, ...]:
+    """The ``admits`` methods of the plugins in the chain from ``handler`` to its end."""
+    gates: list[ClientGate] = []
+    plugin = getattr(handler, "plugin", None)  # a chain link holds its plugin; the end none
+    while isinstance(plugin, Plugin):
+        admits = getattr(plugin, "admits", None)
+        if callable(admits):
+            gates.append(admits)
+        plugin = getattr(getattr(plugin, "next", None), "plugin", None)
+    return tuple(gates)
 
 
 class SearchPath:
@@ -171,11 +187,20 @@ def _wire_records(wire: bytes) -> Iterator[tuple[bool, int, int]]:
 class _Stored:
     """A synthesized answer kept for its lifetime, its TTLs aged once per second."""
 
-    __slots__ = ("age", "current", "expires", "original", "stored", "success")
+    __slots__ = ("age", "current", "expires", "names", "original", "stored", "success")
 
-    def __init__(self, prepared: PreparedReply, now: float, lifetime: int, success: bool) -> None:
+    def __init__(
+        self,
+        prepared: PreparedReply,
+        now: float,
+        lifetime: int,
+        success: bool,
+        names: tuple[str, ...],
+    ) -> None:
         self.success = success
         """True for a found name (counted as an autopath success), False for NXDOMAIN."""
+        self.names = names
+        """The names the search asked the rest of the chain (lowercased FQDNs), in order."""
         self.original = prepared
         self.current = prepared
         self.age = 0
@@ -228,6 +253,12 @@ class _Search:
             found = self._candidates = self.path.candidates(self.base)
         return found
 
+    def asked(self, last: int) -> tuple[str, ...]:
+        """The names tried up to candidate ``last`` (lowercased FQDNs); the first is as asked."""
+        later = self.candidates[1 : last + 1]
+        wires = (name.to_wire() for name in later)
+        return (self.request.name, *(name_to_text(w) for w in wires if w is not None))
+
     def current(self) -> Request:
         """The request for the candidate to try now (the first is the query itself)."""
         index = self.index
@@ -256,14 +287,17 @@ class _Search:
             if self.index < len(self.candidates):
                 return None
             lifetime = self.lifetime if self.keep_denial else 0
-            return self.plugin.all_nxdomain(request, self.first, lifetime), False
+            asked = self.asked(self.index - 1)
+            return self.plugin.all_nxdomain(request, self.first, lifetime, asked), False
         if rcode != _NOERROR:
             # SERVFAIL, REFUSED, a drop...: the search cannot be finished here. The
             # client gets the same failure for the name it asked and goes on
             # exactly as it would have without autopath.
             return (reply if rcode < 0 else request.error(rcode)), False
         lifetime = min(self.lifetime, reply_lifetime(reply))
-        return self.plugin.synthesize(request, self.candidates[index], reply, lifetime), True
+        target = self.candidates[index]
+        answer = self.plugin.synthesize(request, target, reply, lifetime, self.asked(index))
+        return answer, True
 
 
 class AutopathPlugin(Plugin):
@@ -289,6 +323,8 @@ class AutopathPlugin(Plugin):
         self._raw_copy: tuple[str, ...] = ()
         self._warned: set[str] = set()
         self._stored: dict[bytes, _Stored] = {}
+        self._gates: tuple[ClientGate, ...] | None = None
+        """The later plugins that decide by client (acl), found on first use."""
         self._waiting: dict[Request, _Search] = {}
         """Searches ``serve_now`` got part way through, resumed by ``serve``."""
         self._success: dict[str, int] = {}
@@ -376,12 +412,15 @@ class AutopathPlugin(Plugin):
         stored = self._stored.get(key)
         if stored is not None:
             out = stored.render(request, time.monotonic())
-            if out is not None:
+            if out is None:
+                del self._stored[key]
+            elif self._admitted(request, stored.names):
                 if stored.success:
                     server = request.server
                     self._success[server] = self._success.get(server, 0) + 1
                 return out
-            del self._stored[key]
+            # else: this client may not have what another one's search found.
+            # The search runs again for it, through the acl, as without storage.
         name = key[: request.name_end - 12]
         start = suffix_start(name, first)
         if start <= 0:
@@ -393,6 +432,18 @@ class AutopathPlugin(Plugin):
         ):
             return None
         return _Search(self, request, search, wire_labels(name[:start]))
+
+    def _admitted(self, request: Request, names: tuple[str, ...]) -> bool:
+        """True when every later plugin that decides by client lets this one ask ``names``.
+
+        A stored answer skips the chain after autopath, and with it an acl
+        there: it is given (and kept) only for a client the acl would have let
+        ask every name its search asked.
+        """
+        gates = self._gates
+        if gates is None:
+            gates = self._gates = client_gates(self.next)
+        return all(admits(request, names) for admits in gates)
 
     def _current_search(self) -> SearchPath:
         """The search path the supplying plugin gives now; a change forgets stored answers."""
@@ -421,14 +472,20 @@ class AutopathPlugin(Plugin):
     # -- Answers ----------------------------------------------------------------
 
     def synthesize(
-        self, request: Request, target: dns.name.Name, reply: Reply, lifetime: int
+        self,
+        request: Request,
+        target: dns.name.Name,
+        reply: Reply,
+        lifetime: int,
+        asked: tuple[str, ...],
     ) -> bytes:
         """CNAME from the name asked to ``target``, then ``reply``'s records.
 
         The CNAME's TTL is ``lifetime``: the shortest of the winning reply's
         TTLs and the negative TTLs of the names tried before it, since the
         alias holds only while all of them stay as they are. The answer is kept
-        for that long under the asked question (never under another name).
+        for that long under the asked question (never under another name),
+        with the names ``asked`` to find it.
         """
         won = (
             reply
@@ -449,11 +506,13 @@ class AutopathPlugin(Plugin):
         out.authority.extend(won.authority)
         prepared = PreparedReply.from_message(out)
         if lifetime > 0 and not won.flags & dns.flags.TC:
-            self._store(request.key, prepared, lifetime, True)
+            self._store(request, prepared, lifetime, True, asked)
         return prepared.render(request.wire, request.name_end, request.edns, request.do)
 
-    def all_nxdomain(self, request: Request, first: Reply, lifetime: int) -> Reply:
-        """Every candidate is NXDOMAIN: the reply for the name asked (the first try's).
+    def all_nxdomain(
+        self, request: Request, first: Reply, lifetime: int, asked: tuple[str, ...]
+    ) -> Reply:
+        """Every candidate (``asked``) is NXDOMAIN: the reply for the name asked (the first try's).
 
         It is kept for the shortest negative TTL of all the tries.
         """
@@ -466,14 +525,25 @@ class AutopathPlugin(Plugin):
                 )
             except (WireError, struct.error, IndexError, dns.exception.DNSException):
                 return first
-            self._store(request.key, prepared, lifetime, False)
+            self._store(request, prepared, lifetime, False, asked)
         return first
 
-    def _store(self, key: bytes, prepared: PreparedReply, lifetime: int, success: bool) -> None:
+    def _store(
+        self,
+        request: Request,
+        prepared: PreparedReply,
+        lifetime: int,
+        success: bool,
+        asked: tuple[str, ...],
+    ) -> None:
+        if not self._admitted(request, asked):
+            # An acl after autopath shaped this answer (a filtered try): it is
+            # this client's alone, never to be given to another.
+            return
         stored = self._stored
         if len(stored) >= MAX_STORED:
             del stored[next(iter(stored))]
-        stored[key] = _Stored(prepared, time.monotonic(), lifetime, success)
+        stored[request.key] = _Stored(prepared, time.monotonic(), lifetime, success, asked)
 
     # -- Metrics ----------------------------------------------------------------
 
