@@ -63,24 +63,36 @@ class Link:
 
 
 class End:
-    """What the last plugin's ``next`` is: SERVFAIL, as CoreDNS's NextOrFailure."""
+    """What the last plugin's ``next`` is: SERVFAIL, as CoreDNS's ``plugin.NextOrFailure``.
 
-    __slots__ = ("after",)
+    A server block with no chain at all answers ``rcode`` REFUSED instead, as
+    CoreDNS answers a zone whose block has no plugin chain (``build_chain``).
+    """
 
-    def __init__(self, after: str) -> None:
+    __slots__ = ("after", "rcode")
+
+    def __init__(self, after: str, rcode: int = dns.rcode.SERVFAIL) -> None:
         self.after = after
+        self.rcode = rcode
 
     async def serve(self, request: Request) -> Reply:
-        return request.error(dns.rcode.SERVFAIL)
+        return request.error(self.rcode)
 
     def serve_now(self, request: Request) -> Reply | None:
-        return request.error(dns.rcode.SERVFAIL)
+        return request.error(self.rcode)
 
 
-def build_chain(plugins: Sequence[Plugin]) -> Handler:
-    """Link plugins (outermost first) and return the entry handler."""
+def build_chain(plugins: Sequence[Plugin], *, empty: bool | None = None) -> Handler:
+    """Link plugins (outermost first) and return the entry handler.
+
+    ``empty`` says whether CoreDNS would have built no chain for the block
+    (by default: when ``plugins`` is empty); then every query is REFUSED.
+    Otherwise a query that runs past the last plugin is SERVFAIL.
+    """
+    if empty is None:
+        empty = not plugins
     last = plugins[-1].name if plugins else ""
-    handler: Handler = End(last)
+    handler: Handler = End(last, dns.rcode.REFUSED if empty else dns.rcode.SERVFAIL)
     for plugin in reversed(plugins):
         plugin.next = handler
         handler = Link(plugin)

@@ -181,7 +181,7 @@ def build_config(
     seen: dict[tuple[str, str, int, str], ServerBlock] = {}
     for p in pending:
         chain_plugins = [pl for pl in p.plugins if pl.serves_queries]
-        chain = build_chain(chain_plugins)
+        chain = build_chain(chain_plugins, empty=not any(map(in_coredns_chain, p.plugins)))
         hosts = list(p.ctx.listen_hosts)
         config = BlockConfig(
             p.block, p.keys, hosts, p.plugins, chain, any(pl.any_class for pl in chain_plugins)
@@ -220,6 +220,17 @@ def build_config(
                 raise CorefileError(str(exc), p.block.file, p.block.line, p.block.column) from None
             http.setdefault((host, port), {})[path] = handler
     return Config(configs, routes, http, observers, shared, corefile, failure_observers)
+
+
+def in_coredns_chain(plugin: Plugin) -> bool:
+    """True for a plugin CoreDNS links into a block's handler chain.
+
+    Those that serve queries, and *prometheus*: a handler in CoreDNS, a reply
+    observer here. A block with none of them has no chain in CoreDNS, which
+    answers it REFUSED (a block with only ``bind``, or empty); a chain that
+    runs off its end answers SERVFAIL.
+    """
+    return plugin.serves_queries or plugin.name == "prometheus"
 
 
 def _check_overlap(routes: dict[ListenerKey, dict[bytes, Route]]) -> None:
