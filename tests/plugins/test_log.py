@@ -39,7 +39,10 @@ from pycorefile.testing import make_query, query, query_wire
 
 class AnswersPlugin(Plugin):
     """Answers by the first label: ok (A), nx (NXDOMAIN+SOA), nodata, deleg (NS), fail (SERVFAIL),
-    drop (no reply), boom (raises), wait (answers only after waiting, never from serve_now)."""
+    drop (no reply), boom (raises), wait (answers only after waiting, never from serve_now);
+    for the reply types: nxbare (NXDOMAIN, no SOA), empty (NOERROR, nothing), nxanswer
+    (NXDOMAIN with an A), refused, notimp, badvers (extended rcode 16), expired and signed
+    (an A with an RRSIG out of and in its validity period)."""
 
     after = "cache"
 
@@ -73,6 +76,18 @@ class AnswersPlugin(Plugin):
             reply.authority.append(dns.rrset.from_text(request.qname, 60, "IN", "NS", "ns.x."))
         elif label == "fail":
             return request.error(dns.rcode.SERVFAIL)
+        elif label in ("refused", "notimp", "badvers"):
+            reply.set_rcode(dns.rcode.from_text(label.upper()))
+        elif label == "nxbare":
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        elif label == "nxanswer":
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+            reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.1"))
+        elif label in ("expired", "signed"):
+            dates = "20000101000000 19990101000000" if label == "expired" else VALID_DATES
+            reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.1"))
+            sig = f"A 8 2 60 {dates} 12345 test. AAAA"
+            reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "RRSIG", sig))
         return reply
 
     async def serve(self, request: Request) -> Reply:
@@ -80,6 +95,10 @@ class AnswersPlugin(Plugin):
         reply = request.reply()
         reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.9"))
         return reply
+
+
+VALID_DATES = "21000101000000 20000101000000"
+"""An RRSIG's expiration and inception around now (and until 2100)."""
 
 
 def registry() -> Registry:
@@ -355,6 +374,57 @@ async def test_classes(classes: str, logged: list[str], capsys: pytest.CaptureFi
         for label in ("ok", "nx", "nodata", "deleg", "fail"):
             await query(server, f"{label}.test.", "A")
     assert log_lines(capsys.readouterr().out) == [f"[INFO] {x}.test." for x in logged]
+
+
+TYPIFY_CASES = [
+    # (label, type, DO, log/type, log/class) -- CoreDNS 1.14's response.Typify and Classify
+    ("ok", "A", False, "NOERROR", "success"),
+    ("empty", "A", False, "NOERROR", "success"),  # no answers, no SOA, no NS
+    ("deleg", "A", False, "DELEGATION", "success"),
+    ("nx", "A", False, "NXDOMAIN", "denial"),
+    ("nxbare", "A", False, "NXDOMAIN", "denial"),  # NXDOMAIN without an SOA: still a denial
+    ("nodata", "A", False, "NODATA", "denial"),
+    ("fail", "A", False, "SERVERROR", "error"),
+    ("notimp", "A", False, "SERVERROR", "error"),
+    ("refused", "A", False, "OTHERERROR", "error"),
+    ("nxanswer", "A", False, "OTHERERROR", "error"),  # NXDOMAIN with records
+    ("badvers", "A", True, "OTHERERROR", "error"),  # extended rcode 16, header NOERROR
+    ("ok", "AXFR", False, "META", "error"),
+    ("expired", "A", True, "OTHERERROR", "error"),  # a signature out of date, DO asked
+    ("expired", "A", False, "NOERROR", "success"),  # not judged without DO
+    ("signed", "A", True, "NOERROR", "success"),
+    ("drop", "A", False, "OTHERERROR", "error"),  # no reply at all
+]
+
+
+async def test_reply_types_and_classes_as_coredns_typify(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    corefile = block('    log . "{name} {type} {/log/type} {/log/class}"')
+    async with open_server(corefile, registry=registry()) as server:
+        for label, rdtype, do, _, _ in TYPIFY_CASES:
+            wire = make_query(f"{label}.test.", rdtype, do=do).to_wire()
+            await query_wire(server, wire, timeout=0.3 if label == "drop" else 3.0)
+    assert log_lines(capsys.readouterr().out) == [
+        f"[INFO] {label}.test. {rdtype} {reply_type} {reply_class}"
+        for label, rdtype, _, reply_type, reply_class in TYPIFY_CASES
+    ]
+
+
+@pytest.mark.parametrize("reply_class", ["success", "denial", "error"])
+async def test_class_filter_follows_coredns_classify(
+    reply_class: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corefile = block(f'    log . "{{name}} {{type}}" {{\n        class {reply_class}\n    }}')
+    async with open_server(corefile, registry=registry()) as server:
+        for label, rdtype, do, _, _ in TYPIFY_CASES:
+            wire = make_query(f"{label}.test.", rdtype, do=do).to_wire()
+            await query_wire(server, wire, timeout=0.3 if label == "drop" else 3.0)
+    assert log_lines(capsys.readouterr().out) == [
+        f"[INFO] {label}.test. {rdtype}"
+        for label, rdtype, _, _, expected in TYPIFY_CASES
+        if expected == reply_class
+    ]
 
 
 async def test_name_scopes_first_match_wins(capsys: pytest.CaptureFixture[str]) -> None:
