@@ -349,3 +349,36 @@ async def test_non_loopback_source_blocked() -> None:
     async with serve(corefile) as server:
         reply = await query(("::1", server.port()), "example.org", "A")
     assert reply.rcode() == dns.rcode.REFUSED
+
+
+# -- No path around the acl: cache and mesh answers kept in memory (16.7) --------------
+
+KEPT_COREFILE = """\
+.:0 {
+    bind 127.0.0.1
+    acl {
+        allow net 127.0.0.2
+        block
+    }
+    cache
+    meshhosts {
+        10.0.0.1 web.example.org
+    }
+}
+"""
+
+
+async def test_answers_kept_after_the_acl_never_reach_a_blocked_client() -> None:
+    """The fast path belongs to a block's first plugin: with acl there, acl is it."""
+    async with serve(KEPT_COREFILE) as server:
+        assert server.config is not None
+        assert server.config.blocks[0].known is None  # no fast path around the acl
+        for proto in ("udp", "tcp"):
+            for _ in range(2):  # the first time, then from the cache
+                allowed = await ask(server, "web.example.org", source=ALLOWED_CLIENT, proto=proto)
+                assert [rr.to_text() for rr in allowed.answer[0]] == ["10.0.0.1"]
+            refused = await ask(
+                server, "web.example.org", source=OTHER_CLIENT, proto=proto, edns=True
+            )
+            assert refused.rcode() == dns.rcode.REFUSED and not refused.answer
+            assert extended_errors(refused) == [15]
