@@ -214,6 +214,57 @@ def error_reply(wire: bytes, info: QueryInfo | None, rcode: int) -> bytes:
     return _HEADER.pack(qid, flags, qdcount, 0, 0, 1 if opt else 0) + question + opt
 
 
+EDNS_EDE = 15
+"""The EDNS option code of an Extended DNS Error (RFC 8914)."""
+_EDE = struct.Struct(">HHH")
+_OPT_START = b"\x00\x00\x29"  # an OPT record: the root name, then type 41
+
+
+def extended_error(info_code: int) -> bytes:
+    """An Extended DNS Error option in wire form (code, length, INFO-CODE; no text)."""
+    return _EDE.pack(EDNS_EDE, 2, info_code)
+
+
+def with_edns_options(reply: bytes, options: bytes) -> bytes:
+    """``reply``, an ``error_reply`` to an EDNS query, with ``options`` (wire form) in its OPT.
+
+    Such a reply ends with its own OPT record, which holds no options yet (its
+    last two bytes are the empty RDLENGTH), so they are appended in place.
+    """
+    if not options:
+        return reply
+    if reply[-11:-8] != _OPT_START or reply[-2:] != b"\x00\x00":
+        raise ValueError("the reply does not end with an empty OPT record")
+    return reply[:-2] + _U16.pack(len(options)) + options
+
+
+def extended_errors(wire: bytes) -> bytes:
+    """The Extended DNS Error options of a message's OPT record, in wire form (b'' if none)."""
+    try:
+        qdcount, ancount, nscount, arcount = struct.unpack_from(">HHHH", wire, 4)
+        offset = HEADER_LEN
+        for _ in range(qdcount):
+            offset = skip_name(wire, offset) + 4
+        for _ in range(ancount + nscount):
+            offset = _skip_rr(wire, offset)
+        found = []
+        for _ in range(arcount):
+            end = skip_name(wire, offset)
+            rtype, rdlen = struct.unpack_from(">H6xH", wire, end)
+            offset = end + 10 + rdlen
+            if rtype != TYPE_OPT:
+                continue
+            pos = end + 10
+            while pos + 4 <= offset:
+                code, length = struct.unpack_from(">HH", wire, pos)
+                if code == EDNS_EDE:
+                    found.append(wire[pos : pos + 4 + length])
+                pos += 4 + length
+    except (WireError, struct.error):
+        return b""
+    return b"".join(found)
+
+
 def reply_rcode(wire: bytes) -> int:
     """The (non-extended) rcode of a reply."""
     return wire[3] & 0xF if len(wire) >= 4 else dns.rcode.SERVFAIL

@@ -1,6 +1,6 @@
 """acl: allow, block, filter or drop queries by type and source network, as CoreDNS's acl."""
 
-from ._plugin import EDE_BLOCKED, EDE_FILTERED, AclPlugin, with_extended_error
+from ._plugin import EDE_BLOCKED, EDE_FILTERED, AclPlugin
 from ._rules import AclConfig, Action, Policy, Rule, parse_acl
 
 __all__ = [
@@ -12,5 +12,4 @@ __all__ = [
     "Policy",
     "Rule",
     "parse_acl",
-    "with_extended_error",
 ]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import dns.rcode
 
 from pycorefile import DROP, Directive, Plugin, Reply, Request, SetupContext
+from pycorefile._wire import extended_error, with_edns_options
 
 from ._rules import AclConfig, Action, Verdicts, parse_acl
 
@@ -23,23 +23,9 @@ _METRICS = {
     Action.DROP: ("coredns_acl_dropped_requests", "Counter of DNS requests being dropped."),
 }
 
-EDE_OPTION = 15
-"""The EDNS option code of an Extended DNS Error (RFC 8914)."""
 EDE_BLOCKED = 15
+"""The Extended DNS Error INFO-CODE of a blocked query (RFC 8914)."""
 EDE_FILTERED = 17
-_EDE = struct.Struct(">HHH")
-_OPT_TAIL = b"\x00\x00\x29"  # an OPT record: the root name, then type 41
-
-
-def with_extended_error(reply: bytes, info_code: int) -> bytes:
-    """``reply``, a ``Request.error`` to an EDNS query, with an Extended DNS Error added.
-
-    That reply ends with its own OPT record and no options yet (11 bytes, the
-    last two the empty RDLENGTH), so the option is appended in place.
-    """
-    if reply[-11:-8] != _OPT_TAIL or reply[-2:] != b"\x00\x00":
-        raise ValueError("the reply does not end with an empty OPT record")
-    return reply[:-2] + b"\x00\x06" + _EDE.pack(EDE_OPTION, 2, info_code)
 
 
 class AclPlugin(Plugin):
@@ -99,7 +85,7 @@ class AclPlugin(Plugin):
         reply = request.error(rcode)
         # Only to a client that sent EDNS: an OPT record to one that did not is
         # forbidden (RFC 6891, 7), though CoreDNS sends it.
-        return with_extended_error(reply, info_code) if request.edns else reply
+        return with_edns_options(reply, extended_error(info_code)) if request.edns else reply
 
     def serve_now(self, request: Request) -> Reply | None:
         action, zone = self._decide(request)

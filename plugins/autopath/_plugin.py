@@ -19,7 +19,14 @@ import dns.rdtypes.ANY.CNAME
 import dns.rrset
 
 from pycorefile import Directive, Plugin, Reply, Request, SetupContext
-from pycorefile._wire import PreparedReply, WireError, name_to_text, skip_name
+from pycorefile._wire import (
+    PreparedReply,
+    WireError,
+    extended_errors,
+    name_to_text,
+    skip_name,
+    with_edns_options,
+)
 
 from ._parse import AutopathConfig, normalize_search, parse_autopath
 
@@ -125,6 +132,19 @@ def reply_rcode(reply: Reply) -> int:
     if isinstance(reply, dns.message.Message):
         return int(reply.rcode())
     return reply[3] & 0xF if len(reply) >= 4 else -1
+
+
+def failure(request: Request, rcode: int, reply: Reply) -> bytes:
+    """``rcode`` for the name asked, with the Extended DNS Errors of the try that failed.
+
+    As CoreDNS's autopath, which passes that try's reply on under the asked
+    name: an acl's REFUSED for a later name keeps its Blocked error.
+    """
+    out = request.error(rcode)
+    if not request.edns:
+        return out
+    wire = reply.to_wire() if isinstance(reply, dns.message.Message) else reply
+    return with_edns_options(out, extended_errors(wire))
 
 
 def reply_lifetime(reply: Reply) -> int:
@@ -293,7 +313,7 @@ class _Search:
             # SERVFAIL, REFUSED, a drop...: the search cannot be finished here. The
             # client gets the same failure for the name it asked and goes on
             # exactly as it would have without autopath.
-            return (reply if rcode < 0 else request.error(rcode)), False
+            return (reply if rcode < 0 else failure(request, rcode, reply)), False
         lifetime = min(self.lifetime, reply_lifetime(reply))
         target = self.candidates[index]
         answer = self.plugin.synthesize(request, target, reply, lifetime, self.asked(index))

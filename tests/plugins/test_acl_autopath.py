@@ -138,6 +138,8 @@ async def test_autopath_stored_answer_checked_for_every_name_its_search_asked(
             assert records(await ask(server, name, source=ALLOWED))[0] == cname(name, DB)
         refused = await ask(server, name, source=OTHER, edns=True)
         assert refused.rcode() == dns.rcode.REFUSED and not refused.answer
+        assert extended_errors(refused) == [15]  # the later try's Blocked, as CoreDNS
+        assert refused.question[0].name.to_text() == name
         # A search that stops before example.internal is still shared.
         short = "productpage.ns1." + S0
         assert records(await ask(server, short, source=ALLOWED))[0] == cname(short, PP)
