@@ -134,8 +134,9 @@ def reply_rcode(reply: Reply) -> int:
     return reply[3] & 0xF if len(reply) >= 4 else -1
 
 
-def failure(request: Request, rcode: int, reply: Reply) -> bytes:
-    """``rcode`` for the name asked, with the Extended DNS Errors of the try that failed.
+def passed_on(request: Request, rcode: int, reply: Reply) -> bytes:
+    """A try's failure (or acl-filtered reply) for the name asked: its rcode and its
+    Extended DNS Errors, no records.
 
     As CoreDNS's autopath, which passes that try's reply on under the asked
     name: an acl's REFUSED for a later name keeps its Blocked error.
@@ -313,11 +314,16 @@ class _Search:
             # SERVFAIL, REFUSED, a drop...: the search cannot be finished here. The
             # client gets the same failure for the name it asked and goes on
             # exactly as it would have without autopath.
-            return (reply if rcode < 0 else failure(request, rcode, reply)), False
+            return (reply if rcode < 0 else passed_on(request, rcode, reply)), False
+        asked = self.asked(index)
+        if not self.plugin.admitted(request, asked):
+            # An acl after autopath filtered this try for this client (one that
+            # blocks or drops ends the search above): its empty NOERROR is the
+            # answer, under the asked name, without a CNAME, as CoreDNS's autopath.
+            return passed_on(request, rcode, reply), False
         lifetime = min(self.lifetime, reply_lifetime(reply))
         target = self.candidates[index]
-        answer = self.plugin.synthesize(request, target, reply, lifetime, self.asked(index))
-        return answer, True
+        return self.plugin.synthesize(request, target, reply, lifetime, asked), True
 
 
 class AutopathPlugin(Plugin):
@@ -434,7 +440,7 @@ class AutopathPlugin(Plugin):
             out = stored.render(request, time.monotonic())
             if out is None:
                 del self._stored[key]
-            elif self._admitted(request, stored.names):
+            elif self.admitted(request, stored.names):
                 if stored.success:
                     server = request.server
                     self._success[server] = self._success.get(server, 0) + 1
@@ -453,7 +459,7 @@ class AutopathPlugin(Plugin):
             return None
         return _Search(self, request, search, wire_labels(name[:start]))
 
-    def _admitted(self, request: Request, names: tuple[str, ...]) -> bool:
+    def admitted(self, request: Request, names: tuple[str, ...]) -> bool:
         """True when every later plugin that decides by client lets this one ask ``names``.
 
         A stored answer skips the chain after autopath, and with it an acl
@@ -556,10 +562,8 @@ class AutopathPlugin(Plugin):
         success: bool,
         asked: tuple[str, ...],
     ) -> None:
-        if not self._admitted(request, asked):
-            # An acl after autopath shaped this answer (a filtered try): it is
-            # this client's alone, never to be given to another.
-            return
+        if not self.admitted(request, asked):
+            return  # an acl after autopath shaped it for this client alone
         stored = self._stored
         if len(stored) >= MAX_STORED:
             del stored[next(iter(stored))]
