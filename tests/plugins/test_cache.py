@@ -288,7 +288,7 @@ async def test_do_and_cd_are_cached_apart(proto: str) -> None:
     assert up.count() == 4
 
 
-async def test_ad_bit_is_kept_only_for_do_clients() -> None:
+async def test_ad_bit_is_cleared_for_clients_without_ad_or_do() -> None:
     def validated(q: dns.message.Message) -> dns.message.Message:
         r = dns.message.make_response(q, our_payload=1232)
         r.flags |= dns.flags.AD
