@@ -373,10 +373,11 @@ class PreparedReply:
     """A reply kept as wire bytes, answered again by patching, not rebuilding.
 
     The stored bytes hold no OPT record. ``render`` joins the client's ID, the
-    stored header (flags with the client's RD and CD bits, and the counts),
-    the client's question name (so the letter case is the client's) and the
-    stored rest, and appends our OPT record when the client sent one. ``aged``
-    gives a copy with every TTL lowered (a cache keeps one per second of age).
+    stored header (flags with the client's RD and CD bits, the stored AD bit
+    only if the client set AD or DO, and the counts), the client's question
+    name (so the letter case is the client's) and the stored rest, and appends
+    our OPT record when the client sent one. ``aged`` gives a copy with every
+    TTL lowered (a cache keeps one per second of age).
 
     A reply built with ``spliced`` takes the whole question (name, type and
     class) from the query and stores only records that name their owner by a
@@ -394,7 +395,7 @@ class PreparedReply:
     _asked: int
     """0, or 4 when the query's type and class are sent too (spliced)."""
     _heads: _Heads
-    """Header after the ID, indexed by ``(EDNS << 2) | (RD << 1) | CD`` of the query."""
+    """Header after the ID for each combination of the query's EDNS, RD, AD and CD (``_heads``)."""
     _offsets: tuple[int, ...]
     """Where each TTL field is in ``_tail`` (OPT excluded)."""
     _tail: bytes
@@ -461,18 +462,28 @@ class PreparedReply:
         return min(self.ttls, default=0)
 
     def render(self, query: bytes, name_end: int, edns: bool, do: bool) -> bytes:
-        """The reply for ``query``: its ID, RD/CD bits and question casing; our OPT if asked."""
+        """The reply for ``query``: its ID, RD/CD bits and question casing; our OPT if asked.
+
+        The stored AD bit goes out only to a client that set AD or DO in its
+        query (RFC 6840 section 5.7); ``query[3] & 0x30`` (its AD and CD bits)
+        picks the header, so this costs no more than copying CD alone.
+        """
         # One join: each ``+`` would make an intermediate bytes object.
         if edns:
+            if do:
+                return _join((
+                    query[:2],
+                    self._heads[(14 if query[2] & 1 else 10) | ((query[3] & 0x10) >> 4)],
+                    query[12 : name_end + self._asked], self._tail, _OPT_DO,
+                ))  # fmt: skip
             return _join((
                 query[:2],
-                self._heads[(6 if query[2] & 1 else 4) | (1 if query[3] & 0x10 else 0)],
-                query[12 : name_end + self._asked], self._tail,
-                _OPT_DO if do else _OPT_NO_DO,
+                self._heads[(12 if query[2] & 1 else 8) | ((query[3] & 0x30) >> 4)],
+                query[12 : name_end + self._asked], self._tail, _OPT_NO_DO,
             ))  # fmt: skip
         return _join((
             query[:2],
-            self._heads[(2 if query[2] & 1 else 0) | (1 if query[3] & 0x10 else 0)],
+            self._heads[(4 if query[2] & 1 else 0) | ((query[3] & 0x30) >> 4)],
             query[12 : name_end + self._asked], self._tail,
         ))  # fmt: skip
 
@@ -489,7 +500,7 @@ class PreparedReply:
         return self._with_tail(replace_ttls(self._tail, self._offsets, ttl))
 
 
-_Heads = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]
+_Heads = tuple[bytes, ...]
 _HEADS: dict[tuple[int, int, int, int, int], _Heads] = {}
 _OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}
 _SHARED_MAX = 1024
@@ -497,24 +508,28 @@ _SHARED_MAX = 1024
 
 
 def _heads(flags: int, qd: int, an: int, ns: int, ar: int) -> _Heads:
-    """The header after the ID for each RD/CD combination, without and with our OPT.
+    """The header after the ID for each combination of the query's bits.
 
-    Shared by every prepared reply with the same flags and counts (there are few).
+    Indexed by ``(EDNS << 3) | (RD << 2) | (AD kept << 1) | CD``: RD and CD
+    are the client's, AD is the stored one or cleared, and with EDNS the
+    additional count includes our OPT record. Shared by every prepared reply
+    with the same flags and counts (there are few).
     """
     base = flags & ~(FLAG_RD | FLAG_CD)
     found = _HEADS.get((base, qd, an, ns, ar))
     if found is None:
         if len(_HEADS) >= _SHARED_MAX:
             _HEADS.clear()
-        a, b, c, d, e, f, g, h = (
+        found = _HEADS[(base, qd, an, ns, ar)] = tuple(
             _HEADER.pack(
                 0,
-                base | (FLAG_RD if i & 2 else 0) | (FLAG_CD if i & 1 else 0),
-                qd, an, ns, ar + (1 if i & 4 else 0),
+                (base if i & 2 else base & ~FLAG_AD)
+                | (FLAG_RD if i & 4 else 0)
+                | (FLAG_CD if i & 1 else 0),
+                qd, an, ns, ar + (1 if i & 8 else 0),
             )[2:]
-            for i in range(8)
+            for i in range(16)
         )  # fmt: skip
-        found = _HEADS[(base, qd, an, ns, ar)] = (a, b, c, d, e, f, g, h)
     return found
 
 

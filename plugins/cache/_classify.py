@@ -42,12 +42,21 @@ class Category(enum.Enum):
     SERVFAIL = "servfail"
     """SERVFAIL or NOTIMP: kept only for the ``servfail`` duration."""
     OTHER = "other"
-    """Never stored: REFUSED, FORMERR, broken chains, expired signatures, ..."""
+    """Never stored, though a complete reply: REFUSED, FORMERR, broken chains, ..."""
+    UNUSABLE = "unusable"
+    """Never stored, nor taken to refresh a stale entry (CoreDNS's verify rules):
+    truncated, a signature outside its validity period (DO clients), a zone
+    transfer or another opcode."""
 
     @property
     def denial(self) -> bool:
         """True for what lives in the denial store (everything cached but SUCCESS)."""
         return self is not Category.SUCCESS
+
+    @property
+    def stored(self) -> bool:
+        """True for the categories a cache keeps."""
+        return self is not Category.OTHER and self is not Category.UNUSABLE
 
 
 class _Chain(enum.Enum):
@@ -59,16 +68,26 @@ class _Chain(enum.Enum):
     """Two targets for one name, a loop, or records unrelated to the question."""
 
 
+def parse_reply(wire: bytes) -> dns.message.Message:
+    """A reply as ``classify`` needs it: every record in its own RRset.
+
+    dnspython otherwise merges the records of one name and type into one
+    RRset, and for a singleton type (CNAME) keeps only the last: two
+    conflicting CNAMEs for one name would look like a clean chain.
+    """
+    return dns.message.from_wire(wire, ignore_trailing=True, one_rr_per_rrset=True)
+
+
 def classify(
     msg: dns.message.Message, qname: dns.name.Name, qtype: int, do: bool, wall_time: float
 ) -> Category:
     """Sort a reply (whose question was already checked) into a ``Category``."""
     if msg.opcode() != dns.opcode.QUERY or qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
-        return Category.OTHER
+        return Category.UNUSABLE
     if msg.flags & dns.flags.TC:
-        return Category.OTHER
+        return Category.UNUSABLE
     if do and _expired_signature(msg, wall_time):
-        return Category.OTHER
+        return Category.UNUSABLE
     rcode = msg.rcode()
     if rcode in (dns.rcode.SERVFAIL, dns.rcode.NOTIMP):
         return Category.SERVFAIL
@@ -93,6 +112,8 @@ _FAST_TYPES: dict[int, int] = {1: 4, 28: 16}
 """Query types ``quick_classify`` handles (A, AAAA), with the rdata length of their records."""
 _TYPE_SOA = 6
 _TYPE_OPT = 41
+_SOA_FIXED = 22
+"""The shortest SOA rdata: two root names and five 32-bit fields."""
 
 
 def quick_classify(wire: bytes, qtype: int) -> Category | None:
@@ -165,15 +186,15 @@ def _follow_chain(answer: list[dns.rrset.RRset], qname: dns.name.Name, qtype: in
             return _Chain.BROKEN
         visited.add(name)
         rrsets = by_owner.get(name, [])
+        targets = {cname.target for r in rrsets if r.rdtype == dns.rdatatype.CNAME for cname in r}
+        if len(targets) > 1:
+            return _Chain.BROKEN  # RFC 2181 section 10.1: an alias has one canonical name
         if any(_answers(rrset, qtype) for rrset in rrsets):
             result = _Chain.ANSWERED
             break
-        cnames = [rrset for rrset in rrsets if rrset.rdtype == dns.rdatatype.CNAME]
-        if not cnames:
+        if not targets:
             break
-        if len(cnames) > 1 or len(cnames[0]) != 1:
-            return _Chain.BROKEN
-        name = cnames[0][0].target
+        (name,) = targets
     else:
         return _Chain.BROKEN
     for owner, rrsets in by_owner.items():
@@ -214,26 +235,21 @@ def clamp(ttl: int, low: int, high: int) -> int:
 
 
 def stored_form(
-    wire: bytes,
-    category: Category,
-    settings: KindSettings,
-    servfail_ttl: float,
-    keep_ad: bool,
+    wire: bytes, category: Category, settings: KindSettings, servfail_ttl: float
 ) -> tuple[bytes, float, list[int]]:
     """The bytes to store, how many seconds they live (0: do not store), and
     where their TTLs are.
 
     The OPT record is dropped; each record keeps its own TTL, clamped to the
-    kind's [MINTTL, TTL]; the entry lives as long as its shortest clamped TTL
-    (for a denial that is the SOA's TTL unless another record expires
-    sooner). SERVFAIL lives ``servfail_ttl``. The AD bit is cleared when the
-    entry is for clients that did not set DO (RFC 6840 section 5.8).
+    kind's [MINTTL, TTL]; the entry lives as long as its shortest clamped TTL.
+    For a denial that is normally the SOA's TTL, counted at most as the SOA's
+    MINIMUM field (RFC 2308 section 5). SERVFAIL lives ``servfail_ttl``. The
+    AD bit is kept as received: ``PreparedReply.render`` shows it only to
+    clients that asked with AD or DO.
     """
     wire = _wire.strip_opt(wire)
     offsets, ttls = _wire.ttl_offsets(wire)
     out = bytearray(wire)
-    if not keep_ad:
-        out[3] &= ~(_wire.FLAG_AD & 0xFF)
     if category is Category.SERVFAIL:
         ceiling = max(1, int(-(-servfail_ttl // 1)))
         for off, ttl in zip(offsets, ttls, strict=True):
@@ -242,6 +258,8 @@ def stored_form(
     if not ttls:
         lifetime = _lifetime(clamp(NO_RECORDS_TTL, settings.min_ttl, settings.max_ttl))
         return bytes(out), lifetime, offsets
+    if category.denial:
+        ttls = negative_ttls(wire, offsets, ttls)
     shortest = None
     for off, ttl in zip(offsets, ttls, strict=True):
         clamped = clamp(ttl, settings.min_ttl, settings.max_ttl)
@@ -249,6 +267,31 @@ def stored_form(
         shortest = clamped if shortest is None or clamped < shortest else shortest
     assert shortest is not None
     return bytes(out), _lifetime(shortest), offsets
+
+
+def negative_ttls(wire: bytes, offsets: list[int], ttls: list[int]) -> list[int]:
+    """``ttls`` with each authority SOA's lowered to its MINIMUM field when that is smaller.
+
+    RFC 2308 section 5: the negative TTL is the smaller of the SOA record's
+    TTL and its MINIMUM. Authoritative servers that follow it send the SOA
+    with that TTL already; some (CoreDNS's *file* among them) send the zone's
+    SOA TTL, and a denial would otherwise be kept for up to the denial TTL
+    cap. ``offsets`` are the TTL positions of ``wire`` (no OPT record), in
+    message order.
+    """
+    ancount, nscount = struct.unpack_from(">HH", wire, 6)
+    out = ttls
+    for i in range(ancount, min(ancount + nscount, len(offsets))):
+        off = offsets[i]
+        rtype, rdlen = struct.unpack_from(">H6xH", wire, off - 4)
+        if rtype != _TYPE_SOA or rdlen < _SOA_FIXED or off + 6 + rdlen > len(wire):
+            continue
+        (minimum,) = _TTL.unpack_from(wire, off + 6 + rdlen - 4)
+        if minimum < out[i]:
+            if out is ttls:
+                out = list(ttls)
+            out[i] = minimum
+    return out
 
 
 _LIFETIMES: dict[int, float] = {}

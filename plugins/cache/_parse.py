@@ -28,6 +28,8 @@ STALE_DURATION = 3600.0
 STALE_RESPONSE_TTL = 30
 """RFC 8767 section 4 recommends 30 seconds; CoreDNS sends 0."""
 FAILURE_RECHECK_LIMIT = 300.0
+MAX_RESPONSE_TTL = 2**32 - 1
+"""A TTL is a 32-bit field (CoreDNS refuses a larger stale response TTL too)."""
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -122,11 +124,11 @@ def parse_cache(directives: Sequence[Directive], ctx: SetupContext) -> CacheConf
         elif name == "serve_stale":
             config = replace(config, serve_stale=_serve_stale(option))
         elif name == "serve_stale_policy":
+            if policy is not None:
+                raise SetupError("serve_stale_policy can only be specified once", option)
             check_args(option, 1, 1)
             if option.args[0].lower() != "prefer_positive":
-                raise SetupError(
-                    f"invalid value for serve_stale_policy: {option.args[0]}", option, 0
-                )
+                raise SetupError(f"invalid serve_stale_policy: {option.args[0]}", option, 0)
             policy = option
         elif name == "servfail":
             check_args(option, 1, 1)
@@ -233,7 +235,7 @@ def _serve_stale(option: Directive) -> StaleSettings:
     if mode == "verify":
         settings = replace(settings, verify=True)
         if len(args) > 2:
-            timeout = _duration(option, 2, "invalid negative verify timeout for serve_stale")
+            timeout = _duration(option, 2, "invalid negative timeout for serve_stale verify")
             settings = replace(settings, verify_timeout=timeout)
             rest = 3
     elif len(args) > 4:
@@ -244,7 +246,7 @@ def _serve_stale(option: Directive) -> StaleSettings:
         recheck = _duration(option, rest + 1, "invalid negative failure recheck for serve_stale")
         if recheck > FAILURE_RECHECK_LIMIT:
             raise SetupError(
-                "serve_stale failure recheck over 5 minutes is not permitted", option, rest + 1
+                "serve_stale failure recheck cannot exceed 5 minutes", option, rest + 1
             )
         settings = replace(settings, failure_recheck=recheck)
     return settings
@@ -260,7 +262,11 @@ def _whole_seconds(option: Directive, index: int) -> int:
     if value < 0:
         raise SetupError("invalid negative response TTL for serve_stale", option, index)
     if value != math.floor(value):
-        raise SetupError(f"serve_stale response TTL must be whole seconds: {text}", option, index)
+        raise SetupError(
+            f"serve_stale response TTL must be a whole number of seconds: {text}", option, index
+        )
+    if value > MAX_RESPONSE_TTL:
+        raise SetupError("serve_stale response TTL exceeds the DNS TTL range", option, index)
     return int(value)
 
 

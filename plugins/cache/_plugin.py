@@ -2,8 +2,15 @@
 
 A hit is a dictionary lookup on ``request.key`` plus ``PreparedReply.render``:
 no dnspython. Replies from the next plugin are classified and prepared once,
-on the miss path. Refreshes (prefetch, stale entries) run in the plugin's
-background task, fed through a bounded channel, so ``serve_now`` never waits.
+on the miss path. Refreshes (prefetch, stale entries, and ``verify`` with a
+timeout) run in the plugin's background task, fed through a bounded channel, so
+``serve_now`` never waits and a verification that outlasts its timeout still
+refreshes the entry.
+
+The next plugin is asked with the AD bit set, as CoreDNS's cache asks, so an
+entry records whether upstream validated the data whichever client asked
+first; the AD bit is shown only to clients that set AD or DO (RFC 6840
+section 5.7).
 """
 
 from __future__ import annotations
@@ -15,16 +22,17 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rcode
 import trio
 
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext
-from pycorefile._wire import HEADER_LEN, MAX_TCP
+from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
+from pycorefile._wire import FLAG_AD, HEADER_LEN, MAX_TCP
 from pycorefile._zones import in_zone
 
-from ._classify import Category, classify, quick_classify, stored_form
-from ._parse import CacheConfig, parse_cache
+from ._classify import Category, classify, parse_reply, quick_classify, stored_form
+from ._parse import CacheConfig, StaleSettings, parse_cache
 from ._store import Entry, Shelf
 
 if TYPE_CHECKING:
@@ -38,8 +46,27 @@ REFRESH_CONCURRENCY = 32
 REFRESH_DEADLINE = 10.0
 """Seconds a background refresh may take before it counts as failed."""
 
-_Job = tuple[Request, Entry]
 _SUCCESS = Category.SUCCESS
+_REFRESHING_RCODES = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+"""RFC 8767 section 4: only these replace (or verify) an entry being refreshed."""
+
+
+class _Refresh:
+    """One queued refresh: a prefetch, a stale entry's, or a verification a query waits for."""
+
+    __slots__ = ("answer", "done", "entry", "exclusive", "request")
+
+    def __init__(
+        self, request: Request, entry: Entry, exclusive: bool, done: trio.Event | None
+    ) -> None:
+        self.request = request
+        self.entry = entry
+        self.exclusive = exclusive
+        """True when this refresh holds ``entry.refreshing`` (one at a time per entry)."""
+        self.done = done
+        """Set when the refresh has finished, for a query waiting on it."""
+        self.answer: Entry | Reply | None = None
+        """What ``_refreshed`` made of the reply."""
 
 
 class _Counts:
@@ -79,7 +106,7 @@ class CachePlugin(Plugin):
         self._prefetch = config.prefetch if config.prefetch and config.prefetch.amount else None
         self._stale = config.serve_stale
         self._counts: dict[str, _Counts] = {}
-        self._jobs, self._job_queue = trio.open_memory_channel[_Job](REFRESH_QUEUE)
+        self._jobs, self._job_queue = trio.open_memory_channel[_Refresh](REFRESH_QUEUE)
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> CachePlugin:
@@ -100,10 +127,16 @@ class CachePlugin(Plugin):
             if stale is not None and now < entry.expires + stale.duration and entry.serves_stale:
                 if not stale.verify or now < entry.recheck_at:
                     return self._serve_stale(request, entry, now)
-                reply = self.next.serve_now(request)
+                if stale.failure_recheck > 0 and entry.refreshing:
+                    return self._serve_stale(request, entry, now, refresh=False)
+                try:
+                    reply = self.next.serve_now(request)
+                except Exception as exc:
+                    _log_failed_refresh(request, exc)
+                    return self._verified(request, entry, self._refreshed(request, None, entry))
                 if reply is None:
                     return None
-                return self._verified(request, reply, entry, self.clock())
+                return self._verified(request, entry, self._refreshed(request, reply, entry))
         if request.qdcount != 1 or not self._in_zone(request):
             return self.next.serve_now(request)
         reply = self.next.serve_now(request)
@@ -125,14 +158,18 @@ class CachePlugin(Plugin):
             if stale is not None and now < entry.expires + stale.duration and entry.serves_stale:
                 if not stale.verify or now < entry.recheck_at:
                     return self._serve_stale(request, entry, now)
-                answer = await self._ask(request, stale.verify_timeout)
-                return self._verified(request, answer, entry, self.clock())
+                return self._verified(request, entry, await self._verify(request, entry, stale))
         if request.qdcount != 1 or not self._in_zone(request):
             return await self.next.serve(request)
         counts = self._count(request)
         counts.requests += 1
         counts.misses += 1
-        reply = await self.next.serve(request)
+        if request.flags & FLAG_AD:
+            reply = await self.next.serve(request)
+        else:
+            asked = _asking(request, request.max_size)
+            reply = await self.next.serve(asked)
+            request.answered_by = asked.answered_by
         return self._settle(request, reply, self.clock(), entry)
 
     def serve_known(
@@ -195,103 +232,147 @@ class CachePlugin(Plugin):
         view = entry.stale(self._stale.response_ttl)
         return view.render(request.wire, request.name_end, request.edns, request.do)
 
-    def _verified(self, request: Request, answer: Reply | None, entry: Entry, now: float) -> Reply:
-        """``serve_stale verify``: upstream's answer if it is one, else the stale entry."""
-        assert self._stale is not None
-        if answer is not None:
-            out, fresh = self._prepare(request, answer, now)
-            if _rcode(out) in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                if fresh is None:
-                    return out  # an answer, just not one to keep (truncated, ...)
-                if not self._keep_old(entry, fresh.category, now):
-                    counts = self._count(request)
-                    counts.requests += 1
-                    counts.misses += 1
-                    self._put(request.key, fresh, entry)
-                    return fresh.view.render(
-                        request.wire, request.name_end, request.edns, request.do
-                    )
-        entry.recheck_at = now + self._stale.failure_recheck
-        return self._serve_stale(request, entry, now, refresh=False)
+    async def _verify(
+        self, request: Request, entry: Entry, stale: StaleSettings
+    ) -> Entry | Reply | None:
+        """``serve_stale verify``: ask upstream about an expired entry (see ``_refreshed``).
 
-    async def _ask(self, request: Request, timeout: float) -> Reply | None:
-        """The next plugin's reply, or None when it failed or took longer than ``timeout``."""
+        With a VERIFY_TIMEOUT the question is asked by the background task and
+        this query waits at most that long: an answer that comes later still
+        refreshes the entry, as in CoreDNS. With FAILURE_RECHECK, one
+        verification per entry runs at a time; the queries that come meanwhile
+        get the stale answer at once.
+        """
+        exclusive = stale.failure_recheck > 0
+        if exclusive and entry.refreshing:
+            return None
+        if stale.verify_timeout <= 0:
+            if exclusive:
+                entry.refreshing = True
+            try:
+                reply = await self._ask(_asking(request, request.max_size))
+            finally:
+                if exclusive:
+                    entry.refreshing = False
+            return self._refreshed(request, reply, entry)
+        job = self._schedule(request, entry, exclusive=exclusive, waited=True)
+        if job is None or job.done is None:
+            return None  # too many refreshes queued: the upstream is not keeping up
+        with trio.move_on_after(stale.verify_timeout):
+            await job.done.wait()
+        return job.answer
+
+    def _verified(self, request: Request, entry: Entry, answer: Entry | Reply | None) -> Reply:
+        """The reply to a query that verified the expired ``entry``: fresh, or stale."""
+        if answer is None:
+            return self._serve_stale(request, entry, self.clock(), refresh=False)
+        counts = self._count(request)
+        counts.requests += 1
+        counts.misses += 1
+        if isinstance(answer, Entry):
+            return answer.view.render(request.wire, request.name_end, request.edns, request.do)
+        return _for_client(request, answer)
+
+    async def _ask(self, request: Request) -> Reply | None:
+        """The next plugin's reply, or None when it failed."""
         try:
-            if timeout <= 0:
-                return await self.next.serve(request)
-            with trio.move_on_after(timeout):
-                return await self.next.serve(request)
+            return await self.next.serve(request)
         except Exception as exc:
-            log.warning("plugin/cache: refreshing %s failed: %s", request.name, exc)
+            _log_failed_refresh(request, exc)
+        return None
+
+    def _refreshed(self, request: Request, reply: Reply | None, old: Entry) -> Entry | Reply | None:
+        """Take a refresh of ``old``'s question, with CoreDNS's rules for refreshing.
+
+        Only a complete NOERROR or NXDOMAIN for the question asked counts
+        (not truncated, signatures valid for a DO client): it is stored and
+        returned (the new entry), or returned as a reply when it may not be
+        stored. Anything else -- no reply, SERVFAIL, REFUSED, an unusable
+        reply, or a denial of an answer under ``prefer_positive`` -- leaves
+        ``old`` as it is, returns None, and holds refreshes off for
+        FAILURE_RECHECK.
+        """
+        now = self.clock()
+        if reply is not None:
+            out, fresh, category = self._prepare(request, reply, now)
+            if (
+                category is not None
+                and category is not Category.UNUSABLE
+                and _rcode(out) in _REFRESHING_RCODES
+                and not self._keep_old(old, category, now)
+            ):
+                if fresh is None:
+                    return out
+                self._put(request.key, fresh, old)
+                return fresh
+        if self._stale is not None:
+            old.recheck_at = now + self._stale.failure_recheck
         return None
 
     # -- Storing --------------------------------------------------------------
 
     def _settle(self, request: Request, reply: Reply, now: float, old: Entry | None) -> Reply:
         """Store a reply from the next plugin if it may be; return what to send."""
-        out, entry = self._prepare(request, reply, now)
+        out, entry, _ = self._prepare(request, reply, now)
         if entry is None:
             if old is not None:
                 self._forget(request.key, old)
-            return out
+            return _for_client(request, out)
         self._put(request.key, entry, old)
         # The first answer goes out exactly as later hits will: clamped TTLs, our OPT.
         return entry.view.render(request.wire, request.name_end, request.edns, request.do)
 
-    def _prepare(self, request: Request, reply: Reply, now: float) -> tuple[Reply, Entry | None]:
-        """The reply to send (rendered once if it was a message) and the entry to store."""
+    def _prepare(
+        self, request: Request, reply: Reply, now: float
+    ) -> tuple[Reply, Entry | None, Category | None]:
+        """The reply to send (rendered once if it was a message), the entry to
+        store, and the reply's category (None: unreadable or another question)."""
         msg: dns.message.Message | None = None
         if isinstance(reply, dns.message.Message):
             msg = reply
             try:
                 wire = reply.to_wire(max_size=MAX_TCP)
             except (dns.exception.DNSException, ValueError):
-                return reply, None
+                return reply, None, None
             reply = wire
         else:
             wire = bytes(reply)
         if len(wire) < HEADER_LEN or request.qdcount != 1:
-            return reply, None
+            return reply, None, None
         question_end = request.name_end + 4
         if wire[4:6] != b"\x00\x01" or wire[HEADER_LEN:question_end].lower() != request.key[:-2]:
             self._count(request).drops += 1
-            return reply, None
+            return reply, None, None
         category = quick_classify(wire, request.qtype)
         if category is None:
             if msg is None:
                 try:
-                    msg = dns.message.from_wire(wire, ignore_trailing=True)
+                    msg = parse_reply(wire)
                 except (dns.exception.DNSException, ValueError):
-                    return reply, None
+                    return reply, None, None
             category = classify(
                 msg, msg.question[0].name, request.qtype, request.do, self.wall_clock()
             )
-        if category is Category.OTHER or self._disabled(category, request):
-            return reply, None
+        if not category.stored or self._disabled(category, request):
+            return reply, None, category
         config = self.config
         if category is Category.SERVFAIL and config.servfail_ttl <= 0:
-            return reply, None
+            return reply, None, category
         settings = config.success if category is Category.SUCCESS else config.denial
-        stored, duration, offsets = stored_form(
-            wire, category, settings, config.servfail_ttl, request.do
-        )
+        stored, duration, offsets = stored_form(wire, category, settings, config.servfail_ttl)
         if duration <= 0:
-            return reply, None
-        return reply, Entry(stored, category, now, duration, offsets)
+            return reply, None, category
+        return reply, Entry(stored, category, now, duration, offsets), category
 
     def _keep_old(self, old: Entry, category: Category, now: float) -> bool:
-        """True when a refresh's reply must not replace the entry it refreshes.
-
-        A SERVFAIL never hides a usable answer, and with ``serve_stale_policy
-        prefer_positive`` a denial does not replace an expired positive answer.
-        """
-        if category is Category.SERVFAIL:
-            return old.category is not Category.SERVFAIL
+        """True when, under ``serve_stale_policy prefer_positive``, a refresh's
+        reply that is not an answer (a denial, or a reply that may not be
+        stored) must not replace the expired positive answer it refreshes."""
         stale = self._stale
         return (
             stale is not None
             and stale.prefer_positive
-            and category.denial
+            and category is not Category.SUCCESS
             and old.category is Category.SUCCESS
             and now >= old.expires
         )
@@ -343,48 +424,50 @@ class CachePlugin(Plugin):
         if entry.hits < prefetch.amount or entry.refreshing:
             return
         threshold = math.ceil(prefetch.percentage * entry.duration / 100)
-        if entry.remaining(now) <= threshold and self._schedule(request, entry):
+        if entry.remaining(now) <= threshold and self._schedule(request, entry) is not None:
             counts.prefetch += 1
 
-    def _schedule(self, request: Request, entry: Entry) -> bool:
-        """Queue a refresh of ``entry`` (at most one at a time); False when not queued."""
-        if entry.refreshing:
-            return False
-        copy = Request(request.wire, request.client, request.proto, request.local)
-        copy.route = request.route
-        copy.max_size = MAX_TCP
+    def _schedule(
+        self, request: Request, entry: Entry, exclusive: bool = True, waited: bool = False
+    ) -> _Refresh | None:
+        """Queue a refresh of ``entry``; None when not queued.
+
+        An ``exclusive`` refresh is the only one of its entry in flight (a
+        prefetch, a stale refresh); a ``waited`` one has an event a query waits on.
+        """
+        if exclusive and entry.refreshing:
+            return None
+        job = _Refresh(
+            _asking(request, MAX_TCP), entry, exclusive, trio.Event() if waited else None
+        )
         try:
-            self._jobs.send_nowait((copy, entry))
+            self._jobs.send_nowait(job)
         except trio.WouldBlock:
-            return False
-        entry.refreshing = True
-        return True
+            return None
+        if exclusive:
+            entry.refreshing = True
+        return job
 
     async def run(self) -> None:
         """Run queued refreshes, a bounded number at a time."""
         limiter = trio.Semaphore(REFRESH_CONCURRENCY)
         async with trio.open_nursery() as nursery:
-            async for request, entry in self._job_queue:
+            async for job in self._job_queue:
                 await limiter.acquire()
-                nursery.start_soon(self._refresh, request, entry, limiter)
+                nursery.start_soon(self._refresh, job, limiter)
 
-    async def _refresh(self, request: Request, old: Entry, limiter: trio.Semaphore) -> None:
+    async def _refresh(self, job: _Refresh, limiter: trio.Semaphore) -> None:
         try:
             reply: Reply | None = None
             with trio.move_on_after(REFRESH_DEADLINE):
-                reply = await self._ask(request, 0)
-            now = self.clock()
-            stored = False
-            if reply is not None:
-                _, entry = self._prepare(request, reply, now)
-                if entry is not None and not self._keep_old(old, entry.category, now):
-                    self._put(request.key, entry, old)
-                    stored = True
-            if not stored and self._stale is not None:
-                old.recheck_at = now + self._stale.failure_recheck
+                reply = await self._ask(job.request)
+            job.answer = self._refreshed(job.request, reply, job.entry)
         finally:
-            old.refreshing = False
+            if job.exclusive:
+                job.entry.refreshing = False
             limiter.release()
+            if job.done is not None:
+                job.done.set()
 
     # -- Metrics --------------------------------------------------------------
 
@@ -443,6 +526,47 @@ class CachePlugin(Plugin):
             for attr, family in simple.items():
                 family.add_metric([server, zones, ""], getattr(counts, attr))
         return [entries, hits, *simple.values(), evictions]
+
+
+def _asking(request: Request, max_size: int) -> Request:
+    """A copy of ``request`` with the AD bit set, for the next plugin (as CoreDNS's cache).
+
+    A validating upstream then says whether the data is authenticated even
+    when the client that filled the entry did not ask (RFC 6840 section 5.7),
+    so a later client that sets AD gets it from the cache.
+    """
+    wire = request.wire
+    asked = Request(
+        wire[:3] + bytes((wire[3] | FLAG_AD,)) + wire[4:],
+        request.client,
+        request.proto,
+        request.local,
+    )
+    asked.route = request.route
+    asked.max_size = max_size
+    return asked
+
+
+def _for_client(request: Request, reply: Reply) -> Reply:
+    """A reply that was not stored, as the client gets it: the AD bit only when it
+    asked with AD or DO (stored replies get this from ``PreparedReply.render``)."""
+    if request.do or request.flags & FLAG_AD:
+        return reply
+    if isinstance(reply, dns.message.Message):
+        reply.flags &= ~dns.flags.AD
+        return reply
+    if len(reply) > 3 and reply[3] & FLAG_AD:
+        return reply[:3] + bytes((reply[3] & ~FLAG_AD,)) + reply[4:]
+    return reply
+
+
+def _log_failed_refresh(request: Request, exc: Exception) -> None:
+    """A refresh the next plugin failed: quiet for a PluginError (an upstream that
+    is down, which the errors plugin reports), a warning for anything else."""
+    if isinstance(exc, PluginError):
+        log.debug("plugin/cache: refreshing %s failed: %s", request.name, exc)
+    else:
+        log.warning("plugin/cache: refreshing %s failed: %s", request.name, exc)
 
 
 def _rcode(reply: Reply) -> int:

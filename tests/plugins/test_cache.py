@@ -26,27 +26,37 @@ from prometheus_client.parser import text_string_to_metric_families
 from plugins.bind import BindPlugin
 from plugins.cache import CachePlugin, Entry
 from plugins.prometheus import PrometheusPlugin
-from pycorefile import Directive, Plugin, Reply, Request, Server, SetupContext
+from pycorefile import Directive, Plugin, PluginError, Reply, Request, Server, SetupContext
 from pycorefile._registry import Registry
 from pycorefile.testing import Upstream, make_query, query, query_wire, serve
 
 
 class RelayPlugin(Plugin):
-    """``relay HOST:PORT``: the query's bytes to an upstream over UDP, its reply back."""
+    """``relay HOST:PORT [pluginerror]``: the query's bytes to an upstream over UDP, its
+    reply back. With ``pluginerror``, an upstream that fails (no answer, SERVFAIL) raises
+    ``PluginError`` instead, as forward does."""
 
     after = "cache"
     timeout = 1.0
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, plugin_error: bool = False) -> None:
         self.host = host
         self.port = port
+        self.plugin_error = plugin_error
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> RelayPlugin:
-        host, port = directives[0].args[0].rsplit(":", 1)
-        return cls(host, int(port))
+        args = directives[0].args
+        host, port = args[0].rsplit(":", 1)
+        return cls(host, int(port), args[1:] == ("pluginerror",))
 
     async def serve(self, request: Request) -> Reply:
+        reply = await self._relay(request)
+        if self.plugin_error and (reply is None or reply[3] & 0xF == dns.rcode.SERVFAIL):
+            raise PluginError("relay: the upstream failed")
+        return reply if reply is not None else request.error(dns.rcode.SERVFAIL)
+
+    async def _relay(self, request: Request) -> bytes | None:
         try:
             with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 await sock.connect((self.host, self.port))
@@ -58,7 +68,7 @@ class RelayPlugin(Plugin):
                             return data
         except OSError:
             pass
-        return request.error(dns.rcode.SERVFAIL)
+        return None
 
 
 class TablePlugin(Plugin):
@@ -109,18 +119,25 @@ class Clock:
         self.now += seconds
 
 
-def corefile(up: Upstream, cache: str = "cache", zone: str = ".") -> str:
-    return f"{zone}:0 {{\n    bind 127.0.0.1\n    {cache}\n    relay {up.host}:{up.port}\n}}\n"
+def corefile(up: Upstream, cache: str = "cache", zone: str = ".", relay: str = "") -> str:
+    relay_line = f"relay {up.host}:{up.port} {relay}".rstrip()
+    return f"{zone}:0 {{\n    bind 127.0.0.1\n    {cache}\n    {relay_line}\n}}\n"
 
 
 @asynccontextmanager
 async def cached(
-    cache: str = "cache", records: dict[tuple[str, str], list[str]] | None = None, **kw: object
+    cache: str = "cache",
+    records: dict[tuple[str, str], list[str]] | None = None,
+    relay: str = "",
+    **kw: object,
 ) -> AsyncIterator[tuple[Server, Upstream, CachePlugin, Clock]]:
     """A running server whose cache uses a fake clock, before a counting upstream."""
     table = dict(RECORDS if records is None else records)  # tests change their copy
     upstream = Upstream(records=table, **kw)  # type: ignore[arg-type]
-    async with upstream.running() as up, serve(corefile(up, cache), registry=REGISTRY) as server:
+    async with (
+        upstream.running() as up,
+        serve(corefile(up, cache, relay=relay), registry=REGISTRY) as server,
+    ):
         plugin = cache_of(server)
         clock = Clock()
         plugin.clock = clock
@@ -271,7 +288,7 @@ async def test_do_and_cd_are_cached_apart(proto: str) -> None:
     assert up.count() == 4
 
 
-async def test_ad_bit_is_kept_only_for_do_clients() -> None:
+async def test_ad_bit_is_cleared_for_clients_without_ad_or_do() -> None:
     def validated(q: dns.message.Message) -> dns.message.Message:
         r = dns.message.make_response(q, our_payload=1232)
         r.flags |= dns.flags.AD
@@ -289,7 +306,7 @@ async def test_ad_bit_is_kept_only_for_do_clients() -> None:
 
 
 async def test_nxdomain_and_nodata_are_cached_apart_with_the_soa_ttl() -> None:
-    async with cached("cache {\n denial 100 120\n }", ttl=600) as (server, up, plugin, clock):
+    async with cached("cache {\n denial 100 50\n }", ttl=600) as (server, up, plugin, clock):
         nx = await query(server, "missing.example.org", "A")
         nodata = await query(server, "a.example.org", "AAAA")
         clock.advance(20)
@@ -299,8 +316,8 @@ async def test_nxdomain_and_nodata_are_cached_apart_with_the_soa_ttl() -> None:
     assert nx.rcode() == nx2.rcode() == dns.rcode.NXDOMAIN
     assert nodata.rcode() == nodata2.rcode() == dns.rcode.NOERROR
     assert not nodata2.answer and nodata2.authority[0].rdtype == dns.rdatatype.SOA
-    assert ttls(nx) == ttls(nodata) == [120]  # the SOA's 600 capped by denial's TTL
-    assert ttls(nx2) == ttls(nodata2) == [100]
+    assert ttls(nx) == ttls(nodata) == [50]  # the SOA's 600 (MINIMUM 60) capped by denial's TTL
+    assert ttls(nx2) == ttls(nodata2) == [30]
     assert address.answer[0][0].address == "192.0.2.1"
     assert (up.count("missing.example.org"), up.count("a.example.org", "AAAA")) == (1, 1)
     assert (len(plugin.denial), len(plugin.success)) == (2, 1)

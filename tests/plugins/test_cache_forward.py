@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dns.flags
+import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 import trio
+from dns.message import Message
 
 from plugins.cache import CachePlugin
 from pycorefile import Server
-from pycorefile.testing import Upstream, query, serve
+from pycorefile.testing import Upstream, make_query, query, serve
 
 RECORDS = {("a.example.org.", "A"): ["192.0.2.1"], ("b.example.org.", "AAAA"): ["2001:db8::b"]}
 
@@ -106,3 +111,46 @@ async def test_immediate_stale_answers_after_the_upstream_stopped() -> None:
         assert reply.rcode() == dns.rcode.NOERROR
         assert reply.answer[0][0].address == "192.0.2.1"
         assert reply.answer[0].ttl == 5
+
+
+def validating(asked_ad: list[bool], always_ad: bool) -> Callable[[Message], Message]:
+    """A validating resolver: AD for queries with AD or DO (RFC 6840 section 5.7), or
+    on every reply (``always_ad``). Records the AD bit of each query it gets."""
+
+    def handler(q: Message) -> Message:
+        if q.question[0].name.to_text().endswith(".example.org."):  # not forward's probes
+            asked_ad.append(bool(q.flags & dns.flags.AD))
+        r = dns.message.make_response(q, our_payload=1232)
+        if always_ad or q.flags & dns.flags.AD or q.ednsflags & dns.flags.DO:
+            r.flags |= dns.flags.AD
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", "192.0.2.5"))
+        return r
+
+    return handler
+
+
+@pytest.mark.parametrize("always_ad", [False, True], ids=["rfc6840-upstream", "always-ad"])
+@pytest.mark.parametrize("with_cache", [True, False], ids=["cache-forward", "forward"])
+async def test_ad_bit_through_forward_as_coredns(with_cache: bool, always_ad: bool) -> None:
+    # CoreDNS: forward passes the client's AD to the upstream and the upstream's AD
+    # back as it is; cache asks with AD and shows AD only to clients with AD or DO.
+    asked_ad: list[bool] = []
+    clients = [(False, False), (True, False), (False, True), (True, True)]
+    seen: dict[tuple[bool, bool], list[bool]] = {}
+    upstream = Upstream(handler=validating(asked_ad, always_ad))
+    async with upstream.running() as up:
+        text = corefile(up) if with_cache else corefile(up).replace("    cache\n", "")
+        async with serve(text) as server:
+            for i, (ad, do) in enumerate(clients):
+                q = make_query(f"n{i}.example.org", "A", do=do)
+                if ad:
+                    q.flags |= dns.flags.AD
+                replies = [await query(server, q) for _ in range(2)]  # a miss, then a hit
+                seen[(ad, do)] = [bool(r.flags & dns.flags.AD) for r in replies]
+    for (ad, do), bits in seen.items():
+        expected = ad or do or (always_ad and not with_cache)
+        assert bits == [expected, expected], (ad, do)
+    if with_cache:
+        assert asked_ad == [True] * len(clients)
+    else:
+        assert asked_ad == [ad for ad, _ in clients for _ in range(2)]

@@ -156,13 +156,13 @@ def test_serve_stale_forms(args: tuple[str, ...], expected: StaleSettings) -> No
         (
             (),
             (("serve_stale", "1h", "immediate", "1.5s"),),
-            "response TTL must be whole seconds",
+            "response TTL must be a whole number of seconds",
             (3, 2),
         ),
         (
             (),
             (("serve_stale", "1h", "immediate", "5", "6m"),),
-            "failure recheck over 5 minutes",
+            "failure recheck cannot exceed 5 minutes",
             (3, 3),
         ),
         ((), (("serve_stale", "1h", "immediate", "5", "1m", "x"),), "Wrong argument count", (3, 4)),
@@ -181,7 +181,7 @@ def test_serve_stale_forms(args: tuple[str, ...], expected: StaleSettings) -> No
         (
             (),
             (("serve_stale",), ("serve_stale_policy", "newest")),
-            "invalid value for serve_stale_policy: newest",
+            "invalid serve_stale_policy: newest",
             (4, 0),
         ),
         ((), (("servfail",),), "Wrong argument count", (3, None)),

@@ -104,7 +104,7 @@ SIG = "A 8 3 300 {end} {start} 12345 example.org. dGVzdA=="
         (reply(rcode=dns.rcode.NOTIMP), "A", Category.SERVFAIL),
         (reply(rcode=dns.rcode.REFUSED), "A", Category.OTHER),
         (reply(rcode=dns.rcode.FORMERR), "A", Category.OTHER),
-        (reply(qtype="AXFR", answer=(ZONE_SOA,)), "AXFR", Category.OTHER),
+        (reply(qtype="AXFR", answer=(ZONE_SOA,)), "AXFR", Category.UNUSABLE),
     ],
 )
 def test_classify(message: dns.message.Message, qtype: str, expected: Category) -> None:
@@ -116,16 +116,16 @@ def test_truncated_and_notify_are_never_stored() -> None:
     truncated.flags |= dns.flags.TC
     notify = reply(answer=(WWW_A,))
     notify.set_opcode(dns.opcode.NOTIFY)
-    assert sort(truncated) is Category.OTHER
-    assert sort(notify) is Category.OTHER
+    assert sort(truncated) is Category.UNUSABLE
+    assert sort(notify) is Category.UNUSABLE
 
 
 @pytest.mark.parametrize(
     ("start", "end", "do", "expected"),
     [
         (NOW - 100, NOW + 100, True, Category.SUCCESS),
-        (NOW - 100, NOW - 10, True, Category.OTHER),  # expired signature, DO client
-        (NOW + 10, NOW + 100, True, Category.OTHER),  # not yet valid
+        (NOW - 100, NOW - 10, True, Category.UNUSABLE),  # expired signature, DO client
+        (NOW + 10, NOW + 100, True, Category.UNUSABLE),  # not yet valid
         (NOW - 100, NOW - 10, False, Category.SUCCESS),  # the client does not validate
     ],
 )
@@ -151,9 +151,7 @@ def test_stored_form_clamps_each_record_and_drops_opt() -> None:
         authority=(("example.org.", 86400, "NS", "ns.example.org."),),
     )
     message.use_edns(0, payload=4096)
-    stored, lifetime, offsets = stored_form(
-        message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, False
-    )
+    stored, lifetime, offsets = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0)
     assert ttls_of(stored) == [300, 5, 3600]
     assert [struct.unpack_from(">I", stored, off)[0] for off in offsets] == [300, 5, 3600]
     assert lifetime == 5.0
@@ -163,37 +161,33 @@ def test_stored_form_clamps_each_record_and_drops_opt() -> None:
 
 def test_min_above_max_lets_the_max_win() -> None:
     stored, lifetime, _ = stored_form(
-        reply(answer=(WWW_A,)).to_wire(), Category.SUCCESS, KindSettings(1, 20, 60), 5.0, False
+        reply(answer=(WWW_A,)).to_wire(), Category.SUCCESS, KindSettings(1, 20, 60), 5.0
     )
     assert (ttls_of(stored), lifetime) == ([20], 20.0)
 
 
 def test_stored_form_without_records_lives_five_seconds() -> None:
-    _, lifetime, _ = stored_form(reply().to_wire(), Category.SUCCESS, SUCCESS, 5.0, False)
+    _, lifetime, _ = stored_form(reply().to_wire(), Category.SUCCESS, SUCCESS, 5.0)
     assert lifetime == 5.0
-    _, zero, _ = stored_form(
-        reply().to_wire(), Category.SUCCESS, KindSettings(1, 3600, 0), 5, False
-    )
+    _, zero, _ = stored_form(reply().to_wire(), Category.SUCCESS, KindSettings(1, 3600, 0), 5)
     assert zero == 5.0  # MINTTL 0 does not lower CoreDNS's default for empty replies
 
 
 def test_servfail_lives_the_servfail_duration() -> None:
     wire = reply(rcode=dns.rcode.SERVFAIL).to_wire()
-    assert stored_form(wire, Category.SERVFAIL, SUCCESS, 2.5, False)[1] == 2.5
+    assert stored_form(wire, Category.SERVFAIL, SUCCESS, 2.5)[1] == 2.5
 
 
-def test_ad_bit_is_kept_only_for_do() -> None:
+def test_ad_bit_is_stored_as_received() -> None:
     message = reply(answer=(WWW_A,))
     message.flags |= dns.flags.AD
-    plain = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, False)[0]
-    signed = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0, True)[0]
-    assert not dns.message.from_wire(plain).flags & dns.flags.AD
-    assert dns.message.from_wire(signed).flags & dns.flags.AD
+    stored = stored_form(message.to_wire(), Category.SUCCESS, SUCCESS, 5.0)[0]
+    assert dns.message.from_wire(stored).flags & dns.flags.AD  # render decides per client
 
 
 def entry(stored: float = 0.0) -> Entry:
     wire, lifetime, offsets = stored_form(
-        reply(answer=(WWW_A,)).to_wire(), Category.SUCCESS, SUCCESS, 5.0, False
+        reply(answer=(WWW_A,)).to_wire(), Category.SUCCESS, SUCCESS, 5.0
     )
     return Entry(wire, Category.SUCCESS, stored, lifetime, offsets)
 
