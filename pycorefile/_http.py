@@ -3,8 +3,7 @@
 One listener per address; plugins add routes to it at setup. It reads one
 request per connection turn, answers, and keeps the connection for the next
 request until the client closes or goes idle. Its connections count against
-the process's connection budget (``_conn``); a request head must come within
-``HEAD_TIMEOUT`` and a response be taken within ``WRITE_TIMEOUT``.
+the process's connection budget (``_conn``) and have deadlines (``HttpLimits``).
 """
 
 from __future__ import annotations
@@ -20,14 +19,21 @@ from ._conn import ConnectionBudget, ReadClock, Slots, accept_connections
 
 log = logging.getLogger("pycorefile")
 
-MAX_HEAD = 16384
-"""Bytes of a request head (request line and headers); a longer one closes the connection."""
-HEAD_TIMEOUT = 10.0
-"""Seconds to receive a request head (the first: counted from the accept)."""
-IDLE_TIMEOUT = 30.0
-"""Seconds a kept-alive connection may wait for its next request."""
-WRITE_TIMEOUT = 10.0
-"""Seconds the client has to take a response; longer closes the connection."""
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one connection to an HTTP endpoint may take."""
+
+    head: float = 10.0
+    """Seconds to receive a request head (the first: counted from the accept)."""
+    idle: float = 30.0
+    """Seconds a kept-alive connection may wait for its next request."""
+    write: float = 10.0
+    """Seconds the client has to take a response; longer closes the connection."""
+    max_head: int = 16384
+    """Bytes of a request head (request line and headers); more closes the connection."""
+
+
 _REASONS = {
     200: "OK",
     404: "Not Found",
@@ -104,12 +110,17 @@ class HttpListener:
     """Serves the routes of whichever configuration is current."""
 
     def __init__(
-        self, sock: trio.socket.SocketType, address: tuple[str, int], slots: Slots | None = None
+        self,
+        sock: trio.socket.SocketType,
+        address: tuple[str, int],
+        slots: Slots | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.sock = sock
         self.address = address
         self.slots = slots or ConnectionBudget.of().http
         """Connections it may hold: the HTTP share of the process's budget."""
+        self.limits = limits or HttpLimits()
         self.routes: dict[str, HttpHandler] = {}
         self.scope = trio.CancelScope()
 
@@ -130,11 +141,12 @@ class HttpListener:
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         """Requests one after the other until the client closes, idles or is too slow."""
-        clock = ReadClock(HEAD_TIMEOUT, IDLE_TIMEOUT, trio.current_time())
+        limits = self.limits
+        clock = ReadClock(limits.head, limits.idle, trio.current_time())
         buf = b""
         while True:
             while b"\r\n\r\n" not in buf:
-                if len(buf) >= MAX_HEAD:
+                if len(buf) >= limits.max_head:
                     return
                 clock.received(trio.current_time(), bool(buf))
                 with trio.move_on_at(clock.deadline(busy=False)):
@@ -158,10 +170,9 @@ class HttpListener:
             if request.headers.get("connection", "").lower() == "close":
                 return
 
-    @staticmethod
-    async def _send(stream: trio.SocketStream, data: bytes) -> bool:
+    async def _send(self, stream: trio.SocketStream, data: bytes) -> bool:
         """Write a response; False when the client did not take it in time."""
-        with trio.move_on_after(WRITE_TIMEOUT):
+        with trio.move_on_after(self.limits.write):
             await stream.send_all(data)
             return True
         return False

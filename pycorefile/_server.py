@@ -37,7 +37,7 @@ from ._config import (
     Route,
 )
 from ._conn import MAX_CONNECTIONS, MAX_HTTP_CONNECTIONS, ConnectionBudget, accept_connections
-from ._http import HttpHandler, HttpListener
+from ._http import HttpHandler, HttpLimits, HttpListener
 from ._request import Reply, Request, parse_question
 from ._tcp import Send, TcpConnection, TcpLimits
 from .plugin import PluginError
@@ -77,6 +77,8 @@ class ServerOptions:
     """TCP connections (DNS and HTTP) of the process, lowered to fit the open-file limit."""
     max_http_connections: int = MAX_HTTP_CONNECTIONS
     """The HTTP endpoints' share of ``max_connections`` (at most a quarter of it)."""
+    http: HttpLimits = field(default_factory=HttpLimits)
+    """Per connection to an HTTP endpoint (health, ready, metrics, autoalloc)."""
     udp_cap: int = _wire.OUR_PAYLOAD
     recv_buffer: int = RECV_BUFFER
     reuse_port: bool = False
@@ -666,9 +668,9 @@ class Server:
             raw.bind(address[0])
             raw.listen(64)
             sock = trio.socket.from_stdlib_socket(raw)
-            return HttpListener(sock, address, self.budget.http)
+            return HttpListener(sock, address, self.budget.http, self.options.http)
         sock = bind_http_socket(*address)
-        return HttpListener(sock, sock.getsockname()[:2], self.budget.http)
+        return HttpListener(sock, sock.getsockname()[:2], self.budget.http, self.options.http)
 
     async def _run_config(
         self, config: Config, *, task_status: trio.TaskStatus[trio.CancelScope]
