@@ -130,6 +130,8 @@ class Runner:
         self.server = Server(options)
         self.reloads = 0
         self.reload_failures = 0
+        self.serving = False
+        """True once the server has started: a failure after that is not a failed start."""
 
     def build(self, source: Source) -> Config:
         config = load_config(
@@ -181,6 +183,7 @@ class Runner:
                 if pidfile:
                     with open(pidfile, "w") as f:
                         f.write(f"{os.getpid()}\n")
+                self.serving = True
                 task_status.started(self.server)
                 try:
                     async for signum in received:

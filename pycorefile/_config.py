@@ -16,7 +16,7 @@ from ._registry import Registry
 from ._request import Request
 from ._zones import zone_wire
 from .corefile import CorefileError, Directive, ServerBlock, ZoneKey, normalize_keys
-from .plugin import Plugin, SetupContext, SetupError
+from .plugin import Plugin, SetupContext, SetupError, TcpTimeouts
 
 Client = tuple[str, int] | tuple[str, int, int, int]
 """A client's address as the socket gives it (IPv6 adds flow info and scope)."""
@@ -62,6 +62,8 @@ class BlockConfig:
     """The first plugin's ``serve_known`` when it has one (the fast path)."""
     known_by: str = ""
     """That plugin's name (the ``plugin`` label of what it answers)."""
+    tcp_timeouts: TcpTimeouts | None = None
+    """What the timeouts plugin sets for the block's listeners."""
 
     @property
     def server_label(self) -> str:
@@ -186,6 +188,7 @@ def build_config(
         config = BlockConfig(
             p.block, p.keys, hosts, p.plugins, chain, any(pl.any_class for pl in chain_plugins)
         )
+        config.tcp_timeouts = p.ctx.tcp_timeouts
         head = chain_plugins[0] if chain_plugins else None
         if head is not None and type(head).serve_known is not Plugin.serve_known:
             config.known, config.known_by = head.serve_known, head.name

@@ -2,7 +2,8 @@
 
 One listener per address; plugins add routes to it at setup. It reads one
 request per connection turn, answers, and keeps the connection for the next
-request until the client closes or goes idle.
+request until the client closes or goes idle. Its connections count against
+the process's connection budget (``_conn``) and have deadlines (``HttpLimits``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,25 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
+from ._conn import ConnectionBudget, ReadClock, Slots, accept_connections
+
 log = logging.getLogger("pycorefile")
 
-_MAX_HEAD = 16384
-_IDLE = 30.0
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one connection to an HTTP endpoint may take."""
+
+    head: float = 10.0
+    """Seconds to receive a request head (the first: counted from the accept)."""
+    idle: float = 30.0
+    """Seconds a kept-alive connection may wait for its next request."""
+    write: float = 10.0
+    """Seconds the client has to take a response; longer closes the connection."""
+    max_head: int = 16384
+    """Bytes of a request head (request line and headers); more closes the connection."""
+
+
 _REASONS = {
     200: "OK",
     404: "Not Found",
@@ -93,17 +109,29 @@ def render(response: HttpResponse, head_only: bool = False) -> bytes:
 class HttpListener:
     """Serves the routes of whichever configuration is current."""
 
-    def __init__(self, sock: trio.socket.SocketType, address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        address: tuple[str, int],
+        slots: Slots | None = None,
+        limits: HttpLimits | None = None,
+    ) -> None:
         self.sock = sock
         self.address = address
+        self.slots = slots or ConnectionBudget.of().http
+        """Connections it may hold: the HTTP share of the process's budget."""
+        self.limits = limits or HttpLimits()
         self.routes: dict[str, HttpHandler] = {}
         self.scope = trio.CancelScope()
 
     async def serve(self) -> None:
+        host, port = self.address
+        what = f"http {host}:{port}" if port else f"http {host}"
         try:
             with self.scope:
                 listener = trio.SocketListener(self.sock)
-                await trio.serve_listeners(self._connection, [listener])
+                async with trio.open_nursery() as nursery:
+                    await accept_connections(listener, self.slots, self._connection, nursery, what)
         finally:
             self.sock.close()
 
@@ -112,32 +140,42 @@ class HttpListener:
         self.scope.cancel()
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        """Requests one after the other until the client closes, idles or is too slow."""
+        limits = self.limits
+        clock = ReadClock(limits.head, limits.idle, trio.current_time())
         buf = b""
-        try:
-            while True:
-                with trio.move_on_after(_IDLE):
-                    while b"\r\n\r\n" not in buf and len(buf) < _MAX_HEAD:
-                        chunk = await stream.receive_some(4096)
-                        if not chunk:
-                            return
-                        buf += chunk
-                if b"\r\n\r\n" not in buf:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                if len(buf) >= limits.max_head:
                     return
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                try:
-                    request = parse_head(head)
-                except ValueError:
-                    await stream.send_all(render(HttpResponse(400, b"bad request\n")))
-                    return
-                response = await self._respond(request)
-                await stream.send_all(render(response, head_only=request.method == "HEAD"))
-                if request.headers.get("connection", "").lower() == "close":
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            with trio.move_on_after(1):
-                await stream.aclose()
+                clock.received(trio.current_time(), bool(buf))
+                with trio.move_on_at(clock.deadline(busy=False)):
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    continue
+                return  # no complete request head in time
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            clock.message_done(trio.current_time())
+            try:
+                request = parse_head(head)
+            except ValueError:
+                await self._send(stream, render(HttpResponse(400, b"bad request\n")))
+                return
+            response = await self._respond(request)
+            if not await self._send(stream, render(response, request.method == "HEAD")):
+                return
+            clock.wrote(trio.current_time())
+            if request.headers.get("connection", "").lower() == "close":
+                return
+
+    async def _send(self, stream: trio.SocketStream, data: bytes) -> bool:
+        """Write a response; False when the client did not take it in time."""
+        with trio.move_on_after(self.limits.write):
+            await stream.send_all(data)
+            return True
+        return False
 
     async def _respond(self, request: HttpRequest) -> HttpResponse:
         handler = self.routes.get(request.path)

@@ -17,7 +17,6 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -37,8 +36,10 @@ from ._config import (
     ReplyObserver,
     Route,
 )
-from ._http import HttpHandler, HttpListener
+from ._conn import MAX_CONNECTIONS, MAX_HTTP_CONNECTIONS, ConnectionBudget, accept_connections
+from ._http import HttpHandler, HttpLimits, HttpListener
 from ._request import Reply, Request, parse_question
+from ._tcp import Send, TcpConnection, TcpLimits
 from .plugin import PluginError
 
 # Offsets into the fields ``parse_question`` reads (see ``_wire.QueryFields``).
@@ -60,29 +61,30 @@ RECV_BUFFER = 4 * 1024 * 1024
 QUERY_DEADLINE = 10.0
 """A query still unanswered after this long gets SERVFAIL."""
 MAX_IN_FLIGHT = 10000
-"""Queries waiting on a plugin (forwarding) at once; beyond it, REFUSED at once."""
-TCP_IDLE = 10.0
-MAX_TCP_CONNECTIONS = 1000
+"""Queries waiting on a plugin (forwarding) at once, per listener; beyond it, REFUSED at once."""
 BADVERS = 16
 
 
 @dataclass
 class ServerOptions:
-    """Limits of the serving layer (not per plugin)."""
+    """Limits of the serving layer (not per plugin); docs/reliability.md lists them all."""
 
     query_deadline: float = QUERY_DEADLINE
     max_in_flight: int = MAX_IN_FLIGHT
-    tcp_idle: float = TCP_IDLE
-    max_tcp_connections: int = MAX_TCP_CONNECTIONS
+    tcp: TcpLimits = field(default_factory=TcpLimits)
+    """Per DNS-over-TCP connection; the Corefile's timeouts plugin overrides the timeouts."""
+    max_connections: int = MAX_CONNECTIONS
+    """TCP connections (DNS and HTTP) of the process, lowered to fit the open-file limit."""
+    max_http_connections: int = MAX_HTTP_CONNECTIONS
+    """The HTTP endpoints' share of ``max_connections`` (at most a quarter of it)."""
+    http: HttpLimits = field(default_factory=HttpLimits)
+    """Per connection to an HTTP endpoint (health, ready, metrics, autoalloc)."""
     udp_cap: int = _wire.OUR_PAYLOAD
     recv_buffer: int = RECV_BUFFER
     reuse_port: bool = False
     """Share DNS ports with sibling processes (SO_REUSEPORT): the ``-workers`` mode."""
     http_socket: str | None = None
     """Serve every HTTP route on this unix socket instead of its address (workers)."""
-
-
-Send = Callable[[bytes], Awaitable[None]]
 
 
 class StartupError(Exception):
@@ -353,17 +355,27 @@ def bind_dns_sockets(
 class DnsListener:
     """The UDP and TCP sockets of one ``transport://host:port``, shared by blocks."""
 
-    def __init__(self, key: ListenerKey, socks: list[socket.socket], options: ServerOptions):
+    def __init__(
+        self,
+        key: ListenerKey,
+        socks: list[socket.socket],
+        options: ServerOptions,
+        budget: ConnectionBudget | None = None,
+    ):
         self.key = key
         self.socks = socks
         self.options = options
+        self.budget = budget or ConnectionBudget.of(
+            options.max_connections, options.max_http_connections
+        )
         self.dispatcher = Dispatcher(udp_cap=options.udp_cap)
+        self.tcp_limits = options.tcp
+        """The limits of its TCP connections: the server's, with the Corefile's timeouts."""
         self.accept_scope = trio.CancelScope()
         self.done = trio.Event()
         self.in_flight = 0
         self._waiting: dict[Request, tuple[float, Send]] = {}
-        self.tcp_connections = 0
-        self._reading: set[trio.CancelScope] = set()
+        self.connections: set[TcpConnection] = set()
         self.dropped_sends = 0
 
     @property
@@ -383,11 +395,15 @@ class DnsListener:
             self.options.udp_cap,
             config.failure_observers,
         )
+        blocks = {id(r.config): r.config for r in config.routes[self.key].values()}
+        self.tcp_limits = self.options.tcp.with_timeouts(
+            *(b.tcp_timeouts for b in blocks.values() if b.tcp_timeouts is not None)
+        )
 
     def stop_accepting(self) -> None:
         self.accept_scope.cancel()
-        for scope in self._reading:
-            scope.cancel()
+        for connection in self.connections:
+            connection.stop_reading()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -435,7 +451,7 @@ class DnsListener:
                     except OSError:
                         self.dropped_sends += 1
                 elif result is not None:
-                    self._spawn(queries, result, self._udp_sender(sock, client))
+                    self.spawn(queries, result, self._udp_sender(sock, client))
 
     def _udp_sender(self, sock: socket.socket, client: tuple[str, int]) -> Send:
         async def send(wire: bytes) -> None:
@@ -453,7 +469,9 @@ class DnsListener:
 
         return send
 
-    def _spawn(self, queries: trio.Nursery, request: Request | bytes, send: Send) -> None:
+    def spawn(self, queries: trio.Nursery, request: Request | bytes, send: Send) -> None:
+        """Answer ``request`` in a task; ``send`` is called exactly once with the reply
+        (unless the task is cancelled first)."""
         assert isinstance(request, Request)
         if self.in_flight >= self.options.max_in_flight:
             wire = self.dispatcher.finish(request, request.error(dns.rcode.REFUSED))
@@ -501,74 +519,24 @@ class DnsListener:
 
     async def _tcp_accept(self, sock: socket.socket, queries: trio.Nursery) -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        while True:
-            stream = await listener.accept()
-            if self.tcp_connections >= self.options.max_tcp_connections:
-                await stream.aclose()
-                continue
-            self.tcp_connections += 1
-            queries.start_soon(self._tcp_connection, stream)
+        transport, host, port = self.key
+        what = f"{transport}://{host}:{port}"
+        await accept_connections(listener, self.budget.dns, self._tcp_connection, queries, what)
 
     async def _tcp_connection(self, stream: trio.SocketStream) -> None:
-        lock = trio.Lock()
+        client = stream.socket.getpeername()[:2]
+        local = stream.socket.getsockname()[:2]
+        connection = TcpConnection(self, stream, client, local)
+        self.connections.add(connection)
         try:
-            client = stream.socket.getpeername()[:2]
-            local = stream.socket.getsockname()[:2]
-        except OSError:
-            self.tcp_connections -= 1
-            await stream.aclose()
-            return
-
-        async def send(wire: bytes) -> None:
-            if not wire:
-                return  # DROP
-            async with lock:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(struct.pack(">H", len(wire)) + wire)
-
-        reading = trio.CancelScope()
-        self._reading.add(reading)
-        buf = bytearray()
-        try:
-            async with trio.open_nursery() as pending:
-                with reading:
-                    while True:
-                        with trio.move_on_after(self.options.tcp_idle) as idle:
-                            chunk = await stream.receive_some(65536)
-                        if idle.cancelled_caught or not chunk:
-                            break
-                        buf += chunk
-                        while len(buf) >= 2:
-                            size = (buf[0] << 8) | buf[1]
-                            if len(buf) < 2 + size:
-                                break
-                            data = bytes(buf[2 : 2 + size])
-                            del buf[: 2 + size]
-                            self._tcp_query(data, client, local, pending, send)
-                # Reading stopped: the nursery still waits for pipelined replies.
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+            await connection.run()
         finally:
-            self._reading.discard(reading)
-            self.tcp_connections -= 1
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True
-                await stream.aclose()
+            self.connections.discard(connection)
 
-    def _tcp_query(
-        self,
-        data: bytes,
-        client: tuple[str, int],
-        local: tuple[str, int],
-        pending: trio.Nursery,
-        send: Send,
-    ) -> None:
-        result = self.dispatcher.handle(data, client, "tcp", local)
-        if type(result) is bytes:
-            if result:
-                pending.start_soon(send, result)
-        elif result is not None:
-            self._spawn(pending, result, send)
+    def handle_tcp(
+        self, data: bytes, client: tuple[str, int], local: tuple[str, int]
+    ) -> bytes | Request | None:
+        return self.dispatcher.handle(data, client, "tcp", local)
 
 
 def bind_http_socket(host: str, port: int) -> trio.socket.SocketType:
@@ -581,7 +549,9 @@ class Server:
     """Runs configurations: binds what they need, swaps them on reload, stops cleanly."""
 
     def __init__(self, options: ServerOptions | None = None) -> None:
-        self.options = options or ServerOptions()
+        self.options = options = options or ServerOptions()
+        self.budget = ConnectionBudget.of(options.max_connections, options.max_http_connections)
+        """Every TCP connection of every listener, DNS and HTTP, counts against this."""
         self.listeners: dict[ListenerKey, DnsListener] = {}
         self.http: dict[tuple[str, int], HttpListener] = {}
         self.config: Config | None = None
@@ -637,7 +607,7 @@ class Server:
                     socks = self._bind_dns(host, port, zero_port)
                     if port == 0 and not zero_port:
                         zero_port = socks[0].getsockname()[1]
-                    new_dns[key] = DnsListener(key, socks, self.options)
+                    new_dns[key] = DnsListener(key, socks, self.options, self.budget)
             for address in self._http_addresses(config):
                 if address not in self.http:
                     new_http[address] = self._bind_http(address)
@@ -698,9 +668,9 @@ class Server:
             raw.bind(address[0])
             raw.listen(64)
             sock = trio.socket.from_stdlib_socket(raw)
-            return HttpListener(sock, address)
+            return HttpListener(sock, address, self.budget.http, self.options.http)
         sock = bind_http_socket(*address)
-        return HttpListener(sock, sock.getsockname()[:2])
+        return HttpListener(sock, sock.getsockname()[:2], self.budget.http, self.options.http)
 
     async def _run_config(
         self, config: Config, *, task_status: trio.TaskStatus[trio.CancelScope]

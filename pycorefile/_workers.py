@@ -12,6 +12,7 @@ series and the other endpoints with OK only when every worker says OK.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pycorefile")
 
 RESTART_DELAY = 1.0
+WORKER_HTTP_TIMEOUT = 5.0
+"""Seconds a worker has to answer the parent's request for an endpoint."""
 
 
 async def fetch_unix(path: str, target: str, accept: str = "") -> HttpResponse:
@@ -176,9 +179,14 @@ class Supervisor:
         while not self.stopping:
             # Own session: a signal to the parent's group reaches the parent only,
             # which stops the workers in order; the workers die with the parent.
-            proc = await trio.lowlevel.open_process(
-                self.worker_command(index), start_new_session=True, preexec_fn=_die_with_parent
-            )
+            try:
+                proc = await trio.lowlevel.open_process(
+                    self.worker_command(index), start_new_session=True, preexec_fn=_die_with_parent
+                )
+            except OSError as exc:  # out of processes, files or memory: try again
+                log.error("worker %d cannot be started: %s; retrying", index, exc)
+                await trio.sleep(RESTART_DELAY)
+                continue
             self.processes[index] = proc
             status = await proc.wait()
             await trio.sleep(RESTART_DELAY)
@@ -229,10 +237,12 @@ class Supervisor:
     async def _proxy(self, request: HttpRequest) -> HttpResponse:
         responses = []
         for path in self.sockets:
-            try:
-                responses.append(await fetch_unix(path, request.path))
-            except OSError:
-                responses.append(HttpResponse(503, b"worker not answering\n"))
+            response = HttpResponse(503, b"worker not answering\n")
+            with trio.move_on_after(WORKER_HTTP_TIMEOUT):
+                # A worker restarting or stuck answers nothing, or half an answer.
+                with contextlib.suppress(OSError, trio.BrokenResourceError, ValueError, IndexError):
+                    response = await fetch_unix(path, request.path)
+            responses.append(response)
         if request.path != "/metrics":
             failed = [r for r in responses if r.status != 200]
             return failed[0] if failed else responses[0]

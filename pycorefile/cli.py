@@ -13,8 +13,9 @@ import trio
 
 from ._app import Runner, Source, default_registry, user_facing, version_lines
 from ._config import describe
+from ._conn import MAX_CONNECTIONS, raise_open_file_limit
 from ._registry import RegistryError
-from ._server import ServerOptions
+from ._server import MAX_IN_FLIGHT, ServerOptions
 from ._workers import Supervisor
 from .corefile import CorefileError, blocks_to_json, parse_corefile, parse_corefile_apart
 
@@ -85,10 +86,40 @@ def _parser() -> argparse.ArgumentParser:
         help="serve with N processes sharing the DNS ports (SO_REUSEPORT)",
     )
     p.add_argument(
+        "-max-connections",
+        "--max-connections",
+        dest="max_connections",
+        type=_positive,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=f"TCP connections (DNS and HTTP) held at once, at most (default {MAX_CONNECTIONS}; "
+        "lowered to fit the open-file limit)",
+    )
+    p.add_argument(
+        "-max-in-flight",
+        "--max-in-flight",
+        dest="max_in_flight",
+        type=_positive,
+        default=MAX_IN_FLIGHT,
+        metavar="N",
+        help=f"queries waiting on plugins per listener, at most; more are REFUSED "
+        f"(default {MAX_IN_FLIGHT})",
+    )
+    p.add_argument(
         "-worker-http", "--worker-http", dest="worker_http", default=None, help=argparse.SUPPRESS
     )
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number of 1 or more, not {text!r}")
+    return value
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -128,10 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             blocks = parse_corefile(source.text, source.filename)
             print(json.dumps(blocks_to_json(blocks), indent=2))
             return 0
-        options = (
-            ServerOptions(reuse_port=True, http_socket=args.worker_http)
-            if (args.worker_http or args.workers > 1)
-            else None
+        # As Go programs (so CoreDNS) do: the connection budget follows from it.
+        raise_open_file_limit()
+        workers = bool(args.worker_http or args.workers > 1)
+        options = ServerOptions(
+            max_connections=args.max_connections,
+            max_in_flight=args.max_in_flight,
+            reuse_port=workers,
+            http_socket=args.worker_http,
         )
         # A server parses apart: the parser's memory never stays resident.
         parse = parse_corefile if args.validate or args.allocations else parse_corefile_apart
@@ -169,8 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         problem = user_facing(exc)
         if problem is None:
+            if runner.serving:
+                print("stopped while serving, by an unexpected error:", file=sys.stderr)
             raise
-        print(f"cannot start: {problem}", file=sys.stderr)
+        what = "stopped while serving" if runner.serving else "cannot start"
+        print(f"{what}: {problem}", file=sys.stderr)
         return 1
     return 0
 

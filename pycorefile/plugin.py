@@ -30,6 +30,7 @@ __all__ = [
     "PluginError",
     "SetupContext",
     "SetupError",
+    "TcpTimeouts",
     "check_args",
     "parse_duration",
     "parse_zones",
@@ -80,6 +81,16 @@ class PluginError(Exception):
         self.rcode = rcode
 
 
+@dataclass(frozen=True)
+class TcpTimeouts:
+    """A server block's DNS-over-TCP settings (the timeouts plugin); None keeps the default."""
+
+    read: float | None = None
+    write: float | None = None
+    idle: float | None = None
+    max_queries: int | None = None
+
+
 @dataclass
 class SetupContext:
     """What a plugin's setup can see of its server block and the server."""
@@ -90,6 +101,8 @@ class SetupContext:
     dns_port: int = 53
     listen_hosts: list[str] = field(default_factory=list)
     """Addresses the block listens on; empty means every interface (the bind plugin sets it)."""
+    tcp_timeouts: TcpTimeouts | None = None
+    """The block's TCP timeouts, when the timeouts plugin sets them."""
     shared: dict[str, Any] = field(default_factory=dict)
     """State shared by every block of one configuration (e.g. one metrics registry)."""
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 
@@ -47,11 +47,17 @@ class ServerProcess:
     """``python -m pycorefile`` in the background; stdout lines collected as they come."""
 
     def __init__(
-        self, args: Sequence[str], cwd: str | None = None, env: dict[str, str] | None = None
+        self,
+        args: Sequence[str],
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.args = list(args)
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
+        self.preexec_fn = preexec_fn
+        """Run in the child before the server starts (e.g. to lower a resource limit)."""
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.proc: subprocess.Popen[str] | None = None
@@ -64,6 +70,7 @@ class ServerProcess:
             text=True,
             cwd=self.cwd,
             env=self.env,
+            preexec_fn=self.preexec_fn,
         )
         threading.Thread(target=self._read, daemon=True).start()
         return self

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -192,16 +194,71 @@ def test_sigusr1_reload_good_then_broken_and_sighup_ignored(tmp_path: Path) -> N
 
 
 def test_port_in_use_exits_1(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
         conf = write(tmp_path / "Corefile", f".:{port} {{\n bind 127.0.0.1\n whoami\n}}\n")
         out = run_cli("-conf", conf)
     assert out.returncode == 1
+    assert out.stderr.startswith("cannot start: ")
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_failure_while_serving_is_not_called_a_failed_start(tmp_path: Path) -> None:
+    """Two blocks forwarding to each other: a loop found once serving (CoreDNS's loop)."""
+    one, two = free_port(), free_port()
+    conf = write(
+        tmp_path / "Corefile",
+        f".:{one} {{\n bind 127.0.0.1\n forward . 127.0.0.1:{two}\n}}\n"
+        f".:{two} {{\n bind 127.0.0.1\n forward . 127.0.0.1:{one}\n}}\n",
+    )
+    out = run_cli("-conf", conf, "-quiet", timeout=60)
+    assert out.returncode == 1
+    assert "stopped while serving: plugin/forward: Loop" in out.stderr, out.stderr
+    assert "cannot start" not in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_limit_flags(tmp_path: Path) -> None:
+    bad = run_cli("-max-connections", "0")
+    assert bad.returncode == 2
+    assert "-max-connections: needs a whole number of 1 or more, not '0'" in bad.stderr
+    # A budget of 4 connections keeps one for HTTP: 3 for DNS over TCP.
+    port = free_port()
+    conf = write(tmp_path / "Corefile", f".:{port} {{\n bind 127.0.0.1\n whoami\n}}\n")
+    with ServerProcess(["-conf", conf, "-quiet", "-max-connections", "4"]) as srv:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                ask(port, "example.org")
+                break
+            except (dns.exception.Timeout, OSError):
+                time.sleep(0.1)
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        try:
+            for sock in held:
+                sock.sendall(tcp_query("example.org"))
+            answered = [reply_or_eof(sock) for sock in held]
+            assert answered == [True, True, True, False]
+        finally:
+            for sock in held:
+                sock.close()
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0
+
+
+def tcp_query(name: str) -> bytes:
+    wire = dns.message.make_query(name, "A").to_wire()
+    return len(wire).to_bytes(2, "big") + wire
+
+
+def reply_or_eof(sock: socket.socket) -> bool:
+    """True when a reply comes, False when the server closes the connection."""
+    try:
+        return len(sock.recv(65535)) > 0
+    except ConnectionResetError:
+        return False
 
 
 def test_python_dash_m_and_console_script_agree() -> None:

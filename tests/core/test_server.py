@@ -15,6 +15,7 @@ import trio
 
 from pycorefile import open_server
 from pycorefile._server import ServerOptions
+from pycorefile._tcp import TcpLimits
 from pycorefile.testing import make_query, query, query_wire
 
 from .fixtures import registry
@@ -225,16 +226,27 @@ async def test_tcp_pipelined_queries_answered_out_of_order(server) -> None:  # t
 
 
 async def test_tcp_idle_connections_are_closed() -> None:
-    options = ServerOptions(tcp_idle=0.3)
+    options = ServerOptions(tcp=TcpLimits(read=0.3, idle=0.3))
     async with open_server(COREFILE, registry=registry(), options=options) as srv:
-        stream = await trio.open_tcp_stream("127.0.0.1", srv.port())
-        async with stream:
+        silent = await trio.open_tcp_stream("127.0.0.1", srv.port())
+        async with silent:  # no first query within the read timeout
             with trio.fail_after(3):
+                assert await silent.receive_some(10) == b""
+        stream = await trio.open_tcp_stream("127.0.0.1", srv.port())
+        async with stream:  # one query answered, then idle
+            wire = make_query("example.org", "A").to_wire()
+            await stream.send_all(struct.pack(">H", len(wire)) + wire)
+            reply = b""
+            with trio.fail_after(3):
+                while len(reply) < 2 or len(reply) < 2 + struct.unpack(">H", reply[:2])[0]:
+                    chunk = await stream.receive_some(65535)
+                    assert chunk
+                    reply += chunk
                 assert await stream.receive_some(10) == b""
 
 
 async def test_tcp_connection_cap() -> None:
-    options = ServerOptions(max_tcp_connections=2)
+    options = ServerOptions(max_connections=3, max_http_connections=1)  # 2 for DNS
     async with open_server(COREFILE, registry=registry(), options=options) as srv:
         keep = [await trio.open_tcp_stream("127.0.0.1", srv.port()) for _ in range(2)]
         await trio.sleep(0.1)

@@ -44,7 +44,7 @@ async def test_tcp_flood_beyond_the_cap_keeps_udp_serving(tmp_path: Path) -> Non
     cap, flood = 8, 40
     mesh = tmp_path / "mesh.json"
     write_mesh(mesh, MESH)
-    options = ServerOptions(max_tcp_connections=cap, tcp_idle=5.0)
+    options = ServerOptions(max_connections=cap + 1, max_http_connections=1)  # cap for DNS
     async with (
         Upstream(records=upstream_records()).running() as up,
         serve(sidecar(mesh, [up.address]), options=options) as server,
