@@ -76,6 +76,9 @@ class End:
     def serve_now(self, request: Request) -> Reply | None:
         return request.error(dns.rcode.SERVFAIL)
 
+    def handle(self, request: Request) -> Reply:
+        return request.error(dns.rcode.SERVFAIL)
+
 
 def build_chain(plugins: Sequence[Plugin]) -> Handler:
     """Link plugins (outermost first) and return the entry handler."""
