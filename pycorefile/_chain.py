@@ -81,6 +81,9 @@ class End:
     def serve_now(self, request: Request) -> Reply | None:
         return request.error(self.rcode)
 
+    def handle(self, request: Request) -> Reply:
+        return request.error(self.rcode)
+
 
 def build_chain(plugins: Sequence[Plugin], *, empty: bool | None = None) -> Handler:
     """Link plugins (outermost first) and return the entry handler.

@@ -10,7 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ._chain import Handler, build_chain
+import dns.rcode
+
+from ._chain import End
+from ._contract import Handler, compile_chain
 from ._http import HttpHandler, parse_address
 from ._registry import Registry
 from ._request import Request
@@ -59,7 +62,8 @@ class BlockConfig:
     chain: Handler
     any_class: bool
     known: KnownAnswer | None = None
-    """The first plugin's ``serve_known`` when it has one (the fast path)."""
+    """The known-answer plugin's ``serve_known`` (the fast path): the first plugin
+    with one, when only wrappers transparent on success (errors) come before it."""
     known_by: str = ""
     """That plugin's name (the ``plugin`` label of what it answers)."""
     tcp_timeouts: TcpTimeouts | None = None
@@ -183,15 +187,21 @@ def build_config(
     seen: dict[tuple[str, str, int, str], ServerBlock] = {}
     for p in pending:
         chain_plugins = [pl for pl in p.plugins if pl.serves_queries]
-        chain = build_chain(chain_plugins, empty=not any(map(in_coredns_chain, p.plugins)))
+        empty = not any(map(in_coredns_chain, p.plugins))
+        chain, known = compile_chain(
+            chain_plugins,
+            End(
+                chain_plugins[-1].name if chain_plugins else "",
+                dns.rcode.REFUSED if empty else dns.rcode.SERVFAIL,
+            ),
+        )
         hosts = list(p.ctx.listen_hosts)
         config = BlockConfig(
             p.block, p.keys, hosts, p.plugins, chain, any(pl.any_class for pl in chain_plugins)
         )
         config.tcp_timeouts = p.ctx.tcp_timeouts
-        head = chain_plugins[0] if chain_plugins else None
-        if head is not None and type(head).serve_known is not Plugin.serve_known:
-            config.known, config.known_by = head.serve_known, head.name
+        if known is not None:
+            config.known, config.known_by = known.serve_known, known.name
         configs.append(config)
         for key in p.keys:
             for host in hosts or [""]:

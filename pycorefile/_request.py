@@ -19,6 +19,7 @@ from ._wire import QueryInfo
 
 if TYPE_CHECKING:
     from ._config import Route
+    from ._contract import Pending
 
 _KEY_SUFFIX = (b"\x00\x00", b"\x00\x01", b"\x01\x00", b"\x01\x01")
 """The DO and CD bits as the last two bytes of a request key."""
@@ -90,8 +91,8 @@ class Request(QueryInfo):
     """
 
     __slots__ = (
-        "_message", "_name", "answered_by", "client", "key", "local", "max_size", "proto",
-        "route", "started", "wire",
+        "_message", "_name", "answered_by", "client", "key", "local", "max_size", "pending",
+        "proto", "route", "started", "wire",
     )  # fmt: skip
 
     def __init__(
@@ -118,6 +119,8 @@ class Request(QueryInfo):
         self._name: str | None = None
         self.answered_by = ""
         self.route: Route = _NO_ROUTE
+        self.pending: Pending | None = None
+        """What the server awaits for this query when the chain had to wait."""
         self.started = time.perf_counter()
 
     @property

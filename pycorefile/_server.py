@@ -37,6 +37,7 @@ from ._config import (
     Route,
 )
 from ._conn import MAX_CONNECTIONS, MAX_HTTP_CONNECTIONS, ConnectionBudget, accept_connections
+from ._contract import Pending, settle
 from ._http import HttpHandler, HttpLimits, HttpListener
 from ._request import Reply, Request, parse_question
 from ._tcp import Send, TcpConnection, TcpLimits
@@ -140,12 +141,13 @@ class Dispatcher:
         if request.qclass != 1 and not config.any_class:
             return self.finish(request, request.error(dns.rcode.REFUSED))
         try:
-            reply = config.chain.serve_now(request)
+            reply = config.chain.handle(request)
         except Exception as exc:
             reply = self.failed(request, exc)
-        if reply is None:
+        if type(reply) is Pending:
+            request.pending = reply
             return request
-        return self.finish(request, reply)
+        return self.finish(request, reply)  # type: ignore[arg-type]
 
     def _known(
         self,
@@ -219,11 +221,20 @@ class Dispatcher:
 
     async def answer(self, request: Request) -> bytes:
         """Run the chain with waiting allowed (the listener's watchdog keeps the deadline)."""
+        pending, request.pending = request.pending, None
+        assert pending is not None, "answer() is for a query whose chain returned Pending"
         try:
-            reply = await request.route.config.chain.serve(request)
+            reply = await settle(pending)
         except Exception as exc:
             reply = self.failed(request, exc)
         return self.finish(request, reply)
+
+    def refuse(self, request: Request) -> bytes:
+        """REFUSED for a query that would wait while too many already do."""
+        pending, request.pending = request.pending, None
+        if pending is not None:
+            pending.discard()
+        return self.finish(request, request.error(dns.rcode.REFUSED))
 
     def failed(self, request: Request, exc: Exception) -> bytes:
         """A plugin raised: answer its rcode (PluginError) or log a panic and answer SERVFAIL.
@@ -474,8 +485,7 @@ class DnsListener:
         (unless the task is cancelled first)."""
         assert isinstance(request, Request)
         if self.in_flight >= self.options.max_in_flight:
-            wire = self.dispatcher.finish(request, request.error(dns.rcode.REFUSED))
-            queries.start_soon(send, wire)
+            queries.start_soon(send, self.dispatcher.refuse(request))
             return
         self.in_flight += 1
         queries.start_soon(self._answer_later, self.dispatcher, request, send)

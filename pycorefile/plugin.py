@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._chain import Handler
+from ._contract import Pending, Result
 from ._request import Reply, Request
 from ._zones import ZoneError, in_zone, normalize_zones
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
@@ -155,6 +156,17 @@ class Plugin:
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> Plugin:
         """Build the plugin from every directive of its name in one block."""
         raise NotImplementedError(f"plugin {cls.name} has no setup")
+
+    def handle(self, request: Request) -> Result:
+        """Answer, pass on (``return self.next.handle(request)``), or return ``Pending``.
+
+        The one serving contract (see ``pycorefile._contract``). This default
+        adapts a plugin written against the older ``serve_now``/``serve`` pair.
+        """
+        reply = self.serve_now(request)
+        if reply is not None:
+            return reply
+        return Pending(self.serve(request))
 
     async def serve(self, request: Request) -> Reply:
         """Answer, pass on to ``self.next``, or change what comes back."""

@@ -20,10 +20,7 @@ class WhoamiPlugin(Plugin):
         check_args(directives[0], 0, 0)
         return cls()
 
-    def serve_now(self, request: Request) -> Reply | None:
-        return self.answer(request)
-
-    async def serve(self, request: Request) -> Reply:
+    def handle(self, request: Request) -> Reply:
         return self.answer(request)
 
     @staticmethod

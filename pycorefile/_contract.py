@@ -1,0 +1,387 @@
+"""One serving contract: ``handle(request) -> Reply | Pending`` (prototype).
+
+A plugin states each decision once, synchronously. It answers (returns a
+Reply), passes the query on (returns what ``self.next.handle`` gives, which
+may be a ``Pending``), or says it must wait by returning ``Pending(coro)``,
+where ``coro`` is an ``async def`` that returns a Reply or another Pending.
+The server awaits a Pending once, in a task; the query goes on from where it
+stopped, and nothing is walked twice.
+
+A plugin that changes what comes back writes its after-logic once with
+``then(result, on_reply, on_error)``: applied now when ``result`` is a reply,
+chained onto the wait when it is a Pending.
+
+A plugin that only looks before and after the rest of the chain subclasses
+``Wrapper`` and overrides ``on_query``, ``on_reply`` and/or ``on_error``; its
+``handle`` is derived from the hooks it overrides (a wrapper that overrides
+neither ``on_query`` nor ``on_reply`` is transparent on success, so the server's
+known-answer path may skip it).
+
+Plugins written against the old ``serve_now``/``serve`` pair still run: the
+base ``Plugin.handle`` adapts them, and ``compile_chain`` gives them a
+``next`` that still offers ``serve_now`` and ``serve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import trio
+
+if TYPE_CHECKING:
+    from ._request import Reply, Request
+    from .plugin import Plugin
+
+
+class Pending:
+    """A plugin must wait: the coroutine that waits, and what to do with its result.
+
+    The coroutine (an ``async def`` returning a Reply or another Pending) is
+    awaited once, by the server. ``then`` does not wrap it in another
+    coroutine: it appends a continuation, so a wait costs one coroutine
+    however many plugins look at its reply on the way back. Continuations run
+    innermost first; one that returns a Pending hands the rest over to it.
+
+    A Pending is returned or awaited, never dropped (an un-awaited coroutine
+    is a bug Python warns about); ``discard`` closes one that will not be.
+    """
+
+    __slots__ = ("coroutine", "steps")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Result]) -> None:
+        self.coroutine = coroutine
+        self.steps: list[tuple[OnReply | None, OnError | None, OnCancel | None]] = []
+
+    def discard(self) -> None:
+        self.coroutine.close()
+
+
+Result: TypeAlias = "Reply | Pending"
+"""What ``handle`` returns: a reply now, or the promise of one."""
+
+OnReply = Callable[["Reply"], Result]
+OnError = Callable[[Exception], Result]
+OnCancel = Callable[[], None]
+
+
+async def settle(result: Result) -> Reply:
+    """The reply a result comes to, waiting as long as it takes (the server's one await)."""
+    while type(result) is Pending:
+        steps = result.steps
+        try:
+            value: Any = await result.coroutine
+            failure: Exception | None = None
+        except Exception as exc:
+            value, failure = None, exc
+        except BaseException:
+            for _, _, on_cancel in steps:
+                if on_cancel is not None:
+                    on_cancel()
+            raise
+        for index, (on_reply, on_error, _) in enumerate(steps):
+            try:
+                if failure is None:
+                    if on_reply is not None:
+                        value = on_reply(value)
+                elif on_error is not None:
+                    value, failure = on_error(failure), None
+            except Exception as exc:
+                value, failure = None, exc
+            if type(value) is Pending:
+                value.steps.extend(steps[index + 1 :])
+                break
+        else:
+            if type(value) is Pending:  # the coroutine itself returned a Pending
+                value.steps.extend(steps)
+        if failure is not None:
+            raise failure
+        result = value
+    return result  # type: ignore[return-value]
+
+
+def then(
+    result: Result,
+    on_reply: OnReply | None,
+    on_error: OnError | None = None,
+    on_cancel: OnCancel | None = None,
+) -> Result:
+    """``on_reply(reply)`` now if ``result`` is a reply, else once the wait is over.
+
+    ``on_error`` is applied to an exception raised while waiting (or by an
+    inner continuation); an exception raised before ``result`` existed is the
+    caller's (see ``pass_on``). ``on_cancel`` is told when the wait is
+    cancelled (the query's deadline): it cannot answer.
+    """
+    if type(result) is not Pending:
+        return result if on_reply is None else on_reply(result)  # type: ignore[arg-type]
+    result.steps.append((on_reply, on_error, on_cancel))
+    return result
+
+
+def pass_on(
+    handler: Handler, request: Request, on_reply: OnReply, on_error: OnError | None = None
+) -> Result:
+    """``handler.handle(request)``, then ``on_reply``; ``on_error`` for a failure now or later."""
+    try:
+        result = handler.handle(request)
+    except Exception as exc:
+        if on_error is None:
+            raise
+        return on_error(exc)
+    return then(result, on_reply, on_error)
+
+
+def within(result: Result, seconds: float) -> Result:
+    """``result``, but a wait longer than ``seconds`` raises ``trio.TooSlowError``."""
+    if type(result) is not Pending or seconds <= 0:
+        return result
+    return Pending(_within(result, seconds))
+
+
+async def _within(pending: Pending, seconds: float) -> Reply:
+    with trio.fail_after(seconds):
+        return await settle(pending)
+    # (A bounded wait is a new coroutine: the inner continuations run inside the bound.)
+
+
+class Handler(Protocol):
+    """What a plugin calls as ``self.next``."""
+
+    def handle(self, request: Request) -> Result: ...
+
+
+def tag(exc: BaseException, name: str) -> None:
+    """Name the plugin an exception came out of (the innermost one keeps it)."""
+    if not hasattr(exc, "pycorefile_plugin"):
+        exc.pycorefile_plugin = name  # type: ignore[attr-defined]
+
+
+# -- Wrappers --------------------------------------------------------------------------
+
+
+class Wrapper:
+    """Mixin for a plugin that only looks before and after the rest of the chain.
+
+    Override any of the three hooks; ``handle`` is derived from those you
+    override, once, when the class is created:
+
+    - ``on_query(request)``: a reply to answer now (credited to this plugin),
+      or None to pass the query on (acl, rewrite).
+    - ``on_reply(request, reply)``: what goes back instead of ``reply`` (log,
+      rewrite's answer side). It must not mutate ``reply`` if it is a
+      ``Message`` it did not make: return a new reply instead.
+    - ``failed(request, exc)``: a reply for an exception from the rest of the
+      chain, or re-raise it (errors answers; log logs and re-raises).
+    - ``on_cancel(request)``: the query was cancelled while waiting (its
+      deadline passed); log writes its SERVFAIL line here. Cannot answer.
+
+    A wrapper whose ``on_query`` and ``on_reply`` are not overridden is
+    *transparent on success*: the server's known-answer path may skip it.
+    """
+
+    next: Handler
+    name: str
+
+    def on_query(self, request: Request) -> Reply | None:
+        return None
+
+    def on_reply(self, request: Request, reply: Reply) -> Reply:
+        return reply
+
+    def on_error(self, request: Request, exc: Exception) -> Reply:
+        raise exc
+
+    def on_cancel(self, request: Request) -> None:
+        return None
+
+    @classmethod
+    def transparent_on_success(cls) -> bool:
+        return cls.on_query is Wrapper.on_query and cls.on_reply is Wrapper.on_reply
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "handle" in cls.__dict__:
+            return  # the subclass states its own handle
+        if cls.transparent_on_success():
+            cls.handle = _handle_failed_only  # type: ignore[attr-defined]
+        elif cls.on_reply is Wrapper.on_reply and cls.on_error is Wrapper.on_error:
+            cls.handle = _handle_before_only  # type: ignore[attr-defined]
+        else:
+            cls.handle = _handle_general  # type: ignore[attr-defined]
+
+    def _later(self, request: Request, pending: Pending, success: bool) -> Pending:
+        """The after-part of a wrapper whose rest of the chain had to wait: one continuation."""
+        replied: OnReply | None = None
+        if success:
+
+            def replied(reply: Reply) -> Result:
+                try:
+                    return self.on_reply(request, reply)
+                except Exception as exc:
+                    tag(exc, self.name)
+                    raise
+
+        cls = type(self)
+        pending.steps.append((
+            replied,
+            None if cls.on_error is Wrapper.on_error else lambda exc: self.on_error(request, exc),
+            None if cls.on_cancel is Wrapper.on_cancel else lambda: self.on_cancel(request),
+        ))  # fmt: skip
+        return pending
+
+
+def _handle_failed_only(self: Wrapper, request: Request) -> Result:
+    try:
+        result = self.next.handle(request)
+    except Exception as exc:
+        return self.on_error(request, exc)
+    if type(result) is Pending:
+        return self._later(request, result, False)
+    return result
+
+
+def _handle_before_only(self: Wrapper, request: Request) -> Result:
+    try:
+        reply = self.on_query(request)
+    except Exception as exc:
+        tag(exc, self.name)
+        raise
+    if reply is not None:
+        request.answered_by = self.name
+        return reply
+    return self.next.handle(request)
+
+
+def _handle_general(self: Wrapper, request: Request) -> Result:
+    try:
+        reply = self.on_query(request)
+        if reply is not None:
+            request.answered_by = self.name
+            return reply
+        try:
+            result = self.next.handle(request)
+        except Exception as exc:
+            return self.on_error(request, exc)
+        if isinstance(result, Pending):
+            return self._later(request, result, True)
+        return self.on_reply(request, result)
+    except Exception as exc:
+        tag(exc, self.name)
+        raise
+
+
+# -- The chain -------------------------------------------------------------------------
+
+
+class Step:
+    """A plugin that answers (not a Wrapper): credits its replies and names its exceptions.
+
+    ``answered_by`` is set once, by the innermost plugin that returned a reply
+    or started waiting; a plugin whose continuation answers something other
+    than what it waited for sets ``request.answered_by`` itself (autopath).
+    """
+
+    __slots__ = ("_handle", "_tag_step", "name", "plugin")
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+        self.name = plugin.name
+        self._handle = plugin.handle
+        self._tag_step = (None, self._tag, None)
+
+    def _tag(self, exc: Exception) -> Result:
+        tag(exc, self.name)
+        raise exc
+
+    def handle(self, request: Request) -> Result:
+        try:
+            result = self._handle(request)
+        except Exception as exc:
+            tag(exc, self.name)
+            raise
+        if not request.answered_by:
+            request.answered_by = self.name
+        if type(result) is Pending:
+            # What fails while it waits (or in its continuations) is named after it.
+            result.steps.append(self._tag_step)
+        return result
+
+    # The old pair, for callers not yet converted (tests that drive a chain).
+    def serve_now(self, request: Request) -> Reply | None:
+        return LegacyNext(self).serve_now(request)
+
+    async def serve(self, request: Request) -> Reply:
+        return await settle(self.handle(request))
+
+
+class LegacyNext:
+    """``self.next`` of a plugin written against ``serve_now``/``serve``."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def handle(self, request: Request) -> Result:
+        return self.handler.handle(request)
+
+    @property
+    def plugin(self) -> Plugin | None:
+        """The plugin behind the wrapped link (None for the chain's end)."""
+        return getattr(self.handler, "plugin", None)
+
+    def serve_now(self, request: Request) -> Reply | None:
+        result = self.handler.handle(request)
+        if type(result) is Pending:
+            result.discard()  # the old contract: serve() walks the rest again
+            return None
+        return result  # type: ignore[return-value]
+
+    async def serve(self, request: Request) -> Reply:
+        return await settle(self.handler.handle(request))
+
+
+def is_wrapper(plugin: Plugin) -> bool:
+    return isinstance(plugin, Wrapper)
+
+
+def has_known(plugin: Plugin) -> bool:
+    from .plugin import Plugin as Base
+
+    return type(plugin).serve_known is not Base.serve_known
+
+
+def compile_chain(plugins: Sequence[Plugin], end: Handler) -> tuple[Handler, Plugin | None]:
+    """Link plugins (outermost first); return the entry and the known-answer plugin.
+
+    The known-answer plugin is the first one with ``serve_known`` when every
+    plugin before it is a wrapper transparent on success (errors): the server
+    may then ask it before making a Request, and fall back to the chain.
+    """
+    from ._chain import End
+
+    handler: Handler = end
+    for plugin in reversed(plugins):
+        if type(plugin).handle is _plugin_handle():
+            # Written against serve_now/serve: give it a next that offers them.
+            plugin.next = handler if isinstance(handler, End) else LegacyNext(handler)
+        else:
+            # Converted plugins call only ``handle`` (Plugin.next keeps the old
+            # type until every plugin is converted).
+            plugin.next = handler  # type: ignore[assignment]
+        handler = plugin if is_wrapper(plugin) else Step(plugin)
+    known: Plugin | None = None
+    for plugin in plugins:
+        if has_known(plugin):
+            known = plugin
+            break
+        if not (is_wrapper(plugin) and type(plugin).transparent_on_success()):  # type: ignore[attr-defined]
+            break
+    return handler, known
+
+
+def _plugin_handle() -> Callable[..., Result]:
+    from .plugin import Plugin
+
+    return Plugin.handle
