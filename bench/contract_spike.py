@@ -77,7 +77,7 @@ class WaitPlugin(AnswerPlugin):
 CLASSES: dict[str, type[Plugin]] = {}
 
 if _contract is not None:
-    from pycorefile._contract import Pending, Result, Wrapper, pass_on, then, within
+    from pycorefile import Pending, Result, Wrapper, pass_on, then, within
 
     class ContractErrors(ErrorsPlugin, Wrapper):
         """errors as a wrapper: only ``on_error`` (its ``failed``): transparent on success."""

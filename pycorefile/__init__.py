@@ -7,6 +7,7 @@ an embedder or a test uses to serve a Corefile (``open_server``,
 """
 
 from ._app import load_config, open_server
+from ._contract import Pending, Result, pass_on, then, within
 from ._request import DROP, Reply, Request
 from ._server import Server, ServerOptions
 from ._version import __version__
@@ -17,6 +18,7 @@ from .plugin import (
     PluginError,
     SetupContext,
     SetupError,
+    Wrapper,
     check_args,
     parse_duration,
     parse_zones,
@@ -27,19 +29,25 @@ __all__ = [
     "CorefileError",
     "Directive",
     "Fallthrough",
+    "Pending",
     "Plugin",
     "PluginError",
     "Reply",
     "Request",
+    "Result",
     "Server",
     "ServerBlock",
     "ServerOptions",
     "SetupContext",
     "SetupError",
+    "Wrapper",
     "__version__",
     "check_args",
     "load_config",
     "open_server",
     "parse_duration",
     "parse_zones",
+    "pass_on",
+    "then",
+    "within",
 ]

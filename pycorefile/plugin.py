@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._chain import Handler
-from ._contract import Pending, Result
+from ._contract import OnReply, Pending, Result, tag
 from ._request import Reply, Request
 from ._zones import ZoneError, in_zone, normalize_zones
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
@@ -32,6 +32,7 @@ __all__ = [
     "SetupContext",
     "SetupError",
     "TcpTimeouts",
+    "Wrapper",
     "check_args",
     "parse_duration",
     "parse_zones",
@@ -225,6 +226,117 @@ class Plugin:
     @classmethod
     def has_background_task(cls) -> bool:
         return cls.run is not Plugin.run
+
+
+# -- Wrappers --------------------------------------------------------------------------
+
+
+class Wrapper(Plugin):
+    """Base class of a plugin that only looks before and after the rest of the chain.
+
+    Override any of the three hooks; ``handle`` is derived from those you
+    override, once, when the class is created:
+
+    - ``on_query(request)``: a reply to answer now (credited to this plugin),
+      or None to pass the query on (acl, rewrite).
+    - ``on_reply(request, reply)``: what goes back instead of ``reply`` (log,
+      rewrite's answer side). It must not mutate ``reply`` if it is a
+      ``Message`` it did not make: return a new reply instead.
+    - ``failed(request, exc)``: a reply for an exception from the rest of the
+      chain, or re-raise it (errors answers; log logs and re-raises).
+    - ``on_cancel(request)``: the query was cancelled while waiting (its
+      deadline passed); log writes its SERVFAIL line here. Cannot answer.
+
+    A wrapper whose ``on_query`` and ``on_reply`` are not overridden is
+    *transparent on success*: the server's known-answer path may skip it.
+    """
+
+    def on_query(self, request: Request) -> Reply | None:
+        return None
+
+    def on_reply(self, request: Request, reply: Reply) -> Reply:
+        return reply
+
+    def on_error(self, request: Request, exc: Exception) -> Reply:
+        raise exc
+
+    def on_cancel(self, request: Request) -> None:
+        return None
+
+    @classmethod
+    def transparent_on_success(cls) -> bool:
+        return cls.on_query is Wrapper.on_query and cls.on_reply is Wrapper.on_reply
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "handle" in cls.__dict__:
+            return  # the subclass states its own handle
+        if cls.transparent_on_success():
+            cls.handle = _handle_failed_only  # type: ignore[method-assign,assignment]
+        elif cls.on_reply is Wrapper.on_reply and cls.on_error is Wrapper.on_error:
+            cls.handle = _handle_before_only  # type: ignore[method-assign,assignment]
+        else:
+            cls.handle = _handle_general  # type: ignore[method-assign,assignment]
+
+    def _later(self, request: Request, pending: Pending, success: bool) -> Pending:
+        """The after-part of a wrapper whose rest of the chain had to wait: one continuation."""
+        replied: OnReply | None = None
+        if success:
+
+            def replied(reply: Reply) -> Result:
+                try:
+                    return self.on_reply(request, reply)
+                except Exception as exc:
+                    tag(exc, self.name)
+                    raise
+
+        cls = type(self)
+        pending.steps.append((
+            replied,
+            None if cls.on_error is Wrapper.on_error else lambda exc: self.on_error(request, exc),
+            None if cls.on_cancel is Wrapper.on_cancel else lambda: self.on_cancel(request),
+        ))  # fmt: skip
+        return pending
+
+
+def _handle_failed_only(self: Wrapper, request: Request) -> Result:
+    try:
+        result = self.next.handle(request)
+    except Exception as exc:
+        return self.on_error(request, exc)
+    if type(result) is Pending:
+        return self._later(request, result, False)
+    return result
+
+
+def _handle_before_only(self: Wrapper, request: Request) -> Result:
+    try:
+        reply = self.on_query(request)
+    except Exception as exc:
+        tag(exc, self.name)
+        raise
+    if reply is not None:
+        request.answered_by = self.name
+        return reply
+    return self.next.handle(request)
+
+
+def _handle_general(self: Wrapper, request: Request) -> Result:
+    try:
+        reply = self.on_query(request)
+        if reply is not None:
+            request.answered_by = self.name
+            return reply
+        try:
+            result = self.next.handle(request)
+        except Exception as exc:
+            return self.on_error(request, exc)
+        if isinstance(result, Pending):
+            return self._later(request, result, True)
+        return self.on_reply(request, result)
+    except Exception as exc:
+        tag(exc, self.name)
+        raise
 
 
 # -- Parsing helpers shared by plugins ------------------------------------------------
