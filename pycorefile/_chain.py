@@ -25,6 +25,11 @@ def plugin_of(exc: BaseException) -> str:
     return getattr(exc, "pycorefile_plugin", "")
 
 
+STACKTRACE = "pycorefile_stacktrace"
+"""Set (True) on an exception by ``errors { stacktrace }``: the server logs the
+panic with its traceback, as CoreDNS's ``stacktrace`` does on panic recovery."""
+
+
 class Link:
     """One plugin in the chain.
 
