@@ -27,6 +27,11 @@ def plugin_of(exc: BaseException) -> str:
     return getattr(exc, "pycorefile_plugin", "")
 
 
+STACKTRACE = "pycorefile_stacktrace"
+"""Set (True) on an exception by ``errors { stacktrace }``: the server logs the
+panic with its traceback, as CoreDNS's ``stacktrace`` does on panic recovery."""
+
+
 class End:
     """What the last plugin's ``next`` is: SERVFAIL, as CoreDNS's ``plugin.NextOrFailure``.
 

@@ -26,7 +26,7 @@ import dns.rcode
 import trio
 
 from . import _wire
-from ._chain import plugin_of
+from ._chain import STACKTRACE, plugin_of
 from ._config import (
     Client,
     Config,
@@ -243,11 +243,10 @@ class Dispatcher:
         err``): the client gets its rcode and only the errors plugin, when
         configured, logs it. Anything else is a bug in a plugin.
         """
-        name = plugin_of(exc) or "?"
         if isinstance(exc, PluginError):
-            if not request.answered_by:
-                request.answered_by = name
+            request.answered_by = ""  # no plugin wrote the reply: CoreDNS's plugin=""
             return request.error(exc.rcode)
+        name = plugin_of(exc) or "?"
         log.error(
             "plugin/%s: %s %s: %s: %s",
             name,
@@ -255,7 +254,7 @@ class Dispatcher:
             request.type_name,
             type(exc).__name__,
             exc,
-            exc_info=log.isEnabledFor(logging.DEBUG),
+            exc_info=getattr(exc, STACKTRACE, False) or log.isEnabledFor(logging.DEBUG),
         )
         request.answered_by = name
         for observe in self.failure_observers:

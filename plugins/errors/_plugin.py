@@ -1,21 +1,18 @@
-"""The errors plugin: log what fails in the chain, CoreDNS's way, and answer SERVFAIL."""
+"""The errors plugin: log the errors plugins return, CoreDNS's way, with consolidation."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-import dns.rcode
 import trio
 
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext
-from pycorefile._chain import plugin_of
+from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
+from pycorefile._chain import STACKTRACE
 
 from ._parse import Consolidate, ErrorsConfig, parse_errors
 
 log = logging.getLogger("pycorefile")
-
-SERVFAIL = dns.rcode.SERVFAIL
 
 
 class _Window:
@@ -27,19 +24,15 @@ class _Window:
         self.opened = trio.Event()
 
 
-def describe(exc: BaseException) -> str:
-    """An exception as its error text: ``plugin/NAME: Type: message``."""
-    where = f"plugin/{plugin_of(exc) or '?'}: {type(exc).__name__}"
-    text = str(exc)
-    return f"{where}: {text}" if text else where
-
-
 class ErrorsPlugin(Plugin):
-    """Catches exceptions from the plugins after it, logs them, and answers SERVFAIL.
+    """Logs the errors (``PluginError``) of the plugins after it, as CoreDNS does.
 
-    Each error is logged as ``[ERROR] plugin/errors: 2 NAME TYPE: plugin/P: ...``;
-    errors matching a ``consolidate`` pattern are counted instead and reported
-    once per period as ``N errors like 'REGEXP' occurred in last DURATION``.
+    Each error is logged as ``[ERROR] plugin/errors: RCODE NAME TYPE: MESSAGE``
+    and passed on: the server answers its rcode. Errors matching a
+    ``consolidate`` pattern are counted instead and reported once per period
+    as ``N errors like 'REGEXP' occurred in last DURATION``. Any other
+    exception is a panic: it is not ours to log, and goes on to the server,
+    which logs and counts it (with the traceback under ``stacktrace``).
     """
 
     def __init__(self, config: ErrorsConfig) -> None:
@@ -56,20 +49,26 @@ class ErrorsPlugin(Plugin):
     def serve_now(self, request: Request) -> Reply | None:
         try:
             return self.next.serve_now(request)
+        except PluginError as exc:
+            self.failed(request, exc)
+            raise
         except Exception as exc:
-            return self.failed(request, exc)
+            self._panicked(exc)
+            raise
 
     async def serve(self, request: Request) -> Reply:
         try:
             return await self.next.serve(request)
+        except PluginError as exc:
+            self.failed(request, exc)
+            raise
         except Exception as exc:
-            return self.failed(request, exc)
+            self._panicked(exc)
+            raise
 
-    def failed(self, request: Request, exc: Exception) -> bytes:
-        """Log (or count) the error; the reply is SERVFAIL, credited to the failing plugin."""
-        if not request.answered_by:
-            request.answered_by = plugin_of(exc)
-        text = describe(exc)
+    def failed(self, request: Request, exc: PluginError) -> None:
+        """Log the error, or count it in the first ``consolidate`` window it matches."""
+        text = exc.message
         for window in self._windows:
             if window.rule.pattern.search(text) is None:
                 continue
@@ -79,20 +78,22 @@ class ErrorsPlugin(Plugin):
             if window.count == 1:
                 window.opened.set()
                 if window.rule.show_first:
-                    self._log(window.rule.level, request, text, exc)
-            return request.error(SERVFAIL)
-        self._log(logging.ERROR, request, text, exc)
-        return request.error(SERVFAIL)
+                    self._log(window.rule.level, request, exc)
+            return
+        self._log(logging.ERROR, request, exc)
 
-    def _log(self, level: int, request: Request, text: str, exc: Exception) -> None:
+    def _panicked(self, exc: Exception) -> None:
+        if self.config.stacktrace:
+            setattr(exc, STACKTRACE, True)
+
+    def _log(self, level: int, request: Request, exc: PluginError) -> None:
         log.log(
             level,
             "plugin/errors: %d %s %s: %s",
-            SERVFAIL,
+            exc.rcode,
             request.name,
             request.type_name,
-            text,
-            exc_info=exc if self.config.stacktrace else None,
+            exc.message,
         )
 
     # -- Consolidation ------------------------------------------------------------------

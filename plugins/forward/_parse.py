@@ -187,12 +187,22 @@ def parse_one(d: Directive) -> ForwardConfig:
     zone = _parse_from(d)
     upstreams: list[UpstreamAddress] = []
     sources: list[int] = []
+    empty: int | None = None
     for i, arg in enumerate(d.args[1:], start=1):
-        for upstream in parse_to(arg, d, i):
+        found = parse_to(arg, d, i)
+        if not found and empty is None:
+            empty = i  # a resolv.conf without nameservers: skipped, as CoreDNS does
+        for upstream in found:
             if upstream not in upstreams:
                 upstreams.append(upstream)
                 sources.append(i)
     if not upstreams:
+        if empty is not None:
+            raise SetupError(
+                f"no valid upstream addresses found: no nameservers in '{d.args[empty]}'",
+                d,
+                empty,
+            )
         raise SetupError("no valid upstream addresses found", d, 1)
     if len(upstreams) > MAX_UPSTREAMS:
         raise SetupError(f"more than {MAX_UPSTREAMS} TOs configured", d, 1)
@@ -228,7 +238,8 @@ def parse_to(
     arg: str, d: Directive | None = None, index: int | None = None
 ) -> list[UpstreamAddress]:
     """One TO argument: an address (``IP``, ``IP:PORT``, ``[V6]:PORT``, ``dns://``,
-    ``tls://``) or a resolv.conf file, whose nameservers are used on port 53."""
+    ``tls://``) or a resolv.conf file, whose nameservers are used on port 53 (a file
+    without any gives none)."""
     scheme = "dns"
     rest = arg
     if "://" in arg:
@@ -292,7 +303,7 @@ def parse_address(text: str, tls: bool = False) -> UpstreamAddress:
 def parse_resolv_conf(
     path: str, d: Directive | None = None, index: int | None = None
 ) -> list[UpstreamAddress]:
-    """The ``nameserver`` lines of a resolv.conf file, each on port 53."""
+    """The ``nameserver`` lines of a resolv.conf file, each on port 53 (none: empty)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
@@ -310,8 +321,6 @@ def parse_resolv_conf(
         except ValueError:
             continue
         found.append(UpstreamAddress(address.host, DNS_PORT))
-    if not found:
-        raise SetupError(f"no nameservers found in '{path}'", d, index)
     return found
 
 

@@ -9,22 +9,22 @@ name, then to the next plugin.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import dns.rcode
 import dns.rdatatype
+import outcome
 import trio
 
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
 from pycorefile._chain import End
 from pycorefile._server import StartupError
 
+from ._loop import LoopDetector, Probe
 from ._message import Checked, Question, client_reply, new_id, probe_query, rcode_label
 from ._message import with_id as _with_id
 from ._metrics import ForwardStats
@@ -41,14 +41,68 @@ OVERALL_DEADLINE = 5.0
 HEALTH_PROBE_TIMEOUT = 1.0
 """How long a health check waits (CoreDNS's 1 s; ``read_timeout`` if that is shorter)."""
 LOOP_PROBE_WAIT = 0.5
-"""How long startup waits for the loop probes' replies (they are not needed to start)."""
-LOOP_SIGHTINGS = 3
-"""A loop probe seen this often (sent once, back twice) is a loop: CoreDNS's rule."""
+"""How long startup waits for the loop probes' replies (the rest are awaited while serving)."""
+MAX_FOLLOWERS = 1000
+"""Identical queries that wait on one upstream query at most; the next one starts another."""
 SWEEP_INTERVAL = 1.0
 STATS_KEY = "forward.stats"
+NO_HEALTHY = "no healthy proxies"
+"""CoreDNS's error when no upstream could be tried."""
+
+_FLIGHT_VARIANT = (b"\x00", b"\x01", b"\x02", b"\x03")
+"""Appended to a query's key to make its flight's key: the RD bit and whether
+the client sent EDNS, which the upstream's reply echoes (flags, OPT record)."""
+_TAKE_OVER = object()
+"""Handed to a follower that is to run the flight's remaining tries."""
 
 
 __all__ = ["ForwardPlugin", "Forwarder"]
+
+
+class _Follower:
+    """A query waiting for the reply to an identical query already sent upstream."""
+
+    __slots__ = ("deadline", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+
+
+class _Flight:
+    """One client question sent upstream, shared by every identical query meanwhile.
+
+    The first query's task (the *runner*) makes the tries; the others
+    (followers) wait, each until its own deadline, and each gets the reply
+    with its own ID and question letter case. When the runner's own time is
+    up (or it is cancelled) with tries left, the follower that may wait
+    longest runs the remaining tries: no waiter's deadline or cancellation
+    ends the upstream query for the others.
+    """
+
+    __slots__ = (
+        "attempt", "attempts", "error", "followers", "held", "key", "max_size", "proto",
+        "proxies", "question", "wire",
+    )  # fmt: skip
+
+    def __init__(self, key: bytes, request: Request, proxies: list[Proxy], attempts: int) -> None:
+        end = request.name_end
+        self.key = key
+        self.wire = request.wire
+        self.question = Question(request.key[: end - 12], request.wire[end : end + 4])
+        self.proto = request.proto
+        self.max_size = request.max_size
+        """The largest reply a waiter can take: a truncated UDP reply below it is asked
+        again over TCP."""
+        self.proxies = proxies
+        self.attempts = attempts
+        self.attempt = 0
+        """Tries made so far (by every runner)."""
+        self.held: tuple[bytes, Checked] | None = None
+        """The last reply kept (``failover`` goes on after one)."""
+        self.error = ""
+        """The last try's error, as CoreDNS reports it when no upstream answered."""
+        self.followers: list[_Follower] = []
 
 
 class Forwarder:
@@ -59,6 +113,8 @@ class Forwarder:
         self.stats = stats
         self.proxies = [Proxy(a, config, stats.upstream(a.label)) for a in config.upstreams]
         self.in_flight = 0
+        self.flights: dict[bytes, _Flight] = {}
+        """Questions sent upstream and not yet answered, by query key plus RD and EDNS."""
         self._next_start = 0
 
     @property
@@ -72,6 +128,12 @@ class Forwarder:
             self.stats.max_concurrent_rejects += 1
             return True
         return False
+
+    def limit_error(self) -> PluginError:
+        """CoreDNS's answer beyond ``max_concurrent``: REFUSED, with its error text."""
+        return PluginError(
+            f"concurrent queries exceeded maximum {self.config.max_concurrent}", dns.rcode.REFUSED
+        )
 
     def order(self) -> list[Proxy]:
         """The upstreams to try, in policy order, the down ones left out.
@@ -104,111 +166,177 @@ class Forwarder:
             return healthy
         return ordered
 
-    async def forward(self, request: Request) -> tuple[bytes, int | None]:
-        """The reply for the client and the upstream's rcode (None: no upstream answered)."""
+    async def forward(self, request: Request) -> tuple[bytes, int]:
+        """The reply for the client and the upstream's rcode.
+
+        Raises PluginError when no upstream answered (SERVFAIL, with the last
+        try's error, CoreDNS's ``return dns.RcodeServerFailure, err``) and
+        beyond ``max_concurrent`` (REFUSED). An identical query already sent
+        upstream is not sent again: this one waits for that reply.
+        """
         if self.over_limit():
-            return request.error(dns.rcode.REFUSED), None
+            raise self.limit_error()
         self.in_flight += 1
         try:
-            return await self._forward(request)
+            key = request.key + _FLIGHT_VARIANT[(request.wire[2] & 1) | (2 if request.edns else 0)]
+            flight = self.flights.get(key)
+            if flight is None or len(flight.followers) >= MAX_FOLLOWERS:
+                proxies = self.order()
+                if not proxies:
+                    raise PluginError(NO_HEALTHY)
+                attempts = self.config.max_connect_attempts or 2 * len(proxies)
+                flight = self.flights[key] = _Flight(key, request, proxies, attempts)
+                data, checked = await self._run(flight, request)
+            else:
+                data, checked = await self._follow(flight, request)
         finally:
             self.in_flight -= 1
+        if not checked.has_question:
+            return request.error(checked.rcode), checked.rcode
+        reply = client_reply(data, checked, request.wire, request.name_end, request.edns)
+        return reply, checked.rcode
 
-    async def _forward(self, request: Request) -> tuple[bytes, int | None]:
-        config = self.config
-        proxies = self.order()
-        if not proxies:
-            return request.error(dns.rcode.SERVFAIL), None
-        end = request.name_end
-        question = Question(request.key[: end - 12], request.wire[end : end + 4])
-        attempts = config.max_connect_attempts or 2 * len(proxies)
-        held: tuple[bytes, Checked] | None = None
+    async def _run(self, flight: _Flight, request: Request) -> tuple[bytes, Checked]:
+        """Make the flight's tries until a reply, the last try, or the end of our own time."""
         # One deadline for the whole query, folded into each try's deadline
         # (no cancel scope per query: a UDP try's channel keeps the time).
         overall = trio.current_time() + OVERALL_DEADLINE - request.duration
-        for attempt in range(attempts):
+        try:
+            held = await self._tries(flight, overall)
+        except BaseException:
+            if not self._hand_over(flight):
+                self._land(flight, flight.error or NO_HEALTHY)
+            raise
+        if held is not None:
+            self._land(flight, held)
+            return held
+        message = flight.error or NO_HEALTHY
+        if flight.attempt >= flight.attempts or not self._hand_over(flight):
+            self._land(flight, message)
+        raise PluginError(message)
+
+    async def _tries(self, flight: _Flight, overall: float) -> tuple[bytes, Checked] | None:
+        """The reply to keep, or None when no upstream answered by ``overall`` (a trio time)."""
+        config = self.config
+        proxies = flight.proxies
+        while flight.attempt < flight.attempts:
             if trio.current_time() >= overall:
                 break
+            attempt = flight.attempt
+            flight.attempt = attempt + 1
             proxy = proxies[attempt % len(proxies)]
-            transport = proxy.transport(request.proto, config.force_tcp, config.prefer_udp)
-            result = await self.try_once(proxy, request.wire, question, transport, overall)
+            transport = proxy.transport(flight.proto, config.force_tcp, config.prefer_udp)
+            result = await self.try_once(flight, proxy, transport, overall)
             if result is None:
                 continue
             data, checked = result
-            if checked.truncated and transport == "udp" and request.max_size > max(len(data), 512):
-                # The client could take more than the upstream sent: ask again over
+            if checked.truncated and transport == "udp" and flight.max_size > max(len(data), 512):
+                # A waiter could take more than the upstream sent: ask again over
                 # TCP. (A plain UDP client takes 512 bytes at most: TC goes to it as is.)
-                fuller = await self.try_once(proxy, request.wire, question, "tcp", overall)
+                fuller = await self.try_once(flight, proxy, "tcp", overall)
                 if fuller is not None:
                     data, checked = fuller
-            held = (data, checked)
+            flight.held = (data, checked)
             if checked.rcode in config.failover_rcodes and attempt + 1 < len(proxies):
                 continue
             break
-        if held is None:
-            return request.error(dns.rcode.SERVFAIL), None
-        data, checked = held
-        if not checked.has_question:
-            return request.error(checked.rcode), checked.rcode
-        return client_reply(data, checked, request.wire, end, request.edns), checked.rcode
+        return flight.held
+
+    async def _follow(self, flight: _Flight, request: Request) -> tuple[bytes, Checked]:
+        """Wait, until our own deadline at most, for the reply to the flight's query."""
+        deadline = trio.current_time() + OVERALL_DEADLINE - request.duration
+        follower = _Follower(trio.lowlevel.current_task(), deadline)
+        followers = flight.followers
+        followers.append(follower)
+        if request.max_size > flight.max_size:
+            flight.max_size = request.max_size
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            followers.remove(follower)  # our time is up, or we are cancelled: the flight goes on
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        result: object = None
+        with trio.move_on_at(deadline):
+            result = await trio.lowlevel.wait_task_rescheduled(abort)
+        if result is _TAKE_OVER:
+            return await self._run(flight, request)
+        if isinstance(result, tuple):
+            return result
+        raise PluginError(result if isinstance(result, str) else flight.error or NO_HEALTHY)
+
+    def _hand_over(self, flight: _Flight) -> bool:
+        """Wake the follower that may wait longest to run the remaining tries; False if none."""
+        followers = flight.followers
+        if not followers:
+            return False
+        latest = max(followers, key=lambda f: f.deadline)
+        if latest.deadline <= trio.current_time():
+            return False  # no follower has time left: they get the error now
+        followers.remove(latest)
+        trio.lowlevel.reschedule(latest.task, outcome.Value(_TAKE_OVER))
+        return True
+
+    def _land(self, flight: _Flight, result: tuple[bytes, Checked] | str) -> None:
+        """The flight is over: every follower gets the reply, or the error text."""
+        if self.flights.get(flight.key) is flight:
+            del self.flights[flight.key]
+        followers = flight.followers
+        if followers:
+            for follower in followers:
+                trio.lowlevel.reschedule(follower.task, outcome.Value(result))
+            followers.clear()
 
     async def try_once(
-        self,
-        proxy: Proxy,
-        wire: bytes,
-        question: Question,
-        transport: str,
-        overall: float = math.inf,
-        timeout: float = 0.0,
+        self, flight: _Flight, proxy: Proxy, transport: str, overall: float = math.inf
     ) -> tuple[bytes, Checked] | None:
         """One try at one upstream under a fresh random ID; None when it failed.
 
-        It ends after the try timeout, or at ``overall`` (a trio time) if sooner.
+        It ends after the try timeout, or at ``overall`` (a trio time) if
+        sooner. A failure's text is kept in ``flight.error``.
         """
         qid = new_id()
         counters = proxy.counters
         counters.requests += 1
         started = trio.current_time()
-        deadline = min(started + (timeout or self.config.read_timeout), overall)
+        deadline = min(started + self.config.read_timeout, overall)
         try:
             data, checked = await proxy.exchange(
-                _with_id(wire, qid), qid, question, transport, deadline
+                _with_id(flight.wire, qid), qid, flight.question, transport, deadline
             )
         except UpstreamFailure as exc:
             log.debug("plugin/forward: %s: %s", proxy.label, exc)
+            flight.error = str(exc)
             counters.failed(exc.reason)
             if self.config.max_fails:
                 proxy.trouble.set()
             return None
         except LocalFailure as exc:
             log.warning("plugin/forward: cannot query %s: %s", proxy.label, exc)
+            flight.error = str(exc)
             return None
         counters.answered(rcode_label(checked.rcode), trio.current_time() - started)
         return data, checked
 
-    async def probe(self, proxy: Proxy, wire: bytes, question: Question) -> bool:
-        """One health check: any DNS reply in time means healthy."""
-        config = self.config
-        timeout = min(HEALTH_PROBE_TIMEOUT, config.read_timeout)
-        transport = proxy.transport("udp", config.force_tcp, False)
+    async def answered(self, proxy: Proxy, wire: bytes, timeout: float) -> bool:
+        """Whether a query of our own (health check, loop probe) gets any reply in time."""
+        transport = proxy.transport("udp", self.config.force_tcp, False)
         qid = new_id()
-        with trio.move_on_after(timeout):
-            try:
-                await proxy.exchange(_with_id(wire, qid), qid, question, transport)
-            except (UpstreamFailure, LocalFailure):
-                return False
-            return True
-        return False
+        deadline = trio.current_time() + timeout
+        try:
+            await proxy.exchange(_with_id(wire, qid), qid, Question.of(wire), transport, deadline)
+        except (UpstreamFailure, LocalFailure):
+            return False
+        return True
 
     async def health_loop(self, proxy: Proxy) -> None:
         """Probe an upstream after a failed try, every interval, until it answers."""
         health = self.config.health
         wire = probe_query(health.domain, dns.rdatatype.NS, health.recursion)
-        question = Question.of(wire)
+        timeout = min(HEALTH_PROBE_TIMEOUT, self.config.read_timeout)
         max_fails = self.config.max_fails
         while True:
             await proxy.trouble.wait()
-            while not await self.probe(proxy, wire, question):
+            while not await self.answered(proxy, wire, timeout):
                 proxy.fails += 1
                 proxy.counters.healthcheck_failures += 1
                 if proxy.fails == max_fails:
@@ -226,15 +354,6 @@ class Forwarder:
 
 _HINFO = dns.rdatatype.HINFO
 """The type of loop probes: other queries need no name lookup to rule them out."""
-
-
-@dataclass
-class _LoopProbe:
-    """A loop probe's name sent through an upstream, and how often it was seen."""
-
-    forwarder: Forwarder
-    proxy: Proxy
-    sightings: int = 1
 
 
 class ForwardPlugin(Plugin):
@@ -257,9 +376,8 @@ class ForwardPlugin(Plugin):
         self._everything = (
             self.forwarders if only is not None and only.zone == "." and not only.ignored else None
         )
-        self.loop_probes: dict[str, _LoopProbe] = {}
-        self.loop_error: str | None = None
-        self.loop_found = trio.Event()
+        self.loops = LoopDetector()
+        self._probes: list[tuple[Probe, Callable[[], Awaitable[bool]]]] = []
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> ForwardPlugin:
@@ -275,6 +393,11 @@ class ForwardPlugin(Plugin):
     def configs(self) -> list[ForwardConfig]:
         return [f.config for f in self.forwarders]
 
+    @property
+    def loop_error(self) -> str | None:
+        """The forwarding loop found, if any."""
+        return self.loops.error
+
     def covering(self, request: Request) -> list[Forwarder]:
         """The directives that forward the query's name, longest FROM first."""
         if self._everything is not None:
@@ -289,24 +412,24 @@ class ForwardPlugin(Plugin):
         if not covering:
             return self.next.serve_now(request)
         if covering[0].over_limit():
-            return request.error(dns.rcode.REFUSED)
+            raise covering[0].limit_error()
         return None
 
     async def serve(self, request: Request) -> Reply:
-        probes = self.loop_probes
+        armed = self.loops.armed
         if (
-            probes
+            armed
             and request.qtype == _HINFO
-            and request.name in probes
-            and self._loop_probe_seen(request)
+            and request.name in armed
+            and self.loops.looped(request)
         ):
-            return request.error(dns.rcode.SERVFAIL)
+            raise PluginError(f"forwarding loop: HINFO {request.name} came back")
         covering = self.covering(request)
         if not covering:
             return await self.next.serve(request)
         for index, forwarder in enumerate(covering):
             reply, rcode = await forwarder.forward(request)
-            if rcode is None or rcode not in forwarder.config.next_rcodes:
+            if rcode not in forwarder.config.next_rcodes:
                 return reply
             if index + 1 < len(covering):
                 continue
@@ -318,58 +441,40 @@ class ForwardPlugin(Plugin):
     # -- Lifecycle ----------------------------------------------------------------
 
     def ready(self) -> bool:
-        return not self.loop_found.is_set()
+        return not self.loops.found.is_set()
 
     async def startup(self) -> None:
-        """Send a loop probe through every upstream (replies are not waited for long)."""
+        """Arm a loop probe for every upstream and send it (waiting half a second at most)."""
+        for forwarder in self.forwarders:
+            for proxy in forwarder.proxies:
+                probe = self.loops.arm(forwarder.zone, proxy.label)
+                if probe is not None:
+                    self._probes.append((probe, _prober(forwarder, proxy, probe.name)))
         with trio.move_on_after(LOOP_PROBE_WAIT):
             async with trio.open_nursery() as nursery:
-                for forwarder in self.forwarders:
-                    for proxy in forwarder.proxies:
-                        name = _probe_name(forwarder.zone)
-                        if name is None:
-                            continue
-                        self.loop_probes[name] = _LoopProbe(forwarder, proxy)
-                        nursery.start_soon(self._send_loop_probe, forwarder, proxy, name)
-
-    async def _send_loop_probe(self, forwarder: Forwarder, proxy: Proxy, name: str) -> None:
-        wire = probe_query(name, dns.rdatatype.HINFO, True)
-        transport = proxy.transport("udp", forwarder.config.force_tcp, False)
-        qid = new_id()
-        with trio.move_on_after(forwarder.config.read_timeout):
-            with contextlib.suppress(UpstreamFailure, LocalFailure):
-                await proxy.exchange(_with_id(wire, qid), qid, Question.of(wire), transport)
-
-    def _loop_probe_seen(self, request: Request) -> bool:
-        """Count a loop probe arriving here; True (answer SERVFAIL) once it is a loop."""
-        probe = self.loop_probes[request.name]
-        probe.sightings += 1
-        if probe.sightings < LOOP_SIGHTINGS:
-            return False
-        if self.loop_error is None:
-            local = request.local
-            where = f"{local[0]}:{local[1]}" if local else "this server"
-            self.loop_error = (
-                f"Loop ({request.client[0]}:{request.client[1]} -> {where}) detected for zone "
-                f'"{probe.forwarder.zone}" through upstream {probe.proxy.label}: it sends our '
-                f'queries back to us. Query: "HINFO {request.name}". Point forward at a name '
-                f"server that does not forward to this one."
-            )
-            log.error("plugin/forward: %s", self.loop_error)
-            self.loop_found.set()
-        return True
+                for probe, send in self._probes:
+                    nursery.start_soon(self.loops.watch, probe, send)
 
     async def run(self) -> None:
-        """Health checks of failed upstreams, idle-connection sweeping, loop reporting."""
+        """Loop probes not yet answered, health checks of failed upstreams, idle sweeping.
+
+        A loop found while a probe is armed stops this configuration (and a
+        server starting with it), as CoreDNS's *loop* plugin does; a probe is
+        armed until it is answered, 30 s at most.
+        """
+        loops = self.loops
         async with trio.open_nursery() as nursery:
+            for probe, send in self._probes:
+                if probe.name in loops.armed:
+                    nursery.start_soon(loops.watch, probe, send)
             for forwarder in self.forwarders:
                 if forwarder.config.max_fails:
                     for proxy in forwarder.proxies:
                         nursery.start_soon(forwarder.health_loop, proxy)
             nursery.start_soon(self._sweep)
-            await self.loop_found.wait()
+            await loops.found.wait()
             nursery.cancel_scope.cancel()
-        raise StartupError(f"plugin/forward: {self.loop_error}")
+        raise StartupError(f"plugin/forward: {loops.error}")
 
     async def _sweep(self) -> None:
         expires = [f.config.expire for f in self.forwarders if f.config.expire > 0]
@@ -390,10 +495,14 @@ class ForwardPlugin(Plugin):
             yield from self.stats.families()
 
 
-def _probe_name(zone: str) -> str | None:
-    """``<random>.<random>.ZONE``, as CoreDNS's loop plugin asks; None if too long."""
-    name = f"{random.getrandbits(63)}.{random.getrandbits(63)}.{'' if zone == '.' else zone}"
-    return name if len(name) <= 250 else None
+def _prober(forwarder: Forwarder, proxy: Proxy, name: str) -> Callable[[], Awaitable[bool]]:
+    """Sends the loop probe ``name`` through ``proxy`` once: True when it was answered."""
+    wire = probe_query(name, _HINFO, True)
+
+    async def send() -> bool:
+        return await forwarder.answered(proxy, wire, forwarder.config.read_timeout)
+
+    return send
 
 
 def _shared_stats(ctx: SetupContext) -> tuple[ForwardStats, bool]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import socket
 import ssl
@@ -38,11 +39,42 @@ log = logging.getLogger("pycorefile")
 
 
 class UpstreamFailure(Exception):
-    """A try that got no usable reply from the upstream (it counts against its health)."""
+    """A try that got no usable reply from the upstream (it counts against its health).
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    ``reason`` is the metric label (``timeout``, ``refused``, ``closed``,
+    ``tls``, ``error``); the text is written as Go's net package writes it
+    (``read udp 10.0.0.1:40000->10.0.0.2:53: i/o timeout``), which is what
+    CoreDNS logs, so ``errors { consolidate ... }`` patterns written for
+    CoreDNS match ours.
+    """
+
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(text)
         self.reason = reason
+
+
+def net_error(op: str, net: str, remote: str, detail: str, local: str = "") -> str:
+    """An error text as Go writes it: ``OP NET [LOCAL->]REMOTE: DETAIL``."""
+    return f"{op} {net} {local}->{remote}: {detail}" if local else f"{op} {net} {remote}: {detail}"
+
+
+def os_detail(syscall: str, exc: BaseException) -> str:
+    """What Go says after the address for a failed system call: ``read: connection refused``."""
+    if isinstance(exc, OSError) and exc.errno:
+        text = os.strerror(exc.errno)
+    else:
+        text = str(exc) or type(exc).__name__
+    return f"{syscall}: {text[:1].lower()}{text[1:]}"
+
+
+I_O_TIMEOUT = "i/o timeout"
+CLOSED = "use of closed network connection"
+
+
+def address_label(sockaddr: tuple[object, ...]) -> str:
+    """``host:port`` (``[v6]:port``) of a socket address."""
+    host = str(sockaddr[0])
+    return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
 
 
 class LocalFailure(Exception):
@@ -108,6 +140,8 @@ class _UdpChannel:
             raise
         self.sock = sock
         self.counters = proxy.counters
+        self.remote = proxy.label
+        self.local = address_label(sock.getsockname())
         self.retire_at = retire_at
         self.pending: dict[int, _Waiter] = {}
         self.retired = False
@@ -133,13 +167,14 @@ class _UdpChannel:
             self.sock.send(query)
         except OSError as exc:
             del pending[qid]
+            text = self._error("write", os_detail("write", exc))
             if isinstance(exc, ConnectionRefusedError):
                 # An ICMP error cannot be told apart by query: it may belong to
                 # any query in flight here, so all of them fail now.
-                self._fail_all("refused", "connection refused")
+                self._fail_all("refused", text)
                 self.close()
-                raise UpstreamFailure("refused", "connection refused") from None
-            raise UpstreamFailure("error", exc.strerror or str(exc)) from None
+                raise UpstreamFailure("refused", text) from None
+            raise UpstreamFailure("error", text) from None
 
         def abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
             if pending.get(qid) is waiter:
@@ -171,12 +206,14 @@ class _UdpChannel:
                         continue
                     del pending[qid]
                     trio.lowlevel.reschedule(waiter.task, outcome.Value((data, checked)))
-        except (trio.ClosedResourceError, OSError, ValueError) as exc:
+        except OSError as exc:
             reason = "refused" if isinstance(exc, ConnectionRefusedError) else "closed"
-            self._fail_all(reason, str(exc) or type(exc).__name__)
-        except Exception:  # a system task must not raise: it would end the server
+            self._fail_all(reason, self._error("read", os_detail("read", exc)))
+        except (trio.ClosedResourceError, ValueError):
+            self._fail_all("closed", self._error("read", CLOSED))
+        except Exception as exc:  # a system task must not raise: it would end the server
             log.exception("plugin/forward: reading replies failed")
-            self._fail_all("error", "reading replies failed")
+            self._fail_all("error", self._error("read", f"reading replies failed: {exc!r}"))
         finally:
             self.close()
 
@@ -192,19 +229,23 @@ class _UdpChannel:
             for qid, waiter in list(pending.items()):
                 if waiter.deadline <= now:
                     del pending[qid]
-                    trio.lowlevel.reschedule(waiter.task, outcome.Error(UpstreamFailure("timeout")))
+                    failure = UpstreamFailure("timeout", self._error("read", I_O_TIMEOUT))
+                    trio.lowlevel.reschedule(waiter.task, outcome.Error(failure))
                 elif waiter.deadline < earliest:
                     earliest = waiter.deadline
             if self.retired and not pending:
                 self.close()  # the reader, waiting for data that will not come, ends too
             self._sweep_scope = trio.CancelScope(deadline=earliest)
 
-    def _fail_all(self, reason: str, detail: str) -> None:
+    def _error(self, op: str, detail: str) -> str:
+        return net_error(op, "udp", self.remote, detail, self.local)
+
+    def _fail_all(self, reason: str, text: str) -> None:
         """Every query in flight here fails (each gets its own exception)."""
         waiters = list(self.pending.values())
         self.pending.clear()
         for waiter in waiters:
-            trio.lowlevel.reschedule(waiter.task, outcome.Error(UpstreamFailure(reason, detail)))
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(UpstreamFailure(reason, text)))
 
     def retire(self) -> None:
         """Take no new queries; close once the ones in flight are answered."""
@@ -220,7 +261,7 @@ class _UdpChannel:
         self._sweep_scope.cancel()
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
-        self._fail_all("closed", "upstream socket closed")
+        self._fail_all("closed", self._error("read", CLOSED))
 
 
 _STREAM_ERRORS = (
@@ -286,7 +327,7 @@ class Proxy:
             return await self._channel().exchange(query, qid, question, deadline)
         with trio.move_on_at(deadline):
             return await self._stream(query, qid, question, transport)
-        raise UpstreamFailure("timeout")
+        raise UpstreamFailure("timeout", net_error("read", "tcp", self.label, I_O_TIMEOUT))
 
     def _channel(self) -> _UdpChannel:
         """A UDP channel for one query: one of a few, each replaced after ``expire``."""
@@ -328,7 +369,10 @@ class Proxy:
                 conn.close()
                 if reused:
                     continue  # the upstream closed an idle connection: try a new one at once
-                raise UpstreamFailure("closed", str(exc) or type(exc).__name__) from None
+                text = "EOF" if isinstance(exc, EOFError) else (
+                    net_error("read", "tcp", self.label, os_detail("read", exc))
+                )  # fmt: skip
+                raise UpstreamFailure("closed", text) from None
             except BaseException:
                 conn.close()  # cancelled mid-exchange: the stream is in an unknown state
                 raise
@@ -350,16 +394,19 @@ class Proxy:
                 )
                 await ssl_stream.do_handshake()
                 stream = ssl_stream
-        except ConnectionRefusedError:
+        except ConnectionRefusedError as exc:
             sock.close()
-            raise UpstreamFailure("refused", "connection refused") from None
+            text = net_error("dial", "tcp", self.label, os_detail("connect", exc))
+            raise UpstreamFailure("refused", text) from None
         except trio.BrokenResourceError as exc:
             sock.close()
             cause = exc.__cause__ or exc
-            raise UpstreamFailure("tls", f"TLS handshake failed: {cause}") from None
+            text = f"tls: handshake with {self.label} failed: {cause}"
+            raise UpstreamFailure("tls", text) from None
         except OSError as exc:
             sock.close()
-            raise UpstreamFailure("error", exc.strerror or str(exc)) from None
+            text = net_error("dial", "tcp", self.label, os_detail("connect", exc))
+            raise UpstreamFailure("error", text) from None
         except BaseException:
             sock.close()
             raise

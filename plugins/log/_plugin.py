@@ -9,7 +9,7 @@ from time import perf_counter
 import dns.rcode
 import trio
 
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
 from pycorefile._zones import in_zone
 
 from ._classify import class_of, typify
@@ -84,8 +84,8 @@ class LogPlugin(Plugin):
                 return self.next.serve_now(request)
         try:
             reply = self.next.serve_now(request)
-        except Exception:
-            self._emit(rule, request, request.error(dns.rcode.SERVFAIL))
+        except Exception as exc:
+            self._emit(rule, request, request.error(_failure_rcode(exc)))
             raise
         if reply is None:
             return None
@@ -111,9 +111,10 @@ class LogPlugin(Plugin):
             return await self.next.serve(request)
         try:
             reply = await self.next.serve(request)
-        except (Exception, trio.Cancelled):
-            # A plugin failed, or the query ran out of time: the client gets SERVFAIL.
-            self._emit(rule, request, request.error(dns.rcode.SERVFAIL))
+        except (Exception, trio.Cancelled) as exc:
+            # A plugin failed, or the query ran out of time: the client gets
+            # SERVFAIL, or the rcode of a plugin's error (CoreDNS's ``return rcode, err``).
+            self._emit(rule, request, request.error(_failure_rcode(exc)))
             raise
         wire = self._render(rule, request, reply)
         if wire is None:
@@ -147,3 +148,8 @@ class LogPlugin(Plugin):
 
     async def shutdown(self) -> None:
         self.writer.flush()
+
+
+def _failure_rcode(exc: BaseException) -> int:
+    """The rcode the client gets when ``exc`` leaves the chain."""
+    return exc.rcode if isinstance(exc, PluginError) else dns.rcode.SERVFAIL

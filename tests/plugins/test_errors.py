@@ -1,4 +1,9 @@
-"""errors: parsing, error lines, consolidation, against the real server."""
+"""errors: parsing, error lines, consolidation, against the real server.
+
+As in CoreDNS, *errors* logs the errors plugins return (``PluginError``,
+Go's ``return rcode, err``); a panic (any other exception) is not its to log:
+the server logs and counts it.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from pycorefile import (
     CorefileError,
     Directive,
     Plugin,
+    PluginError,
     Reply,
     Request,
     SetupContext,
@@ -30,7 +36,9 @@ from pycorefile.testing import query
 
 
 class FlakyPlugin(Plugin):
-    """Raises for names starting ``boom`` (now) or ``later`` (after waiting); answers others."""
+    """Fails by the first label: ``boom*`` (an error, now), ``refuse`` (an error
+    answered REFUSED), ``later`` (an error after waiting), ``panic`` and ``bare``
+    (panics); answers other names."""
 
     after = "cache"
 
@@ -41,9 +49,13 @@ class FlakyPlugin(Plugin):
     def serve_now(self, request: Request) -> Reply | None:
         label = request.name.split(".")[0]
         if label.startswith("boom"):
-            raise RuntimeError(f"kaput {label}")
+            raise PluginError(f"kaput {label}")
+        if label == "refuse":
+            raise PluginError("not today", dns.rcode.REFUSED)
         if label == "later":
             return None
+        if label == "panic":
+            raise RuntimeError("kaput panic")
         if label == "bare":
             raise KeyError
         reply = request.reply()
@@ -52,7 +64,7 @@ class FlakyPlugin(Plugin):
 
     async def serve(self, request: Request) -> Reply:
         await trio.sleep(0)
-        raise OSError("upstream went away")
+        raise PluginError("read udp 127.0.0.1:40000->127.0.0.2:53: i/o timeout")
 
 
 def registry() -> Registry:
@@ -184,44 +196,84 @@ def test_go_duration(seconds: float, text: str) -> None:
 # -- Serving ----------------------------------------------------------------------------
 
 
+def server_lines(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    """What the server logged of panics (``plugin/flaky: NAME TYPE: ...``)."""
+    return [r for r in records if r.getMessage().startswith("plugin/flaky:")]
+
+
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
-async def test_error_is_logged_and_answered_servfail(
+async def test_an_error_is_logged_as_coredns_does_and_answered_with_its_rcode(
     proto: str, records: list[logging.LogRecord]
 ) -> None:
     async with open_server(corefile("    errors"), registry=registry()) as server:
         reply = await query(server, "boom.test.", "AAAA", proto=proto)
+        refused = await query(server, "refuse.test.", "MX", proto=proto)
         good = await query(server, "fine.test.", "A", proto=proto)
     assert reply.rcode() == dns.rcode.SERVFAIL
+    assert refused.rcode() == dns.rcode.REFUSED
     assert good.rcode() == dns.rcode.NOERROR
+    # CoreDNS: log.Errorf("%d %s %s: %s", rcode, state.Name(), state.Type(), err)
     assert messages(records, logging.ERROR) == [
-        "plugin/errors: 2 boom.test. AAAA: plugin/flaky: RuntimeError: kaput boom"
+        "plugin/errors: 2 boom.test. AAAA: kaput boom",
+        "plugin/errors: 5 refuse.test. MX: not today",
     ]
+    assert server_lines(records) == []  # errors are not panics
 
 
-async def test_errors_after_waiting_and_without_message(records: list[logging.LogRecord]) -> None:
+async def test_an_error_after_waiting_is_logged(records: list[logging.LogRecord]) -> None:
     async with open_server(corefile("    errors"), registry=registry()) as server:
         late = await query(server, "later.test.", "A")
-        bare = await query(server, "bare.test.", "A")
-    assert late.rcode() == bare.rcode() == dns.rcode.SERVFAIL
+    assert late.rcode() == dns.rcode.SERVFAIL
     assert messages(records) == [
-        "plugin/errors: 2 later.test. A: plugin/flaky: OSError: upstream went away",
-        "plugin/errors: 2 bare.test. A: plugin/flaky: KeyError",
+        "plugin/errors: 2 later.test. A: read udp 127.0.0.1:40000->127.0.0.2:53: i/o timeout"
     ]
 
 
-async def test_stacktrace(records: list[logging.LogRecord]) -> None:
-    errors = "    errors {\n        stacktrace\n    }"
+async def test_a_panic_is_the_servers_to_log_not_errors(records: list[logging.LogRecord]) -> None:
+    # CoreDNS's errors plugin does not recover panics: the server does, logs
+    # and counts them, with or without errors in the block.
+    async with open_server(corefile("    errors"), registry=registry()) as server:
+        panic = await query(server, "panic.test.", "A")
+        bare = await query(server, "bare.test.", "A")
+    assert panic.rcode() == bare.rcode() == dns.rcode.SERVFAIL
+    assert messages(records) == []
+    assert [r.getMessage() for r in server_lines(records)] == [
+        "plugin/flaky: panic.test. A: RuntimeError: kaput panic",
+        "plugin/flaky: bare.test. A: KeyError: ",
+    ]
+    assert all(r.levelno == logging.ERROR for r in server_lines(records))
+
+
+@pytest.mark.parametrize("stacktrace", [True, False])
+async def test_stacktrace_adds_the_traceback_to_panics_only(
+    stacktrace: bool, records: list[logging.LogRecord]
+) -> None:
+    logging.getLogger("pycorefile").setLevel(logging.INFO)  # DEBUG logs tracebacks anyway
+    errors = "    errors {\n        stacktrace\n    }" if stacktrace else "    errors"
     async with open_server(corefile(errors), registry=registry()) as server:
+        await query(server, "panic.test.", "A")
         await query(server, "boom.test.", "A")
-    [record] = [r for r in records if r.getMessage().startswith("plugin/errors:")]
-    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    [panic] = server_lines(records)
+    if stacktrace:
+        assert panic.exc_info is not None and panic.exc_info[0] is RuntimeError
+    else:
+        assert not panic.exc_info
+    [error] = [r for r in records if r.getMessage().startswith("plugin/errors:")]
+    assert error.exc_info is None
 
 
-async def test_the_log_plugin_inside_sees_servfail(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_the_log_plugin_inside_sees_the_rcode(capsys: pytest.CaptureFixture[str]) -> None:
     text = corefile('    errors\n    log . "{name} {rcode}"')
     async with open_server(text, registry=registry()) as server:
         await query(server, "boom.test.", "A")
-    assert capsys.readouterr().out.splitlines() == ["[INFO] boom.test. SERVFAIL"]
+        await query(server, "refuse.test.", "A")
+        await query(server, "panic.test.", "A")
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("[INFO]")] == [
+        "[INFO] boom.test. SERVFAIL",
+        "[INFO] refuse.test. REFUSED",
+        "[INFO] panic.test. SERVFAIL",
+    ]
 
 
 async def test_consolidate_counts_over_the_window(records: list[logging.LogRecord]) -> None:
@@ -238,7 +290,7 @@ async def test_consolidate_counts_over_the_window(records: list[logging.LogRecor
     assert summary == "plugin/errors: 3 errors like 'kaput boom[0-9]$' occurred in last 300ms"
     assert second == "plugin/errors: 1 errors like 'kaput boom[0-9]$' occurred in last 300ms"
     singles = [m for m in messages(records) if "errors like" not in m]
-    assert singles == ["plugin/errors: 2 boomx.test. A: plugin/flaky: RuntimeError: kaput boomx"]
+    assert singles == ["plugin/errors: 2 boomx.test. A: kaput boomx"]
 
 
 async def test_consolidate_level_first_match_and_report_at_shutdown(
@@ -265,9 +317,7 @@ async def test_consolidate_show_first(records: list[logging.LogRecord]) -> None:
     errors = '    errors {\n        consolidate 1h "kaput" warning show_first\n    }'
     async with open_server(corefile(errors), registry=registry()) as server:
         await query(server, "boom.test.", "A")
-        assert messages(records, logging.WARNING) == [
-            "plugin/errors: 2 boom.test. A: plugin/flaky: RuntimeError: kaput boom"
-        ]
+        assert messages(records, logging.WARNING) == ["plugin/errors: 2 boom.test. A: kaput boom"]
     # One error only, already shown: no summary.
     assert len(messages(records)) == 1
 
@@ -276,6 +326,6 @@ async def test_consolidate_show_first(records: list[logging.LogRecord]) -> None:
         for _ in range(3):
             await query(server, "boom.test.", "A")
     assert messages(records) == [
-        "plugin/errors: 2 boom.test. A: plugin/flaky: RuntimeError: kaput boom",
+        "plugin/errors: 2 boom.test. A: kaput boom",
         "plugin/errors: 3 errors like 'kaput' occurred in last 1h0m0s",
     ]

@@ -86,6 +86,14 @@ def answer_a(q: dns.message.Message) -> dns.message.Message:
     return r
 
 
+def answer_only_the_loop_probe(q: dns.message.Message) -> dns.message.Message | None:
+    """A silent upstream's handler that still answers the loop probe (HINFO), so the
+    probe is disarmed at start and sends nothing later."""
+    if q.question[0].rdtype == dns.rdatatype.HINFO:
+        return dns.message.make_response(q)
+    return None
+
+
 def elapsed_since(start: float) -> float:
     return time.perf_counter() - start
 
@@ -154,7 +162,10 @@ async def test_a_replaced_socket_closes_once_its_last_query_times_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("plugins.forward._proxy.UDP_CHANNELS", 1)
-    silent = Upstream(host="127.0.0.2", mode="silent")
+    # Only a query replaces the expired socket here, not the periodic sweep.
+    monkeypatch.setattr("plugins.forward._proxy.Proxy.sweep", lambda self: None)
+    # Silent, except to the loop probe: answered at start, it sends no more.
+    silent = Upstream(host="127.0.0.2", handler=answer_only_the_loop_probe)
     body = "forward . {0} {{\n expire 200ms\n read_timeout 600ms\n max_fails 0\n}}"
     async with serving(body, silent) as server:
         proxy = plugin(server).forwarders[0].proxies[0]
@@ -540,6 +551,20 @@ async def test_resolv_conf_nameservers_on_port_53(tmp_path: Path) -> None:
         r = await query(server, "a.example", "A")
     assert answers(r) == ["192.0.2.1"]
     assert up.count("a.example.") == 1
+
+
+async def test_a_resolv_conf_without_nameservers_beside_an_address_is_skipped(
+    tmp_path: Path,
+) -> None:
+    # CoreDNS skips a resolv.conf with no nameserver line when other TOs remain.
+    up = Upstream(records=dict(RECORDS), host="127.0.0.2")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search svc.cluster.local\noptions ndots:5\n")
+    async with up.running(), serve(corefile(f"forward . {resolv} {up.address}")) as server:
+        r = await query(server, "a.example", "A")
+        (only,) = plugin(server).forwarders[0].proxies
+    assert answers(r) == ["192.0.2.1"]
+    assert only.label == up.address
 
 
 # -- max_concurrent ---------------------------------------------------------------

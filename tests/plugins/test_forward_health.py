@@ -283,3 +283,55 @@ async def test_no_loop_with_a_normal_upstream() -> None:
     hinfo = [name for name, t, _ in up.queries if t == "HINFO"]
     assert len(hinfo) == 2  # one probe per directive and upstream, sent at start
     assert any(name.endswith(".example.org.") for name in hinfo)
+
+
+def hinfo_names(up: Upstream) -> list[str]:
+    """The loop probes an upstream received."""
+    return [name for name, t, _ in up.queries if t == "HINFO"]
+
+
+async def replay(server: Server, name: str, times: int = 4) -> list[int]:
+    """Ask for the probe name again, as an attacker who saw it would."""
+    return [(await query(server, name, "HINFO")).rcode() for _ in range(times)]
+
+
+async def test_a_probe_replayed_after_its_reply_does_not_stop_the_server() -> None:
+    # CoreDNS's loop plugin disarms once its probe is answered: a name seen
+    # in an upstream's logs is no kill switch.
+    up = Upstream(records=dict(RECORDS), host="127.0.0.2")
+    async with serving("forward . {0}", up) as server:
+        plugin = forward_plugin(server)
+        await until(lambda: not plugin.loops.armed)
+        [name] = hinfo_names(up)
+        rcodes = await replay(server, name)
+        await trio.sleep(0.2)  # a stop would come from the plugin's task
+        r = await query(server, "a.example", "A")
+        assert plugin.loop_error is None and plugin.ready()
+    assert rcodes == [dns.rcode.NXDOMAIN] * 4  # forwarded like any other name
+    assert hinfo_names(up).count(name) == 5
+    assert r.rcode() == dns.rcode.NOERROR
+
+
+async def test_an_unanswered_probe_is_sent_again_then_disarmed_after_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # CoreDNS tries its probe every second for 30 s (here: 1.5 s), then
+    # disarms it: replaying the name later does not stop the server either.
+    monkeypatch.setattr("plugins.forward._loop.WINDOW", 1.5)
+    monkeypatch.setattr("plugins.forward._loop.RETRY", 0.2)
+    silent = Upstream(host="127.0.0.2", mode="silent")
+    good = Upstream(records=dict(RECORDS), host="127.0.0.3")
+    body = "forward . {0} {{\n read_timeout 200ms\n max_fails 0\n}}\n forward example {1}"
+    async with serving(body, silent, good) as server:
+        plugin = forward_plugin(server)
+        [name] = hinfo_names(silent)[:1]
+        assert name in plugin.loops.armed
+        await until(lambda: not plugin.loops.armed)
+        sent = hinfo_names(silent).count(name)
+        rcodes = await replay(server, name)  # goes to the silent upstream: SERVFAIL
+        await trio.sleep(0.2)
+        r = await query(server, "a.example", "A")
+        assert plugin.loop_error is None and plugin.ready()
+    assert 3 <= sent <= 8, sent  # sent again after each unanswered try, within 1.5 s
+    assert rcodes == [dns.rcode.SERVFAIL] * 4
+    assert r.rcode() == dns.rcode.NOERROR

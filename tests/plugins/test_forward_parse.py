@@ -257,11 +257,25 @@ def test_setup_errors(body: str, where: str, message: str) -> None:
     assert message in text
 
 
-def test_resolv_conf_without_nameservers(tmp_path: Path) -> None:
+def test_resolv_conf_without_nameservers_and_nothing_else(tmp_path: Path) -> None:
     path = tmp_path / "resolv.conf"
     path.write_text("search example.org\n")
     text = setup_error(f"forward . {path}")
-    assert "Corefile:2:11 - plugin/forward: no nameservers found in" in text
+    assert "Corefile:2:11 - plugin/forward: no valid upstream addresses found" in text
+    assert f"no nameservers in '{path}'" in text
+
+
+def test_an_empty_resolv_conf_is_skipped_as_coredns_does(tmp_path: Path) -> None:
+    # CoreDNS's classifyToAddrs skips a file without nameservers; only no
+    # upstream at all is an error.
+    path = tmp_path / "resolv.conf"
+    path.write_text("search example.org\noptions ndots:5\n")
+    assert parse_resolv_conf(str(path)) == []
+    config = one(f"forward . {path} 127.0.0.1")
+    assert config.upstreams == (u("127.0.0.1"),)
+    assert config.upstream_args == (2,)
+    config = one(f"forward . 127.0.0.1 {path} tls://127.0.0.2")
+    assert config.upstreams == (u("127.0.0.1"), u("127.0.0.2", 853, tls=True))
 
 
 def test_tls_with_an_unreadable_ca(tmp_path: Path) -> None:

@@ -315,13 +315,15 @@ def labels_of(labels: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k != "proto"}
 
 
-async def test_errors_plugin_handles_so_no_panic() -> None:
+async def test_a_panic_is_counted_with_the_errors_plugin_too() -> None:
+    # CoreDNS's errors plugin logs returned errors; a panic goes past it to
+    # the server, which counts it.
     text = "count.test:0 {\n bind 127.0.0.1\n prometheus 127.0.0.1:0\n errors\n counting\n}\n"
     async with open_server(text, registry=registry()) as server:
         reply = await query(server, "boom.count.test.", "A")
         found, _ = await scrape(server)
     assert reply.rcode() == dns.rcode.SERVFAIL
-    assert value(found, "coredns_panics_total") == 0
+    assert value(found, "coredns_panics_total") == 1
     labels = {"server": SERVER, "view": "", "zone": "count.test."}
     assert (
         value(found, "coredns_dns_responses_total", rcode="SERVFAIL", plugin="counting", **labels)
