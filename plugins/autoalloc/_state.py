@@ -195,13 +195,15 @@ def read_copy(path: str) -> AllocationState | None:
         return None
     except OSError as exc:
         raise StateError(f"cannot be read ({exc.strerror or exc})") from None
-    with open(fd, "rb") as f:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StateError("not a regular file")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateError("not a regular file")
+        with open(fd, "rb", closefd=False) as f:
             data = f.read()
-        except OSError as exc:
-            raise StateError(f"cannot be read ({exc.strerror or exc})") from None
+    except OSError as exc:
+        raise StateError(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     return decode(data)
 
 

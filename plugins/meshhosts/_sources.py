@@ -250,16 +250,18 @@ def _read_text(path: str, max_size: int) -> str:
         raise SourceMissing(path, 0, "no such file or directory") from exc
     except OSError as exc:
         raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
-    with open(fd, "rb", closefd=True) as f:
-        try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
-                raise SourceError(path, 0, "is a directory, not a file")
-            if not stat.S_ISREG(mode):
-                raise SourceError(path, 0, "not a regular file")
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SourceError(path, 0, "is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise SourceError(path, 0, "not a regular file")
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(max_size + 1)
-        except OSError as exc:
-            raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
+    except OSError as exc:
+        raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
     if len(data) > max_size:
         raise SourceError(path, 0, f"larger than the limit of {max_size} bytes (max_file_size)")
     try:
