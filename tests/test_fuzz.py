@@ -32,7 +32,7 @@ FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
     [
         ("fuzz_request.py", 30000),
         ("fuzz_corefile.py", 20000),
-        ("fuzz_meshfile.py", 3000),
+        ("fuzz_meshfile.py", 4000),
         ("fuzz_autoalloc_state.py", 20000),
     ],
 )
@@ -192,7 +192,7 @@ def _mutate_text(text: str, flips: list[tuple[int, str]], cut: int, tail: str) -
     return "".join(chars[:cut]) + tail
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     MESH_NAMES,
     st.one_of(st.text(max_size=200), mutated(MESH_SEEDS), mesh_documents()),
@@ -206,7 +206,7 @@ def test_mesh_file_loader_raises_only_source_error(name: str, content: Any) -> N
         assert str(exc).startswith(f"{name}:{exc.line}: ")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(MESH_NAMES, mesh_documents())
 def test_mesh_documents_raise_only_source_error(name: str, doc: Any) -> None:
     """Well-formed files whose content is anything: reading it raises SourceError at most."""
@@ -261,7 +261,7 @@ def _mutate_bytes(data: bytes, flips: list[tuple[int, int]], cut: int) -> bytes:
     return bytes(out[:cut])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     st.one_of(
         st.binary(max_size=200),
