@@ -19,6 +19,7 @@ from pycorefile import Directive, Plugin, Reply, Request, SetupContext
 from ._answers import Chase, PreparedTable, Settings
 from ._parse import MeshHostsConfig, parse_meshhosts
 from ._sources import (
+    MAX_FILE_SIZE,
     ServiceEntryHost,
     SourceError,
     SourceMissing,
@@ -71,7 +72,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
                     gc.enable()
 
 
-def load_sources(files: Sequence[str], max_size: int) -> Sources:
+def load_sources(files: Sequence[str], max_size: int = MAX_FILE_SIZE) -> Sources:
     """Read every source file (``read_sources`` with the collector paused); SourceError."""
     with _cyclic_gc_paused():
         return read_sources(files, max_size)
@@ -222,9 +223,9 @@ class MeshHostsPlugin(Plugin):
             # to lose the table or the process.
             self._snapshot = stamp
             self.load_failures += 1
+            log.exception("plugin/meshhosts: reading %s failed unexpectedly", " ".join(files))
             if starting:
                 raise
-            log.exception("plugin/meshhosts: reading %s failed; keeping the last table", files)
             return False
         self._snapshot = stamp
         return await self._install(sources)
