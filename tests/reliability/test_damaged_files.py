@@ -173,6 +173,34 @@ async def test_mesh_file_damaged_at_start(tmp_path: Path, kind: str) -> None:
     assert "Traceback" not in done.stdout + done.stderr
 
 
+async def test_corefile_reload_with_a_damaged_mesh_file_keeps_the_running_one(
+    tmp_path: Path,
+) -> None:
+    """SIGUSR1 while a mesh file is damaged: the new configuration is refused, the running
+    one (and its table) keeps serving, and a later reload with a good file goes through."""
+    mesh = tmp_path / "mesh.yaml"
+    write_mesh(mesh, MESH)
+    port = free_port()
+    target = ("127.0.0.1", port)
+    corefile = tmp_path / "Corefile"
+    async with Upstream(records=upstream_records()).running() as up:
+        # The table is only read at start: what changes it here is the Corefile reload.
+        corefile.write_text(sidecar(mesh, [up.address], meshhosts="reload 0", zone=f".:{port}"))
+        with ServerProcess(["-conf", str(corefile), "-quiet"]) as proc:
+            await until_answering(target, "cached.example", proc)
+            mesh.write_text(ALIAS_BOMB)
+            proc.signal(signal.SIGUSR1)
+            line = await trio.to_thread.run_sync(proc.wait_for, "SIGUSR1: plugin/meshhosts:", 20)
+            assert f"{mesh}:3: invalid YAML: aliases and anchors" in line
+            await keeps_serving(target)
+            write_mesh(mesh, NEW_TABLE, version=3)
+            proc.signal(signal.SIGUSR1)
+            await trio.to_thread.run_sync(proc.wait_for, "Reloading complete", 20)
+            await keeps_serving(target, NEW_TABLE, cached={})
+            proc.signal(signal.SIGTERM)
+            assert await trio.to_thread.run_sync(proc.wait) == 0
+
+
 # -- The autoalloc state file ------------------------------------------------------------
 
 LONG_NUMBER = (
