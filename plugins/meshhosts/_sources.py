@@ -245,7 +245,7 @@ def _read_text(path: str, max_size: int) -> str:
     """A regular file's text, at most ``max_size`` bytes of UTF-8 (newlines made ``\\n``)."""
     try:
         # Non-blocking, so that a FIFO put where a file was cannot hang the reader.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError as exc:
         raise SourceMissing(path, 0, "no such file or directory") from exc
     except OSError as exc:
