@@ -17,7 +17,7 @@ from pycorefile._http import HttpRequest, HttpResponse
 
 from ._allocator import Allocator, HostEntry, Outcome, Pair
 from ._parse import AutoAllocConfig, parse_autoalloc
-from ._state import StateError, encode, file_signature, load, locked, write
+from ._state import Loaded, StateError, encode, file_signature, load, locked, write
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -64,10 +64,7 @@ class AllocationService:
         self.signature = file_signature(path)
         if loaded is None:
             return
-        for problem in loaded.problems:
-            log.warning(
-                "plugin/autoalloc: state copy not used: %s; using %s", problem, loaded.source
-            )
+        _log_unused_copies(loaded)
         dropped = self.allocator.adopt(loaded.state)
         for record in dropped:
             log.warning(
@@ -121,18 +118,22 @@ class AllocationService:
             loaded = load(path)
         except StateError as exc:
             log.error(
-                "plugin/autoalloc: state file changed and is unusable (%s); keeping ours", exc
+                "plugin/autoalloc: state file changed and no copy is usable (%s); keeping the "
+                "allocations in memory and writing them again",
+                exc,
             )
             self.dirty = True
             return
         self.signature = signature
+        damaged = loaded is not None and _log_unused_copies(loaded)
         if loaded is None or loaded.state.generation <= self.disk_generation:
             if loaded is not None or self.allocator.state.records:
-                log.warning(
-                    "plugin/autoalloc: state file %s was deleted or replaced by an older copy "
-                    "while running; writing the current allocations again",
-                    path,
-                )
+                if not damaged:
+                    log.warning(
+                        "plugin/autoalloc: state file %s was deleted or replaced by an older "
+                        "copy while running; writing the current allocations again",
+                        path,
+                    )
                 self.dirty = True
             return
         theirs = loaded.state
@@ -160,6 +161,7 @@ class AllocationService:
         self.allocator.owners, self.allocator.unallocated = owners, unallocated
         self.allocator.rounds = rounds
         self.disk_generation = loaded.state.generation
+        self.dirty = self.dirty or damaged
 
     def _persist(self) -> None:
         path = self.config.state
@@ -245,6 +247,17 @@ class AllocationService:
             )
         clone.allocate(entries, explicit)
         return clone
+
+
+def _log_unused_copies(loaded: Loaded) -> bool:
+    """Log each state copy that could not be used; True if there was one (both are rewritten)."""
+    for problem in loaded.problems:
+        log.warning(
+            "plugin/autoalloc: state copy not used: %s; using %s (both copies are written again)",
+            problem,
+            loaded.source,
+        )
+    return bool(loaded.problems)
 
 
 def _log_hosts(what: str, items: list[str]) -> None:

@@ -16,6 +16,8 @@ import hashlib
 import ipaddress
 import json
 import os
+import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -85,15 +87,32 @@ def _checksum(doc: dict[str, Any]) -> str:
 
 
 def decode(data: bytes) -> AllocationState:
-    """Parse and check a state copy; raise StateError saying what is wrong.
+    """Parse and check a state copy; raise StateError saying what is wrong, and nothing else.
 
     A file edited by hand is accepted without its ``checksum`` field; with
-    one, it must match.
+    one, it must match. Whatever the bytes, the only exception is StateError,
+    so that a damaged copy always leads to the other copy.
     """
+    try:
+        return _decode(data)
+    except StateError:
+        raise
+    except RecursionError:
+        raise StateError("nested too deeply") from None
+    except Exception as exc:  # a check that missed a case: still a copy not to use
+        raise StateError(f"cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(data: bytes) -> AllocationState:
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError(f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise StateError("not valid JSON (nested too deeply)") from None
+    except ValueError:  # json's one other error: a number Python will not convert
+        digits = sys.get_int_max_str_digits()
+        raise StateError(f"not valid JSON (a number of more than {digits} digits)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise StateError(f"not a {FORMAT} state file")
     if doc.get("version") != VERSION:
@@ -140,18 +159,28 @@ def _record(item: object, index: int) -> Record:
         raise StateError(f"{where}: {exc}") from None
     if v4.version != 4 or v6.version != 6:
         raise StateError(f"{where}: ipv4/ipv6 hold addresses of the wrong family")
-    assigned = parse_timestamp(fields["assigned"])
+    assigned = _timestamp(fields["assigned"])
     if assigned is None:
         raise StateError(f"{where}.assigned is not an RFC 3339 timestamp")
     released_text = item.get("released")
     released = None
     if released_text is not None:
-        released = parse_timestamp(released_text) if isinstance(released_text, str) else None
+        released = _timestamp(released_text) if isinstance(released_text, str) else None
         if released is None:
             raise StateError(f"{where}.released is neither null nor an RFC 3339 timestamp")
     return Record(
         fields["host"], str(v4), str(v6), fields["namespace"], fields["entry"], assigned, released
     )
+
+
+def _timestamp(text: str) -> float | None:
+    """A timestamp of the file as epoch seconds; None unless it can be written back too."""
+    epoch = parse_timestamp(text)
+    try:
+        format_timestamp(epoch if epoch is not None else 0.0)
+    except (ValueError, OverflowError):  # in range with its offset, not in UTC: year 0
+        return None
+    return epoch
 
 
 # -- Reading ---------------------------------------------------------------------------
@@ -160,24 +189,35 @@ def _record(item: object, index: int) -> Record:
 def read_copy(path: str) -> AllocationState | None:
     """One copy: None when it does not exist; StateError when it exists but is unusable."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # Non-blocking: a FIFO where the file was must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StateError(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateError("not a regular file")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as exc:
+        raise StateError(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     return decode(data)
 
 
 def load(path: str) -> Loaded | None:
     """The newest valid copy of ``path``; None when there is no state at all yet.
 
-    Raises StateError with the whole story when copies exist but none is
-    valid: the caller must then refuse to run.
+    A copy that cannot be used is passed over for the other one (its
+    problem is in ``Loaded.problems``). Raises StateError with the whole
+    story, naming both copies, when copies exist but none is valid: the
+    caller must then refuse to run.
     """
     found: list[tuple[AllocationState, str]] = []
     problems: list[str] = []
-    missing = 0
+    missing: list[str] = []
     for copy in (path, backup_path(path)):
         try:
             state = read_copy(copy)
@@ -185,13 +225,13 @@ def load(path: str) -> Loaded | None:
             problems.append(f"{copy}: {exc}")
             continue
         if state is None:
-            missing += 1
+            missing.append(copy)
         else:
             found.append((state, copy))
     if not found:
-        if missing == 2:
+        if len(missing) == 2:
             return None
-        raise StateError("; ".join(problems))
+        raise StateError("; ".join([*problems, *(f"{copy}: missing" for copy in missing)]))
     state, source = max(found, key=lambda item: item[0].generation)
     return Loaded(state, source, tuple(problems))
 

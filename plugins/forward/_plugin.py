@@ -179,13 +179,19 @@ class Forwarder:
         self.in_flight += 1
         try:
             key = request.key + _FLIGHT_VARIANT[(request.wire[2] & 1) | (2 if request.edns else 0)]
-            flight = self.flights.get(key)
+            # HINFO is never merged: loop probes (CoreDNS's, and ours) must travel
+            # every round of a forwarding loop to be counted, here and in the
+            # other servers of the loop.
+            merge = request.qtype != _HINFO
+            flight = self.flights.get(key) if merge else None
             if flight is None or len(flight.followers) >= MAX_FOLLOWERS:
                 proxies = self.order()
                 if not proxies:
                     raise PluginError(NO_HEALTHY)
                 attempts = self.config.max_connect_attempts or 2 * len(proxies)
-                flight = self.flights[key] = _Flight(key, request, proxies, attempts)
+                flight = _Flight(key, request, proxies, attempts)
+                if merge:
+                    self.flights[key] = flight
                 data, checked = await self._run(flight, request)
             else:
                 data, checked = await self._follow(flight, request)

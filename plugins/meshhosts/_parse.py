@@ -16,14 +16,15 @@ from pycorefile import (
     parse_zones,
 )
 
-from ._sources import normalize_host
+from ._sources import MAX_FILE_SIZE, normalize_host
 from ._table import InlineEntry
 
 DEFAULT_TTL = 30
 DEFAULT_RELOAD = 5.0
 DEFAULT_DOMAIN = "cluster.local."
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
-_ONCE = ("namespace", "domain", "ttl", "reload", "fallthrough", "resolv_conf")
+_ONCE = ("namespace", "domain", "ttl", "reload", "fallthrough", "resolv_conf", "max_file_size")
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class MeshHostsConfig:
     reload: float = DEFAULT_RELOAD
     fallthrough: Fallthrough | None = None
     resolv_conf: str = DEFAULT_RESOLV_CONF
+    max_file_size: int = MAX_FILE_SIZE
+    """Bytes one file may have; a bigger file is a failed load."""
     source: str = "Corefile"
     """Where the directive is (``FILE:LINE``), for log messages."""
 
@@ -90,6 +93,9 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
         elif name == "resolv_conf":
             check_args(opt, 1, 1)
             values["resolv_conf"] = opt.args[0]
+        elif name == "max_file_size":
+            check_args(opt, 1, 1)
+            values["max_file_size"] = _size(opt)
         else:
             raise SetupError(f"unknown property '{name}'", opt)
     fallthrough = values.get("fallthrough")
@@ -104,6 +110,7 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
         reload=float(values.get("reload", DEFAULT_RELOAD)),  # type: ignore[arg-type]
         fallthrough=fallthrough,
         resolv_conf=str(values.get("resolv_conf", DEFAULT_RESOLV_CONF)),
+        max_file_size=int(values.get("max_file_size", MAX_FILE_SIZE)),  # type: ignore[call-overload]
         source=f"{d.file}:{d.line}",
     )
 
@@ -142,3 +149,13 @@ def _ttl(opt: Directive) -> int:
     if not 0 <= ttl <= 65535:
         raise SetupError("ttl provided is invalid (0 to 65535 seconds)", opt, 0)
     return ttl
+
+
+def _size(opt: Directive) -> int:
+    """``max_file_size``: bytes, or a number followed by K, M or G (1024, 1024², 1024³)."""
+    text = opt.args[0].strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    number = text[: len(text) - len(unit)]
+    if not (number.isascii() and number.isdigit() and len(number) <= 15) or int(number) <= 0:
+        raise SetupError("max_file_size needs a positive size: BYTES, or with K, M or G", opt, 0)
+    return int(number) * _SIZE_UNITS[unit]

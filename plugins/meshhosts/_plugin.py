@@ -19,8 +19,10 @@ from pycorefile import Directive, Plugin, Reply, Request, SetupContext
 from ._answers import Chase, PreparedTable, Settings
 from ._parse import MeshHostsConfig, parse_meshhosts
 from ._sources import (
+    MAX_FILE_SIZE,
     ServiceEntryHost,
     SourceError,
+    SourceMissing,
     Sources,
     read_search_domains,
     read_sources,
@@ -70,10 +72,10 @@ def _cyclic_gc_paused() -> Iterator[None]:
                     gc.enable()
 
 
-def load_sources(files: Sequence[str]) -> Sources:
+def load_sources(files: Sequence[str], max_size: int = MAX_FILE_SIZE) -> Sources:
     """Read every source file (``read_sources`` with the collector paused); SourceError."""
     with _cyclic_gc_paused():
-        return read_sources(files)
+        return read_sources(files, max_size)
 
 
 def prepare_table(
@@ -115,6 +117,8 @@ class MeshHostsPlugin(Plugin):
         self._sources: Sources | None = None
         self._explicit: set[str] = {entry.address for entry in config.inline}
         self._allocator: Allocator | None = None
+        self._allocations: dict[str, tuple[str, str]] = {}
+        """What the allocator gave for the serving table (kept if it fails next time)."""
         self._table = self._prepare(Sources(), {})
         self._loaded = False
         self._rebuild = False
@@ -172,21 +176,39 @@ class MeshHostsPlugin(Plugin):
         return prepare_table(sources, self.config, allocations)
 
     async def startup(self) -> None:
+        """Load the files; a file that is there but cannot be used stops the start.
+
+        The error (``FILE:LINE: reason``) then reaches the user as ``cannot
+        start: plugin/meshhosts: ...`` (exit 1), or, on a Corefile reload,
+        leaves the running configuration serving. A file that is not there
+        yet (the table not written yet) only keeps the plugin not ready.
+        """
         self._wake = trio.Event()
         if not self.config.files:
             await self._install(Sources())
             return
-        await self._load()
+        await self._load(starting=True)
 
-    async def _load(self) -> bool:
-        """Read every file and install the new table; on error keep the current one."""
+    async def _load(self, *, starting: bool = False) -> bool:
+        """Read every file and install the new table; on error keep the current one.
+
+        Whatever goes wrong reading the files is a failed load: logged,
+        counted, and the table serving stays (raised instead when
+        ``starting``, unless a file is only missing).
+        """
         files = self.config.files
         stamp = await trio.to_thread.run_sync(snapshot, files)
         try:
-            sources = await trio.to_thread.run_sync(load_sources, files)
+            # Abandoned on cancel (shutdown, a retired configuration): a slow parse
+            # of a big file then finishes in the background and is dropped.
+            sources = await trio.to_thread.run_sync(
+                load_sources, files, self.config.max_file_size, abandon_on_cancel=True
+            )
         except SourceError as exc:
             self._snapshot = stamp
             self.load_failures += 1
+            if starting and not isinstance(exc, SourceMissing):
+                raise
             if self._loaded:
                 log.error("plugin/meshhosts: %s; the last good table keeps serving", exc)
             else:
@@ -195,6 +217,15 @@ class MeshHostsPlugin(Plugin):
                     "are served meanwhile)",
                     exc,
                 )
+            return False
+        except Exception:
+            # read_sources raises only SourceError: this is a bug, but still no reason
+            # to lose the table or the process.
+            self._snapshot = stamp
+            self.load_failures += 1
+            log.exception("plugin/meshhosts: reading %s failed unexpectedly", " ".join(files))
+            if starting:
+                raise
             return False
         self._snapshot = stamp
         return await self._install(sources)
@@ -211,6 +242,7 @@ class MeshHostsPlugin(Plugin):
             log.exception("plugin/meshhosts: building the table failed; keeping the last one")
             return False
         self._table = table
+        self._allocations = allocations
         self._loaded = True
         self._rebuild = False
         self.loads += 1
@@ -219,15 +251,22 @@ class MeshHostsPlugin(Plugin):
         return True
 
     def _allocate(self, sources: Sources) -> dict[str, tuple[str, str]]:
-        """Ask the allocator for the ServiceEntry hosts without address; {} when it fails."""
+        """Ask the allocator for the ServiceEntry hosts without address.
+
+        When it fails, the pairs of the serving table are used again: a
+        failing allocator must not take the addresses of names in use away.
+        """
         allocator = self._allocator
         if allocator is None:
             return {}
         try:
             result = allocator(service_entry_hosts(sources))
         except Exception:
-            log.exception("plugin/meshhosts: the allocator failed; building without allocations")
-            return {}
+            log.exception(
+                "plugin/meshhosts: the allocator failed; building with the allocations "
+                "served so far"
+            )
+            return dict(self._allocations)
         out: dict[str, tuple[str, str]] = {}
         for host, pair in result.items():
             try:
@@ -280,7 +319,7 @@ class MeshHostsPlugin(Plugin):
         """Every address the sources name explicitly (never to be allocated)."""
         if self._sources is None and self.config.files:
             try:
-                self._sources = read_sources(self.config.files)
+                self._sources = read_sources(self.config.files, self.config.max_file_size)
             except SourceError as exc:
                 log.error("plugin/meshhosts: %s", exc)
                 return set(self._explicit)
@@ -293,7 +332,8 @@ class MeshHostsPlugin(Plugin):
         Raises SourceError when the files cannot be read.
         """
         if self._sources is None:
-            self._sources = read_sources(self.config.files) if self.config.files else Sources()
+            files = self.config.files
+            self._sources = read_sources(files, self.config.max_file_size) if files else Sources()
             self._explicit = explicit_addresses(self._sources, self.config.inline)
         return service_entry_hosts(self._sources)
 

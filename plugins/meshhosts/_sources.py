@@ -8,7 +8,10 @@ different files.
 
 Errors are ``SourceError`` with the file, the line and the reason, so a broken
 file can be logged as ``file:line: reason`` while the last good table keeps
-serving.
+serving. Reading a file raises nothing else, whatever the file holds: a file
+is read only up to a size limit, YAML aliases (and the anchors they need)
+and deep nesting are refused before anything is expanded, and any other
+failure of a parser becomes a ``SourceError`` too.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ import json
 import os
 import re
 import socket
+import stat
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 import yaml
-
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's loader when PyYAML was built with it (10x faster), else the Python one."""
+from yaml.constructor import ConstructorError, SafeConstructor
 
 SOURCE_SUFFIXES = (".json", ".yaml", ".yml")
 """Files picked up from a directory."""
@@ -41,6 +44,11 @@ _HOST = re.compile(r"(?:\*\.)?(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
 """Host names as the table takes them (lowercased, without the final dot)."""
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+
+MAX_FILE_SIZE = 64 * 1024 * 1024
+"""The default limit on one file's size (``max_file_size``): a bigger file is refused."""
+MAX_DEPTH = 500
+"""How deeply a YAML file may nest collections (JSON: as deep as its parser goes, about 1000)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class SourceError(ValueError):
         self.file = file
         self.line = line
         self.reason = reason
+
+
+class SourceMissing(SourceError):
+    """A file or directory that is not there (yet): absent rather than broken."""
 
 
 # -- Records ------------------------------------------------------------------------
@@ -158,27 +170,31 @@ class Sources:
 def list_files(paths: Sequence[str]) -> list[str]:
     """The files to read: each path itself, or a directory's JSON and YAML files (sorted).
 
-    Raises SourceError when a path does not exist or cannot be listed.
+    Raises SourceMissing when a path does not exist, SourceError when a
+    directory cannot be listed or a path named ``*.json``, ``*.yaml`` or
+    ``*.yml`` is a directory: Docker and Kubernetes make an empty directory
+    where a file to mount is missing, which must not read as an empty table.
+    Every entry of a directory with one of these names is listed, whatever it
+    is, so that ``read_file`` refuses the ones that are not files.
     """
     files: list[str] = []
     for path in paths:
         if os.path.isdir(path):
+            if path.endswith(SOURCE_SUFFIXES):
+                raise SourceError(path, 0, "is a directory, not a file")
             try:
                 names = sorted(os.listdir(path))
             except OSError as exc:
                 raise SourceError(path, 0, f"cannot list directory: {exc.strerror}") from exc
-            for name in names:
-                full = os.path.join(path, name)
-                if (
-                    name.endswith(SOURCE_SUFFIXES)
-                    and not name.startswith(".")
-                    and (os.path.isfile(full))
-                ):
-                    files.append(full)
+            files.extend(
+                os.path.join(path, name)
+                for name in names
+                if name.endswith(SOURCE_SUFFIXES) and not name.startswith(".")
+            )
         elif os.path.exists(path):
             files.append(path)
         else:
-            raise SourceError(path, 0, "no such file or directory")
+            raise SourceMissing(path, 0, "no such file or directory")
     return files
 
 
@@ -205,28 +221,74 @@ def snapshot(paths: Sequence[str]) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(rows)
 
 
-def read_sources(paths: Sequence[str]) -> Sources:
-    """Read every file of ``paths`` (files or directories); the first error raises."""
+def read_sources(paths: Sequence[str], max_size: int = MAX_FILE_SIZE) -> Sources:
+    """Read every file of ``paths`` (files or directories); the first error raises.
+
+    Raises SourceError (SourceMissing for a path that is not there) and
+    nothing else.
+    """
     out = Sources()
     for file in list_files(paths):
-        out.extend(read_file(file))
+        out.extend(read_file(file, max_size))
     return out
 
 
-def read_file(path: str) -> Sources:
-    """Read one NameTable or manifest file, JSON or YAML (by suffix; else by content)."""
+def read_file(path: str, max_size: int = MAX_FILE_SIZE) -> Sources:
+    """Read one NameTable or manifest file, JSON or YAML (by suffix; else by content).
+
+    Raises SourceError, and nothing else, when the file cannot be used.
+    """
+    return parse_text(_read_text(path, max_size), path)
+
+
+def _read_text(path: str, max_size: int) -> str:
+    """A regular file's text, at most ``max_size`` bytes of UTF-8 (newlines made ``\\n``)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise SourceError(path, 0, f"not UTF-8 text: {exc.reason}") from exc
+        # Non-blocking, so that a FIFO put where a file was cannot hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise SourceMissing(path, 0, "no such file or directory") from exc
     except OSError as exc:
         raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
-    return parse_text(text, path)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SourceError(path, 0, "is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise SourceError(path, 0, "not a regular file")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(max_size + 1)
+    except OSError as exc:
+        raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > max_size:
+        raise SourceError(path, 0, f"larger than the limit of {max_size} bytes (max_file_size)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceError(path, 0, f"not UTF-8 text: {exc.reason}") from exc
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 def parse_text(text: str, path: str = "<text>") -> Sources:
-    """Parse a file's text (JSON when it ends with .json or starts with '{' or '[')."""
+    """Parse a file's text (JSON when it ends with .json or starts with '{' or '[').
+
+    Raises SourceError, and nothing else, for any text.
+    """
+    try:
+        return _parse_text(text, path)
+    except SourceError:
+        raise
+    except RecursionError:
+        raise SourceError(path, 0, "nested too deeply") from None
+    except Exception as exc:  # a parser failing in a way of its own: still a broken file
+        raise SourceError(path, 0, f"cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+def _parse_text(text: str, path: str) -> Sources:
     is_json = path.endswith(".json") or (
         not path.endswith((".yaml", ".yml")) and text.lstrip()[:1] in ("{", "[")
     )
@@ -241,11 +303,25 @@ def parse_text(text: str, path: str = "<text>") -> Sources:
     return out
 
 
+_LONG_NUMBER = re.compile(rf"\d{{{sys.get_int_max_str_digits() + 1}}}")
+
+
 def _load_json(text: str, path: str) -> list[Any]:
     try:
         return [json.loads(text)]
     except json.JSONDecodeError as exc:
         raise SourceError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise SourceError(path, 0, "invalid JSON: nested too deeply") from None
+    except ValueError:
+        # The one other ValueError of json: a number Python will not convert.
+        found = _LONG_NUMBER.search(text)
+        line = text.count("\n", 0, found.start()) + 1 if found else 0
+        raise SourceError(path, line, f"invalid JSON: {_too_long_number()}") from None
+
+
+def _too_long_number() -> str:
+    return f"a number of more than {sys.get_int_max_str_digits()} digits"
 
 
 def _load_yaml(text: str, path: str) -> list[Any]:
@@ -259,14 +335,148 @@ def _load_yaml(text: str, path: str) -> list[Any]:
             path, text.count("\n") + 1, "incomplete: no newline at the end (still being written?)"
         )
     try:
-        return list(yaml.load_all(text, Loader=_Loader))
+        return list(yaml.load_all(text, Loader=MeshYamlLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
         reason = " ".join(str(part) for part in (exc.context, exc.problem) if part)
         raise SourceError(path, line, f"invalid YAML: {reason or 'syntax error'}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        reason = str(exc).split("\n", 1)[0]  # without yaml's "in <unicode string>"
+        raise SourceError(path, line, f"invalid YAML: {reason}") from None
     except yaml.YAMLError as exc:
         raise SourceError(path, 0, f"invalid YAML: {exc}") from None
+
+
+# -- YAML without aliases -------------------------------------------------------------
+
+_YamlBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when PyYAML was built with it (10x faster), else the Python one."""
+
+
+class MeshYamlLoader(_YamlBase):  # type: ignore[valid-type, misc]
+    """PyYAML's safe loader, composing nodes itself to refuse what a mesh file never needs.
+
+    - **Aliases** (``*name``) and the anchors they point to (``&name``): an
+      alias is a reference, and a few hundred bytes of aliases to aliases
+      (the "billion laughs") expand to billions of nodes in whatever walks
+      the result. The event that names one is refused before any node is
+      built from it.
+    - **Nesting deeper than MAX_DEPTH**: libyaml's composer recurses in C for
+      each level and overflows the stack (the process dies) on a file nested
+      100,000 deep. This composer keeps its own stack and stops at the limit.
+    - **Values Python cannot make**: a date like ``2024-02-30`` or an integer
+      longer than Python converts are refused with their line instead of
+      raising a bare ValueError.
+
+    The events still come from libyaml; only composing (one object per node)
+    is done here, at about a third more time for a whole load.
+    """
+
+    def check_node(self) -> bool:
+        if self.check_event(yaml.StreamStartEvent):
+            self.get_event()
+        return not self.check_event(yaml.StreamEndEvent)
+
+    def get_node(self) -> yaml.Node | None:
+        if self.check_event(yaml.StreamEndEvent):
+            return None
+        return self._compose_document()
+
+    def get_single_node(self) -> yaml.Node | None:
+        self.get_event()  # stream start
+        document = None if self.check_event(yaml.StreamEndEvent) else self._compose_document()
+        if not self.check_event(yaml.StreamEndEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "expected a single document", self.get_event().start_mark
+            )
+        self.get_event()  # stream end
+        return document
+
+    def _compose_document(self) -> yaml.Node:
+        get_event, resolve = self.get_event, self.resolve
+        scalar, mapping, sequence = yaml.ScalarNode, yaml.MappingNode, yaml.SequenceNode
+        scalar_event, mapping_start = yaml.ScalarEvent, yaml.MappingStartEvent
+        ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+        get_event()  # document start
+        root: yaml.Node | None = None
+        open_nodes: list[yaml.CollectionNode] = []
+        keys: list[yaml.Node | None] = []  # per open node, a key waiting for its value
+        while root is None or open_nodes:
+            event = get_event()
+            kind = type(event)
+            if kind in ends:
+                open_nodes.pop().end_mark = event.end_mark
+                keys.pop()
+                continue
+            if kind is yaml.AliasEvent or event.anchor is not None:
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases and anchors (*name, &name) are not accepted",
+                    event.start_mark,
+                )  # fmt: skip
+            node: yaml.Node
+            tag = event.tag
+            if kind is scalar_event:
+                if tag is None or tag == "!":
+                    tag = resolve(scalar, event.value, event.implicit)
+                node = scalar(tag, event.value, event.start_mark, event.end_mark, event.style)
+            else:
+                if len(open_nodes) >= MAX_DEPTH:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark
+                    )
+                node_class = mapping if kind is mapping_start else sequence
+                if tag is None or tag == "!":
+                    tag = resolve(node_class, None, event.implicit)
+                node = node_class(tag, [], event.start_mark, None, event.flow_style)
+            if open_nodes:
+                parent = open_nodes[-1]
+                key = keys[-1]
+                if type(parent) is sequence:
+                    parent.value.append(node)
+                elif key is None:
+                    keys[-1] = node
+                else:
+                    parent.value.append((key, node))
+                    keys[-1] = None
+            else:
+                root = node
+            if kind is not scalar_event:
+                open_nodes.append(node)  # type: ignore[arg-type]
+                keys.append(None)
+        get_event()  # document end
+        return root
+
+
+def _refuse_unreadable(what: str, construct: Any) -> Any:
+    """A constructor that turns the ValueError of a value Python cannot make into a
+    YAML error at the value's line."""
+
+    def checked(loader: SafeConstructor, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError) as exc:
+            reason = _too_long_number() if what == "number" else f"{exc}"
+            raise ConstructorError(
+                None, None, f"cannot read {_clip(node.value)} as a {what}: {reason}",
+                node.start_mark,
+            ) from None  # fmt: skip
+
+    return checked
+
+
+def _clip(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+MeshYamlLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp",
+    _refuse_unreadable("date", SafeConstructor.construct_yaml_timestamp),
+)
+MeshYamlLoader.add_constructor(
+    "tag:yaml.org,2002:int", _refuse_unreadable("number", SafeConstructor.construct_yaml_int)
+)
 
 
 # -- Documents ----------------------------------------------------------------------
@@ -633,7 +843,7 @@ def _line_of(text: str, path: _Path) -> int:
     positions (JSON is read as the YAML it almost always is).
     """
     try:
-        docs = list(yaml.compose_all(text, Loader=_Loader))
+        docs = list(yaml.compose_all(text, Loader=MeshYamlLoader))
     except yaml.YAMLError:
         return 1
     index = path[0]

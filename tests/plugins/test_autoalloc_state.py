@@ -80,6 +80,56 @@ def test_garbage_is_refused(garbage: bytes) -> None:
         decode(garbage)
 
 
+def _hand_edited(**record: str) -> bytes:
+    """A good copy edited by hand (no checksum): the first host's fields changed."""
+    doc = json.loads(encode(state(), POOL))
+    del doc["checksum"]
+    doc["hosts"][0].update(record)
+    return json.dumps(doc).encode()
+
+
+_HOLE = _hand_edited(namespace="HOLE")
+DAMAGE = {
+    "long number": _HOLE.replace(b'"HOLE"', b"9" * 5000),
+    "deep nesting": _HOLE.replace(b'"HOLE"', b"[" * 100_000 + b"]" * 100_000),
+    "year 0 in UTC": _hand_edited(assigned="0001-01-01T00:00:00+01:00"),
+    "binary": bytes(range(256)) * 4,
+    "a list": b"[1, 2, 3]",
+}
+"""Copies that are damaged in ways beyond a JSON syntax error."""
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damage_beyond_syntax_is_a_state_error(kind: str) -> None:
+    with pytest.raises(StateError):
+        decode(DAMAGE[kind])
+
+
+@pytest.mark.parametrize("kind", ["long number", "deep nesting", "year 0 in UTC"])
+def test_load_falls_back_to_the_copy_whatever_the_damage(tmp_path: Path, kind: str) -> None:
+    path = str(tmp_path / "alloc.json")
+    write(path, encode(state(5), POOL))
+    Path(path).write_bytes(DAMAGE[kind])
+    loaded = load(path)
+    assert loaded is not None and loaded.source == backup_path(path)
+    assert loaded.state.records == state().records and loaded.state.generation == 5
+    assert loaded.problems[0].startswith(f"{path}: ")
+
+
+def test_load_names_both_copies_when_none_is_usable(tmp_path: Path) -> None:
+    path = str(tmp_path / "alloc.json")
+    Path(path).write_bytes(DAMAGE["long number"])
+    with pytest.raises(StateError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: not valid JSON (a number of more than 4300 digits); {path}.bak: missing"
+    )
+    os.mkdir(backup_path(path))
+    with pytest.raises(StateError) as info:
+        load(path)
+    assert f"{path}.bak: not a regular file" in str(info.value)
+
+
 def test_write_keeps_two_complete_copies(tmp_path: Path) -> None:
     path = str(tmp_path / "alloc.json")
     write(path, encode(state(1), POOL))

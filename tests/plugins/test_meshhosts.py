@@ -26,7 +26,9 @@ from plugins.bind import BindPlugin
 from plugins.forward import ForwardPlugin
 from plugins.meshhosts import MeshHostsPlugin, ServiceEntryHost
 from pycorefile import Directive, Plugin, Server, SetupContext
+from pycorefile._app import user_facing
 from pycorefile._registry import Registry
+from pycorefile._server import StartupError
 from pycorefile.testing import Upstream, make_query, query, serve
 
 DATA = Path(__file__).parent / "data" / "meshhosts"
@@ -442,22 +444,37 @@ async def test_directory_source_reload(tmp_path: Path) -> None:
 async def test_not_ready_until_the_first_table(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A file not written yet: the server starts, not ready, and serves it once it is there."""
     table = tmp_path / "table.yaml"
-    table.write_text("table:\n  a.example: {ips: [10.0.0.1]\n")
-    os.utime(table, ns=(1000 * 10**9, 1000 * 10**9))
     text = corefile(f"file {table}\n reload 0\n 192.0.2.9 inline.test")
     with caplog.at_level(logging.ERROR, logger="pycorefile"):
         async with serve(text, registry=registry()) as server:
             plugin = plugin_of(server)
-            assert f"{table}:3: invalid YAML" in caplog.text
+            assert f"{table}:0: no such file or directory; not ready" in caplog.text
             assert not plugin.ready()
             # Inline entries are served meanwhile.
             assert answers(await query(server, "inline.test", "A")) == {"A 192.0.2.9"}
+            # Broken when it comes: still not ready, and the server keeps running.
+            table.write_text("table:\n  a.example: {ips: [10.0.0.1]\n")
+            await plugin.check()
+            assert f"{table}:3: invalid YAML" in caplog.text and not plugin.ready()
             table.write_text("table:\n  a.example: {ips: [10.0.0.1]}\n")
             os.utime(table, ns=(1001 * 10**9, 1001 * 10**9))
             await plugin.check()
             assert plugin.ready()
             assert answers(await query(server, "a.example", "A")) == {"A 10.0.0.1"}
+
+
+async def test_a_broken_file_at_start_refuses_to_start(tmp_path: Path) -> None:
+    """A file that is there but cannot be used stops the start, naming file and line."""
+    table = tmp_path / "table.yaml"
+    table.write_text("table:\n  a.example: {ips: [10.0.0.1]\n")
+    with pytest.raises(BaseException) as caught:  # trio wraps it in groups
+        async with serve(corefile(f"file {table}"), registry=registry()):
+            pass
+    problem = user_facing(caught.value)
+    assert isinstance(problem, StartupError)
+    assert str(problem).startswith(f"plugin/meshhosts: {table}:3: invalid YAML")
 
 
 async def test_ready_without_files() -> None:
@@ -542,6 +559,31 @@ async def test_allocator_failure_builds_without_allocations(
                 "A 240.0.0.1",
                 "A 240.0.0.5",
             }
+
+
+async def test_allocator_failure_keeps_the_pairs_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An allocator that fails on a later build does not take the served pairs away."""
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text((DATA / "manifests.yaml").read_text())
+    text = corefile(f"file {manifests}\n reload 0", extra="mhalloc")
+    async with serve(text, registry=registry()) as server:
+        plugin = plugin_of(server)
+        assert server.config is not None
+        (alloc,) = server.config.find("mhalloc")
+        assert isinstance(alloc, AllocPlugin)
+        served = answers(await query(server, "api.external.example", "A"))
+        assert len(served) == 1 and next(iter(served)).startswith("A 240.240.0.")
+        alloc.fail = True
+        manifests.write_text(manifests.read_text() + "# changed\n")
+        os.utime(manifests, ns=(1001 * 10**9, 1001 * 10**9))
+        loads = plugin.loads
+        with caplog.at_level(logging.ERROR, logger="pycorefile"):
+            await plugin.check()
+        assert plugin.loads == loads + 1
+        assert "the allocator failed; building with the allocations served so far" in caplog.text
+        assert answers(await query(server, "api.external.example", "A", proto="tcp")) == served
 
 
 async def test_allocator_registered_late_rebuilds() -> None:

@@ -47,6 +47,15 @@ def test_defaults() -> None:
     assert config == MeshHostsConfig(zones=("example.org.",), source="Corefile:2")
     assert (config.ttl, config.reload, config.domain) == (30, 5.0, "cluster.local.")
     assert config.fallthrough is None and config.resolv_conf == "/etc/resolv.conf"
+    assert config.max_file_size == 64 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("size", "size_bytes"),
+    [("4096", 4096), ("512K", 512 * 1024), ("64MiB", 64 * 1024**2), ("1g", 1024**3)],
+)
+def test_max_file_size(size: str, size_bytes: int) -> None:
+    assert meshhosts(block=(line("max_file_size", size),)).max_file_size == size_bytes
 
 
 def test_every_option() -> None:
@@ -64,6 +73,7 @@ def test_every_option() -> None:
             line("reload", "1m"),
             line("fallthrough", "example.org"),
             line("resolv_conf", "/tmp/resolv.conf"),
+            line("max_file_size", "8M"),
         ),
     )
     assert config.zones == ("cluster.local.", "10.in-addr.arpa.")
@@ -80,6 +90,7 @@ def test_every_option() -> None:
     )
     assert config.fallthrough == Fallthrough(("example.org.",))
     assert config.resolv_conf == "/tmp/resolv.conf"
+    assert config.max_file_size == 8 * 1024**2
     assert meshhosts(block=(line("reload", "0"),)).reload == 0.0
     assert meshhosts(block=(line("fallthrough"),)).fallthrough == Fallthrough((".",))
 
@@ -101,6 +112,9 @@ def test_every_option() -> None:
         ("10.0.0.1 ok.example bad..name", "Corefile:3:25 - plugin/meshhosts: 'bad..name'"),
         ("ttl 5\n    ttl 6", "Corefile:4:5 - plugin/meshhosts: 'ttl' given twice"),
         ("watch /x", "Corefile:3:5 - plugin/meshhosts: unknown property 'watch'"),
+        ("max_file_size 0", "Corefile:3:19 - plugin/meshhosts: max_file_size needs a positive"),
+        ("max_file_size 5T", "Corefile:3:19 - plugin/meshhosts: max_file_size needs a positive"),
+        ("max_file_size -1", "Corefile:3:19 - plugin/meshhosts: max_file_size needs a positive"),
     ],
 )
 def test_errors_point_at_the_argument(body: str, message: str) -> None:

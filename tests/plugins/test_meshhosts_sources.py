@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from plugins.meshhosts._sources import (
+    MAX_DEPTH,
     ServiceEntryHost,
     SourceError,
+    SourceMissing,
     Sources,
     list_files,
     parse_text,
@@ -28,6 +32,7 @@ from plugins.meshhosts._table import (
     service_entry_hosts,
     visible,
 )
+from tests.reliability._support import ALIAS_BOMB
 
 DATA = Path(__file__).parent / "data" / "meshhosts"
 
@@ -226,6 +231,94 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(SourceError, match="not UTF-8"):
         read_file(str(binary))
+
+
+GOOD_ENTRY = "table:\n  a.example: {ips: [10.0.0.1]}\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "reason"),
+    [
+        ("date.yaml", GOOD_ENTRY + "when: 2024-02-30\n", 3, "cannot read '2024-02-30' as a date"),
+        ("long.yaml", GOOD_ENTRY + "n: " + "9" * 5000 + "\n", 3, "more than 4300 digits"),
+        ("long.json", '{"table": {},\n"n": ' + "9" * 5000 + "}", 2, "more than 4300 digits"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, 0, "nested too deeply"),
+        ("deep.yaml", "[" * 100_000 + "]" * 100_000 + "\n", 1, f"more than {MAX_DEPTH} levels"),
+        ("block.yaml", "- " * 100_000 + "x\n", 1, f"more than {MAX_DEPTH} levels"),
+        ("bomb.yaml", ALIAS_BOMB, 3, "aliases and anchors (*name, &name) are not accepted"),
+        ("anchor.yaml", "table: &t {}\n", 1, "aliases and anchors"),
+        ("control.yaml", "table:\n  \x00\x01: x\n", 2, "unacceptable character #x0000"),
+        (
+            "top.json",
+            '"a table"',
+            1,
+            "expected a mapping (a NameTable or a manifest), got a string",
+        ),
+        (
+            "top.yaml",
+            "- [1, 2]\n",
+            1,
+            "expected a mapping (a NameTable or a manifest), got a number",
+        ),
+        ("tag.yaml", "table: !!python/name:os.system\n", 1, "could not determine a constructor"),
+    ],
+)
+def test_damage_beyond_syntax_is_a_source_error(
+    name: str, text: str, line: int, reason: str
+) -> None:
+    """Whatever the damage, one SourceError naming file, line and reason, and quickly."""
+    started = time.monotonic()
+    with pytest.raises(SourceError) as caught:
+        parse_text(text, name)
+    err = caught.value
+    assert (err.file, err.line) == (name, line), err
+    assert reason in err.reason
+    assert time.monotonic() - started < 20  # the bomb is refused, not expanded
+
+
+def test_yaml_without_aliases_reads_as_before() -> None:
+    """The composer that refuses aliases gives what PyYAML gives on everything else."""
+    text = (DATA / "manifests.yaml").read_text()
+    assert parse_text(text, "m.yaml") == parse_text(text.replace("\n", "\r\n"), "m.yaml")
+    merged = parse_text("table:\n  a.example: {<<: {ips: [10.0.0.1]}, ? b : c}\n", "m.yaml")
+    assert merged.names[0].ips == ("10.0.0.1",)
+    assert parse_text("table:\n  '*.x': {ips: [10.0.0.2]}\n", "w.yaml").names[0].host == "*.x."
+
+
+def test_size_limit(tmp_path: Path) -> None:
+    table = tmp_path / "t.json"
+    table.write_text('{"table": {"a.example": {"ips": ["10.0.0.1"]}}}')
+    size = table.stat().st_size
+    assert [r.host for r in read_file(str(table), max_size=size).names] == ["a.example."]
+    with pytest.raises(SourceError) as caught:
+        read_sources([str(table)], max_size=size - 1)
+    assert caught.value.reason == f"larger than the limit of {size - 1} bytes (max_file_size)"
+
+
+def test_not_a_file_where_a_file_was(tmp_path: Path) -> None:
+    """A directory named like a table (Docker and Kubernetes make one for a missing
+    file to mount) or a FIFO is refused, never read as an empty table or waited on."""
+    (tmp_path / "mesh.json").mkdir()
+    with pytest.raises(SourceError, match="is a directory, not a file"):
+        read_sources([str(tmp_path / "mesh.json")])
+    with pytest.raises(SourceError, match="is a directory, not a file"):
+        read_sources([str(tmp_path)])  # also as an entry of a directory source
+    os.rmdir(tmp_path / "mesh.json")
+    os.mkfifo(tmp_path / "mesh.yaml")
+    with pytest.raises(SourceError, match="not a regular file"):
+        read_sources([str(tmp_path)])
+
+
+def test_missing_is_told_apart_from_broken(tmp_path: Path) -> None:
+    with pytest.raises(SourceMissing):
+        read_sources([str(tmp_path / "absent.json")])
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(SourceMissing):
+        read_sources([str(tmp_path)])
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(SourceError) as caught:
+        read_sources([str(tmp_path / "broken.json")])
+    assert not isinstance(caught.value, SourceMissing)
 
 
 def test_directory_lists_json_and_yaml_only(tmp_path: Path) -> None:

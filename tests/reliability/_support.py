@@ -8,6 +8,7 @@ that what the server can answer is still answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,16 +16,19 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import trio
+import yaml
 
 from plugins.meshhosts import MeshHostsPlugin
 from pycorefile import Server
 from pycorefile.testing import Upstream, make_query, query
+from tests.process import ServerProcess
 
 NOERROR, NXDOMAIN, SERVFAIL, REFUSED = (
     dns.rcode.NOERROR,
@@ -49,6 +53,23 @@ EXTERNAL = {
 """Names only the upstream knows: the first is cached before the fault, the others after."""
 
 Target = Server | tuple[str, int]
+
+ALIAS_BOMB = "\n".join(
+    [
+        "kind: List",
+        "apiVersion: v1",
+        f"x0: &a [{', '.join(['{kind: Pod}'] * 9)}]",
+        *(
+            f"x{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]"
+            for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+        ),
+        "items: *i",
+        "",
+    ]
+)
+"""A YAML alias bomb of about 500 bytes: a List of 9^9 objects (every one a Pod, which
+meshhosts skips), nine aliases to nine aliases to ... Walking its items pins a core for
+hours; it must be refused before anything is expanded."""
 
 
 def upstream_records(names: Mapping[str, str] = EXTERNAL) -> dict[tuple[str, str], list[str]]:
@@ -77,6 +98,55 @@ def mesh_text(hosts: Mapping[str, str]) -> str:
             "namespace": namespace,
         }
     return json.dumps({"table": table}, indent=2) + "\n"
+
+
+def service_entry(name: str, host: str, created: str) -> dict[str, Any]:
+    """An Istio ServiceEntry without addresses: autoalloc gives its host a pair."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created},
+        "spec": {
+            "hosts": [host],
+            "ports": [{"number": 5432, "name": "tcp", "protocol": "TCP"}],
+            "resolution": "DNS",
+        },
+    }
+
+
+ENTRIES = [
+    service_entry("pg", "pg.partner.example", "2024-01-01T00:00:00Z"),
+    service_entry("redis", "redis.partner.example", "2024-01-02T00:00:00Z"),
+]
+OLDER = service_entry("kafka", "kafka.partner.example", "2023-06-01T00:00:00Z")
+"""Created before the others: without the state, it would take the first pair."""
+
+
+def write_entries(path: Path, docs: list[dict[str, Any]]) -> None:
+    """Replace the manifests file atomically with ``docs``."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump_all(docs))
+    os.replace(tmp, path)
+
+
+def autoalloc_block(state: Path) -> str:
+    """An autoalloc block keeping its state in ``state``, its HTTP on any free port."""
+    return f"    autoalloc {{\n        state {state}\n        http 127.0.0.1:0\n    }}\n"
+
+
+async def until_answering(
+    target: tuple[str, int], name: str, proc: ServerProcess
+) -> dns.message.Message:
+    """Poll a server that is starting until it answers ``name``."""
+    with trio.move_on_after(20):
+        while True:
+            with contextlib.suppress(dns.exception.Timeout, ConnectionRefusedError):
+                reply = await query(target, name, "A", timeout=0.3)
+                if reply.rcode() == NOERROR and reply.answer:
+                    return reply
+            await trio.sleep(0.05)
+    output = "\n".join(await trio.to_thread.run_sync(proc.drain))
+    raise AssertionError(f"the server never answered {name}; its output:\n{output}")
 
 
 def stamp(path: Path, version: int) -> None:

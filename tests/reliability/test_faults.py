@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -39,12 +38,14 @@ from pycorefile.testing import Upstream, query, serve
 from tests.process import ServerProcess, free_port
 
 from ._support import (
+    ENTRIES,
     EXTERNAL,
     MESH,
-    NOERROR,
+    OLDER,
     PROTOS,
     CuttingUpstream,
     answered,
+    autoalloc_block,
     keeps_serving,
     mesh_plugin,
     mesh_text,
@@ -52,8 +53,10 @@ from ._support import (
     servfail,
     sidecar,
     stamp,
+    until_answering,
     upstream_records,
     wait_until,
+    write_entries,
     write_mesh,
 )
 
@@ -432,56 +435,14 @@ async def test_mesh_file_half_written(tmp_path: Path, case: str) -> None:
 # -- The autoalloc state file ------------------------------------------------------------
 
 
-def _service_entry(name: str, host: str, created: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created},
-        "spec": {
-            "hosts": [host],
-            "ports": [{"number": 5432, "name": "tcp", "protocol": "TCP"}],
-            "resolution": "DNS",
-        },
-    }
-
-
-ENTRIES = [
-    _service_entry("pg", "pg.partner.example", "2024-01-01T00:00:00Z"),
-    _service_entry("redis", "redis.partner.example", "2024-01-02T00:00:00Z"),
-]
-OLDER = _service_entry("kafka", "kafka.partner.example", "2023-06-01T00:00:00Z")
-"""Created before the others: without the state, it would take the first pair."""
-
-
-def _write_entries(path: Path, docs: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump_all(docs))
-    os.replace(tmp, path)
-
-
-async def _until_answering(
-    target: tuple[str, int], name: str, proc: ServerProcess
-) -> dns.message.Message:
-    """Poll a server that is starting until it answers ``name``."""
-    with trio.move_on_after(20):
-        while True:
-            with contextlib.suppress(dns.exception.Timeout, ConnectionRefusedError):
-                reply = await query(target, name, "A", timeout=0.3)
-                if reply.rcode() == NOERROR and reply.answer:
-                    return reply
-            await trio.sleep(0.05)
-    output = "\n".join(await trio.to_thread.run_sync(proc.drain))
-    raise AssertionError(f"the server never answered {name}; its output:\n{output}")
-
-
 async def test_autoalloc_state_garbled_across_a_restart(tmp_path: Path) -> None:
     """Allocations survive a restart whose main state file is garbage, served by meshhosts."""
     mesh, entries, state = tmp_path / "mesh.json", tmp_path / "entries.yaml", tmp_path / "a.json"
     write_mesh(mesh, MESH)
-    _write_entries(entries, ENTRIES)
+    write_entries(entries, ENTRIES)
     port = free_port()
     target = ("127.0.0.1", port)
-    alloc = f"    autoalloc {{\n        state {state}\n        http 127.0.0.1:0\n    }}\n"
+    alloc = autoalloc_block(state)
     async with Upstream(records=upstream_records()).running() as up:
         corefile = tmp_path / "Corefile"
         corefile.write_text(
@@ -499,7 +460,7 @@ async def test_autoalloc_state_garbled_across_a_restart(tmp_path: Path) -> None:
             return out
 
         with ServerProcess(args) as first:
-            await _until_answering(target, "pg.partner.example", first)
+            await until_answering(target, "pg.partner.example", first)
             before = await allocations()
             await answered(target, "cached.example", EXTERNAL["cached.example"])
             first.signal(signal.SIGTERM)
@@ -509,9 +470,9 @@ async def test_autoalloc_state_garbled_across_a_restart(tmp_path: Path) -> None:
         assert before["kafka"] == []
 
         state.write_bytes(b'{"version": 1, "hosts": [{"host": "pg.partner.exa\x00\xff')
-        _write_entries(entries, [*ENTRIES, OLDER])
+        write_entries(entries, [*ENTRIES, OLDER])
         with ServerProcess(args) as second:
-            await _until_answering(target, "kafka.partner.example", second)
+            await until_answering(target, "kafka.partner.example", second)
             after = await allocations()
             await keeps_serving(target, cached={})
             await answered(target, "fresh.example", EXTERNAL["fresh.example"])
@@ -534,8 +495,8 @@ async def test_autoalloc_state_garbled_while_serving(tmp_path: Path) -> None:
     every pair, gives the new host a free one, and writes a good file again."""
     mesh, entries, state = tmp_path / "mesh.json", tmp_path / "entries.yaml", tmp_path / "a.json"
     write_mesh(mesh, MESH)
-    _write_entries(entries, ENTRIES)
-    alloc = f"    autoalloc {{\n        state {state}\n        http 127.0.0.1:0\n    }}\n"
+    write_entries(entries, ENTRIES)
+    alloc = autoalloc_block(state)
     async with (
         Upstream(records=upstream_records()).running() as up,
         serve(sidecar(f"{mesh} {entries}", [up.address], extra=alloc)) as server,
@@ -545,7 +506,7 @@ async def test_autoalloc_state_garbled_while_serving(tmp_path: Path) -> None:
         plugin = mesh_plugin(server)
         loads = plugin.loads
         state.write_bytes(b"\x00" * 100)
-        _write_entries(entries, [*ENTRIES, OLDER])
+        write_entries(entries, [*ENTRIES, OLDER])
 
         async def loaded() -> bool:
             return plugin.loads > loads
