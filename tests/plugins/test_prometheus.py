@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from plugins.bind import BindPlugin
 from plugins.errors import ErrorsPlugin
 from plugins.forward import ForwardPlugin
-from plugins.prometheus import DEFAULT_ADDRESS, PrometheusPlugin, parse_prometheus
+from plugins.prometheus import DEFAULT_ADDRESS, MetricsState, PrometheusPlugin, parse_prometheus
 from plugins.whoami import WhoamiPlugin
 from pycorefile import (
     CorefileError,
@@ -389,7 +389,9 @@ async def test_unknown_types_count_as_other_and_the_rows_stay_few() -> None:
         for name in known:
             await query(server, "k.count.test.", name)
         await query(server, "n.count.test.", "NAPTR")  # assigned, but not monitored
+        assert server.config is not None
         state = server.config.shared["prometheus.state"]
+        assert isinstance(state, MetricsState)
         rows = len(state.counters.rows) + len(state.counters.hot)
         found, _ = await scrape(server)
     req = "coredns_dns_requests_total"
