@@ -155,11 +155,12 @@ class Runner:
     async def build_again(self) -> tuple[Source, Config]:
         """Read the Corefile again and build it, in a worker thread.
 
-        Building blocks: the Corefile is read and parsed (in a child process
-        from the command line, 0.2-0.5 s; a large import takes longer), and
-        plugins read their files at setup (resolv.conf, state files). In a
-        thread the event loop keeps answering meanwhile; setups only read the
-        running configuration (counters and services they take over).
+        This waits on files and processes: the Corefile is read and parsed
+        (in a child process from the command line, 0.2-0.5 s; a large import
+        takes longer), and plugins read their files at setup (resolv.conf,
+        state files). In a thread the event loop keeps answering meanwhile;
+        setups only read the running configuration (counters and services
+        they take over).
         """
 
         def build_from_disk() -> tuple[Source, Config]:
