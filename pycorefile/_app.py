@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -24,6 +25,10 @@ from .corefile import CorefileError, ServerBlock, parse_corefile
 log = logging.getLogger("pycorefile")
 
 DEFAULT_COREFILE = ".:{port} {{\n    whoami\n    log\n}}\n"
+
+BLOCKS_KEY = "corefile_blocks"
+"""Where ``SetupContext.shared`` holds every server block of the Corefile being set up, as
+parsed (imports expanded): what the configuration is built from."""
 
 Parse = Callable[[str, str], list[ServerBlock]]
 """Corefile text and file name to blocks: ``parse_corefile`` or ``parse_corefile_apart``."""
@@ -74,7 +79,7 @@ def load_config(
         registry or default_registry(),
         corefile=filename,
         dns_port=dns_port,
-        shared=shared,
+        shared={**(shared or {}), BLOCKS_KEY: blocks},
     )
 
 
@@ -132,6 +137,8 @@ class Runner:
         self.reload_failures = 0
         self.serving = False
         """True once the server has started: a failure after that is not a failed start."""
+        self._reloading = trio.Lock()
+        """One reload at a time (SIGUSR1 and the reload plugin may ask together)."""
 
     def build(self, source: Source) -> Config:
         config = load_config(
@@ -147,21 +154,38 @@ class Runner:
     def files(self) -> list[str]:
         return config_files(self.server.config) if self.server.config else []
 
+    async def build_again(self) -> tuple[Source, Config]:
+        """Read the Corefile again and build it, in a worker thread.
+
+        This waits on files and processes: the Corefile is read and parsed
+        (in a child process from the command line, 0.2-0.5 s; a large import
+        takes longer), and plugins read their files at setup (resolv.conf,
+        state files). In a thread the event loop keeps answering meanwhile;
+        setups only read the running configuration (counters and services
+        they take over).
+        """
+
+        def build_from_disk() -> tuple[Source, Config]:
+            source = self.source.reread(self.dns_port)
+            return source, self.build(source)
+
+        return await trio.to_thread.run_sync(build_from_disk)
+
     async def reload(self, reason: str = "SIGUSR1") -> bool:
         """Build the Corefile anew and swap it in; a broken one keeps the old serving."""
-        try:
-            source = self.source.reread(self.dns_port)
-            config = self.build(source)
-            await self.server.reload(config)
-        except Exception as exc:
-            problem = user_facing(exc)
-            if problem is None:
-                raise
-            self.reload_failures += 1
-            log.error("%s: %s", reason, problem)
-            return False
-        self.source = source
-        self.reloads += 1
+        async with self._reloading:
+            try:
+                source, config = await self.build_again()
+                await self.server.reload(config)
+            except Exception as exc:
+                problem = user_facing(exc)
+                if problem is None:
+                    raise
+                self.reload_failures += 1
+                log.error("%s: %s", reason, problem)
+                return False
+            self.source = source
+            self.reloads += 1
         log.info("Reloading complete")
         return True
 
@@ -181,8 +205,7 @@ class Runner:
                 if not quiet:
                     print_banner(self.server)
                 if pidfile:
-                    with open(pidfile, "w") as f:
-                        f.write(f"{os.getpid()}\n")
+                    await trio.to_thread.run_sync(write_pidfile, pidfile)
                 self.serving = True
                 task_status.started(self.server)
                 try:
@@ -198,6 +221,14 @@ class Runner:
                     if pidfile:
                         with contextlib.suppress(OSError):
                             os.unlink(pidfile)
+
+
+def write_pidfile(path: str) -> None:
+    """Write our PID atomically: a reader sees no file or the whole line, never an empty one."""
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(partial, path)
 
 
 def user_facing(exc: BaseException) -> BaseException | None:
@@ -253,7 +284,9 @@ async def open_server(
     Keys without a port get ``dns_port``; 0 picks a free port, shared by the
     UDP and TCP sockets (``server.port()`` tells which).
     """
-    config = load_config(corefile, filename, registry=registry, dns_port=dns_port)
+    config = await trio.to_thread.run_sync(
+        partial(load_config, corefile, filename, registry=registry, dns_port=dns_port)
+    )
     server = Server(options)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, config)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._app import Runner, user_facing, version_lines
+from ._app import Runner, user_facing, version_lines, write_pidfile
 from ._config import Config
 from ._http import HttpListener, HttpRequest, HttpResponse
 from ._server import bind_http_socket
@@ -172,8 +172,7 @@ class Supervisor:
                 print(line)
             sys.stdout.flush()
         if pidfile:
-            with open(pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            await trio.to_thread.run_sync(write_pidfile, pidfile)
 
     async def _keep_worker(self, index: int) -> None:
         while not self.stopping:
@@ -210,8 +209,7 @@ class Supervisor:
     async def _reload(self) -> None:
         """Validate the new Corefile here; only a good one reaches the workers."""
         try:
-            source = self.runner.source.reread(self.runner.dns_port)
-            self.config = self.runner.build(source)
+            source, self.config = await self.runner.build_again()
         except Exception as exc:
             problem = user_facing(exc)
             if problem is None:

@@ -43,3 +43,14 @@ def test_memory_fills_the_cache_and_reports() -> None:
     out = run("bench/memory.py", "-n", "300")
     assert re.search(r"cache entries\s+300\b", out), out
     assert re.search(r"RSS, full cache\s+\d+\.\d MB", out), out
+
+
+def test_reload_stall_measures_both_phases() -> None:
+    out = run("bench/reload_stall.py", "-d", "2", "-r", "1")
+    rows = [line for line in out.splitlines() if line.startswith(("| steady", "| reloading"))]
+    assert len(rows) == 2, out
+    for row in rows:
+        sent = int(row.split("|")[2].strip().replace(",", ""))
+        assert sent > 1000, row  # 2 s at 2,000 a second
+    assert re.search(r"\d+ reloads, each \d+ ms", out), out
+    assert re.search(r"worst stall while reloading: \d+\.\d ms", out), out

@@ -24,9 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pycorefile")
 
+Signature = tuple[int, int, int] | None
+"""A state file's (inode, size, mtime), or None when it is missing."""
+
 PATH = "/allocations"
 RETRY_INTERVAL = 2.0
 """Seconds between attempts to write a state that could not be written (disk full...)."""
+SHUTDOWN_WRITE_WAIT = 5.0
+"""Seconds a shutdown waits for the last write of a state still only in memory."""
 MISSING_MESHHOSTS = "autoalloc needs meshhosts in the same server block"
 _DETAIL_LIMIT = 10
 """Up to this many hosts per round are logged one by one; more are summarised."""
@@ -40,12 +45,22 @@ class AllocationService:
     allocated in memory is lost (with or without a state file).
     Other processes (``-workers``) share the file under a lock and pick up
     each other's writes before allocating.
+
+    Everything that touches the file (the lock, reads, writes and fsyncs) runs
+    in worker threads: ``allocate`` and ``retry`` are called through
+    ``trio.to_thread``. Two locks keep the event loop from ever waiting on the
+    disk or on another process: ``file_lock`` serialises the rounds and the
+    retries of this process (each holds the file lock while it reads, allocates
+    and writes); ``lock`` guards the allocator in memory and is held only for
+    memory work, so ``table`` and ``counts`` (called on the event loop) never
+    wait for a write or for another process's lock.
     """
 
     def __init__(self, config: AutoAllocConfig) -> None:
         self.config = config
         self.allocator = Allocator(config.pool, hold=config.hold)
         self.lock = threading.RLock()
+        self.file_lock = threading.Lock()
         self.dirty = False
         """The state in memory is newer than the file (a write failed or is due)."""
         self.failing = False
@@ -53,7 +68,7 @@ class AllocationService:
         self.exhausted_total = 0
         self.moved_total = 0
         self.disk_generation = 0
-        self.signature: tuple[int, int, int] | None = None
+        self.signature: Signature = None
         self.retired = False
         """Superseded by a reload on the same file: allocate in memory only, write nothing."""
         if config.state is not None:
@@ -83,31 +98,38 @@ class AllocationService:
     # -- Allocation ----------------------------------------------------------------------
 
     def allocate(self, entries: Iterable[HostEntry], explicit: Iterable[str]) -> dict[str, Pair]:
-        """One round: assign, persist (before anyone answers with the result), report."""
+        """One round: assign, persist (before anyone answers with the result), report.
+
+        Blocks (file lock, read, write, fsync): call it from a worker thread.
+        """
         path = None if self.retired else self.config.state
-        with self.lock, locked(path) if path else contextlib.nullcontext(True):
+        with self.file_lock, locked(path) if path else contextlib.nullcontext(True):
             self._refresh()
-            outcome = self.allocator.allocate(entries, explicit)
-            if outcome.changed:
-                self.allocator.state.generation += 1
-                self.dirty = path is not None
+            with self.lock:
+                outcome = self.allocator.allocate(entries, explicit)
+                if outcome.changed:
+                    self.allocator.state.generation += 1
+                    self.dirty = path is not None
             self._report(outcome)
             if self.dirty and path is not None:
                 self._persist()
         return outcome.assigned
 
     def retry(self) -> None:
-        """Write a state that is still only in memory (called periodically)."""
+        """Write a state that is still only in memory (called periodically, in a worker thread)."""
         path = self.config.state
         if path is None or not self.dirty or self.retired:
             return
-        with self.lock, locked(path):
+        with self.file_lock, locked(path):
             self._refresh()
             if self.dirty:
                 self._persist()
 
     def _refresh(self) -> None:
-        """Take in what another process wrote to the shared file since we last looked."""
+        """Take in what another process wrote to the shared file since we last looked.
+
+        The file is read without ``lock``; only taking its content in holds it.
+        """
         path = self.config.state
         if path is None or self.retired:
             return
@@ -124,6 +146,11 @@ class AllocationService:
             )
             self.dirty = True
             return
+        with self.lock:
+            self._take_in(loaded, signature, path)
+
+    def _take_in(self, loaded: Loaded | None, signature: Signature, path: str) -> None:
+        """Merge a state read from the shared file into ours (under ``lock``)."""
         self.signature = signature
         damaged = loaded is not None and _log_unused_copies(loaded)
         if loaded is None or loaded.state.generation <= self.disk_generation:
@@ -164,13 +191,17 @@ class AllocationService:
         self.dirty = self.dirty or damaged
 
     def _persist(self) -> None:
+        """Write both copies of the state; the writing holds ``file_lock``, not ``lock``."""
         path = self.config.state
         if path is None:
             self.dirty = False
             return
-        state = self.allocator.state
+        with self.lock:
+            state = self.allocator.state
+            data = encode(state, self.config.pool)
+            generation = state.generation
         try:
-            write(path, encode(state, self.config.pool))
+            write(path, data)
         except OSError as exc:
             self.write_failures += 1
             self.dirty = True
@@ -185,7 +216,7 @@ class AllocationService:
             self.failing = True
             return
         self.dirty = False
-        self.disk_generation = state.generation
+        self.disk_generation = generation
         self.signature = file_signature(path)
         if self.failing:
             log.info("plugin/autoalloc: state file %s written again", path)
@@ -393,26 +424,34 @@ class AutoAllocPlugin(Plugin):
         if self.replaced is not None:
             self.replaced.retired = True  # the old configuration must not write our file now
         if self.service.dirty:
-            await trio.to_thread.run_sync(self.service.retry)
+            await trio.to_thread.run_sync(self.service.retry, abandon_on_cancel=True)
         use_allocator(self.allocate)
 
     async def run(self) -> None:
         while True:
             await trio.sleep(RETRY_INTERVAL)
             if self.service.dirty:
-                await trio.to_thread.run_sync(self.service.retry)
+                # Abandoned if cancelled while another process holds the file lock: the
+                # thread still writes when it gets the lock, and the copies stay whole.
+                await trio.to_thread.run_sync(self.service.retry, abandon_on_cancel=True)
 
     async def shutdown(self) -> None:
         if not self.started:
             return
         self.started = False
         if self.service.dirty:
-            self.service.retry()
+            # The last write, waited for a while (another process may hold the file lock).
+            with trio.move_on_after(SHUTDOWN_WRITE_WAIT):
+                await trio.to_thread.run_sync(self.service.retry, abandon_on_cancel=True)
 
     # -- What meshhosts calls ---------------------------------------------------------
 
     def allocate(self, candidates: Sequence[HostEntry]) -> dict[str, Pair]:
-        """Host → (IPv4, IPv6) for the ServiceEntry hosts of the table being built."""
+        """Host → (IPv4, IPv6) for the ServiceEntry hosts of the table being built.
+
+        Blocks until the state file is locked, read and written (meshhosts calls
+        it from a worker thread, before building the table it answers from).
+        """
         return self.service.allocate(candidates, self._explicit())
 
     def _explicit(self) -> set[str]:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.utils import floatToGoString
 
-DURATION_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
+from pycorefile.metrics import TIME_BUCKETS, bucket_labels
+
+DURATION_BUCKETS = TIME_BUCKETS
 """CoreDNS's duration buckets: 0.25 ms doubling to about 8 s."""
-_LES = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
+_LES = bucket_labels(DURATION_BUCKETS)
 
 
 @dataclass

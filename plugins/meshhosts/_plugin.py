@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pycorefile")
 
 Allocator = Callable[[list[ServiceEntryHost]], Mapping[str, tuple[str, str]]]
-"""What autoalloc registers: ServiceEntry hosts without address → host → (IPv4, IPv6)."""
+"""What autoalloc registers: ServiceEntry hosts without address → host → (IPv4, IPv6).
+Called in a worker thread: it may block."""
 
 _Snapshot = tuple[tuple[str, int, int, int], ...]
 
@@ -234,7 +235,8 @@ class MeshHostsPlugin(Plugin):
         """Allocate, build off the event loop, swap in."""
         self._sources = sources
         self._explicit = explicit_addresses(sources, self.config.inline)
-        allocations = self._allocate(sources)
+        # The allocator may block (autoalloc locks and writes its state file): in a thread.
+        allocations = await trio.to_thread.run_sync(self._allocate, sources, abandon_on_cancel=True)
         try:
             table = await trio.to_thread.run_sync(self._prepare, sources, allocations)
         except Exception:
@@ -308,7 +310,8 @@ class MeshHostsPlugin(Plugin):
     # -- For other plugins ----------------------------------------------------------
 
     def use_allocator(self, allocator: Allocator) -> None:
-        """autoalloc's hook: called before each table build with the hosts lacking addresses."""
+        """autoalloc's hook: called before each table build with the hosts lacking addresses,
+        in a worker thread (it may block on its state file)."""
         self._allocator = allocator
         if self._loaded:
             self._rebuild = True

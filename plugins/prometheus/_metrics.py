@@ -18,26 +18,26 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.utils import floatToGoString
 
 from pycorefile import Request, SetupContext, __version__
 from pycorefile._config import Client, Route
+from pycorefile.metrics import TIME_BUCKETS, bucket_labels
 
-DURATION_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
+DURATION_BUCKETS = TIME_BUCKETS
 """CoreDNS's ``ExponentialBuckets(0.00025, 2, 16)``: 0.25 ms to about 8 s."""
 SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
 """CoreDNS's request and response size buckets, in bytes."""
 
-MONITORED_TYPES = (
-    "A", "AAAA", "MX", "SOA", "CNAME", "PTR", "TXT", "NS", "SRV", "DS", "DNSKEY",
-    "RRSIG", "NSEC", "NSEC3", "HTTPS", "IXFR", "AXFR", "ANY",
-)  # fmt: skip
-"""Query types with their own ``type`` label; every other type is ``other``."""
 _TYPE_CODES = {
     1: "A", 28: "AAAA", 15: "MX", 6: "SOA", 5: "CNAME", 12: "PTR", 16: "TXT", 2: "NS",
     33: "SRV", 43: "DS", 48: "DNSKEY", 46: "RRSIG", 47: "NSEC", 50: "NSEC3", 65: "HTTPS",
-    251: "IXFR", 252: "AXFR", 255: "ANY",
+    64: "SVCB", 251: "IXFR", 252: "AXFR", 255: "ANY",
 }  # fmt: skip
+"""CoreDNS's monitored query types (``plugin/metrics/vars/monitor.go``): their own ``type``
+label; every other type is counted as ``other``, so the rows stay few whatever is asked."""
+MONITORED_TYPES = tuple(_TYPE_CODES.values())
+OTHER_TYPE = 0
+"""The query type a row holds for every type not monitored (0 is no real type)."""
 _RCODE_NAMES = {
     0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
     6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE",
@@ -61,13 +61,19 @@ HOT_ROWS_MAX = 4096
 """Hot rows kept before they are folded into the size-free rows (bounds memory)."""
 
 RowKey = tuple[str, str, str, int, int, int, str, bool]
-"""(server, zone, proto, family, query type, rcode, plugin, DO bit)."""
+"""(server, zone, proto, family, query type (monitored, or ``OTHER_TYPE``), rcode, plugin,
+DO bit)."""
 HotKey = tuple[str, str, str, int, int, int, str, bool, int, int]
 """A ``RowKey`` plus the request and response sizes in bytes."""
 
 _FIRST_BOUND = DURATION_BUCKETS[0]
 _SIZE_INDEX = bytes(bisect_left(SIZE_BUCKETS, size) for size in range(65536))
 """The size bucket of every possible message length: a lookup instead of a bisect."""
+
+
+def qtype_label(qtype: int) -> str:
+    """CoreDNS's ``qTypeString``: a monitored type's name, or ``other``."""
+    return _TYPE_CODES.get(qtype, "other")
 
 
 def rcode_name(rcode: int) -> str:
@@ -185,7 +191,7 @@ class Observer:
             zone,
             proto,
             2 if ":" in client[0] else 1,
-            qtype,
+            qtype if qtype in _TYPE_CODES else OTHER_TYPE,
             wire[3] & 0xF if wire else NO_REPLY,
             answered_by,
             do,
@@ -240,7 +246,7 @@ def _histogram(
 ) -> HistogramMetricFamily:  # fmt: skip
     """A histogram family from ``{labels: [sum, count per bucket..., count above]}``."""
     family = HistogramMetricFamily(name, doc, labels=labels)
-    les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+    les = bucket_labels(bounds)
     for values, counts in data.items():
         total = 0.0
         buckets = []
@@ -284,16 +290,15 @@ def core_families(
     view = ""
     for key, row in list(counters.fold().items()):
         server, zone, proto, ip_family, qtype_code, rcode, plugin, do = key
-        qtype = _TYPE_CODES.get(qtype_code, "other")
         count = row[_COUNT]
-        k = (server, zone, view, proto, str(ip_family), qtype)
+        k = (server, zone, view, proto, str(ip_family), qtype_label(qtype_code))
         requests[k] = requests.get(k, 0) + count
         if do:
             k = (server, view, zone)
             do_requests[k] = do_requests.get(k, 0) + count
         nd = len(DURATION_BUCKETS) + 1
         ns = len(SIZE_BUCKETS) + 1
-        _add(durations, (server, zone, view, qtype), row, _DURATION_SUM, _DURATION_AT, nd)
+        _add(durations, (server, zone, view), row, _DURATION_SUM, _DURATION_AT, nd)
         _add(request_sizes, (server, zone, view, proto), row, _REQUEST_SUM, _REQUEST_AT, ns)
         if rcode == NO_REPLY:
             continue  # a dropped query: no response to count
@@ -322,7 +327,7 @@ def core_families(
     yield _histogram(
         "coredns_dns_request_duration_seconds",
         "Histogram of the time (in seconds) each request took per zone.",
-        ["server", "zone", "view", "type"],
+        ["server", "zone", "view"],
         durations,
         DURATION_BUCKETS,
     )

@@ -15,10 +15,12 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from plugins.health import parse_http_address
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args
 from pycorefile._http import HttpRequest, HttpResponse
+from pycorefile.metrics import openmetrics_float
 
 from ._metrics import Counters, Observer, core_families
 
@@ -74,6 +76,25 @@ class _Collector:
         yield from families.values()
 
 
+class _OpenMetricsView:
+    """A registry's families with histogram bounds as client_golang writes them in
+    OpenMetrics (``le="100.0"``; the families hold the text format's ``le="100"``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if family.type in ("histogram", "gaugehistogram"):
+                family.samples = [
+                    s._replace(labels={**s.labels, "le": openmetrics_float(s.labels["le"])})
+                    if "le" in s.labels
+                    else s
+                    for s in family.samples
+                ]
+            yield family
+
+
 @dataclass
 class MetricsState:
     """What every *prometheus* block of one configuration shares."""
@@ -95,6 +116,8 @@ class MetricsState:
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """``GET /metrics``, in the exposition format the scraper asks for."""
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        if content_type.startswith(OPENMETRICS.split(";")[0]):
+            return HttpResponse(200, encoder(_OpenMetricsView(self.registry)), content_type)
         return HttpResponse(200, encoder(self.registry), content_type)
 
 

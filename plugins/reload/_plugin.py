@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args, parse_duration
-from pycorefile._app import Runner, checksum
+from pycorefile._app import BLOCKS_KEY, Runner, checksum
 from pycorefile.corefile import CorefileError, ServerBlock
 
 if TYPE_CHECKING:
@@ -73,12 +73,17 @@ def corefile_digest(runner: Runner) -> str:
         source = runner.source.reread(runner.dns_port)
         return blocks_digest(runner.parse(source.text, source.filename))
     except (CorefileError, OSError, ValueError):
-        return "unparsed:" + checksum(watched_files(runner))
+        return "unparsed:" + files_checksum(runner)
 
 
 def watched_files(runner: Runner) -> list[str]:
     """The Corefile and its imports as served, or the Corefile alone before that."""
     return runner.files() or ([runner.source.path] if runner.source.path else [])
+
+
+def files_checksum(runner: Runner) -> str:
+    """The checksum of the bytes of the Corefile and its imports (reads them)."""
+    return checksum(watched_files(runner))
 
 
 class ReloadPlugin(Plugin):
@@ -91,13 +96,15 @@ class ReloadPlugin(Plugin):
 
     serves_queries = False
 
-    def __init__(self, config: ReloadConfig, runner: Runner | None, active: bool) -> None:
+    def __init__(
+        self, config: ReloadConfig, runner: Runner | None, active: bool, digest: str = ""
+    ) -> None:
         self.config = config
         self.runner = runner
         self.active = active
         jitter = config.jitter
         self.period = config.interval + (random.uniform(-jitter / 2, jitter / 2) if jitter else 0)
-        self.digest = corefile_digest(runner) if runner is not None and active else ""
+        self.digest = digest
         """What the configuration this plugin belongs to was built from."""
         self._seen = self.digest
         self._bytes_seen = ""
@@ -108,9 +115,15 @@ class ReloadPlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> ReloadPlugin:
         config = parse_reload(directives)
         runner = ctx.shared.get("runner")
+        runner = runner if isinstance(runner, Runner) else None
         active = ACTIVE_KEY not in ctx.shared
         ctx.shared[ACTIVE_KEY] = True
-        return cls(config, runner if isinstance(runner, Runner) else None, active)
+        digest = ""
+        if runner is not None and active:
+            # The blocks this configuration is being built from: no second parse.
+            blocks = ctx.shared.get(BLOCKS_KEY)
+            digest = blocks_digest(blocks) if isinstance(blocks, list) else corefile_digest(runner)
+        return cls(config, runner, active, digest)
 
     def _retired(self, runner: Runner) -> bool:
         """True once a newer configuration serves: its own reload plugin watches now."""
@@ -126,11 +139,12 @@ class ReloadPlugin(Plugin):
             await trio.sleep(self.period)
             if self._retired(runner):
                 return
-            raw = checksum(watched_files(runner))
+            # Reading the files and parsing (a child process) block: off the event loop.
+            raw = await trio.to_thread.run_sync(files_checksum, runner)
             if raw == self._bytes_seen:
                 continue
             self._bytes_seen = raw
-            digest = corefile_digest(runner)
+            digest = await trio.to_thread.run_sync(corefile_digest, runner)
             if digest == self._seen:
                 continue
             self._seen = digest

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dns.exception
 import dns.flags
+import dns.message
+import dns.query
 import dns.rcode
 import pytest
 import trio
@@ -25,6 +31,9 @@ from pycorefile import CorefileError, load_config
 from pycorefile._app import Runner, Source
 from pycorefile._server import Server
 from pycorefile.testing import query, serve
+
+from ..process import ServerProcess
+from ..process import free_port as free_dns_port
 
 # -- Helpers ---------------------------------------------------------------------------
 
@@ -599,3 +608,71 @@ async def test_disk_full_keeps_answering_and_writes_when_space_returns(tmp_path:
     assert "cannot write state file" in output and "No space left on device" in output
     assert "written again" in output
     assert not any(small.iterdir())  # the tmpfs lived only in the namespace
+
+
+# -- The event loop never waits for the state file ---------------------------------------
+
+
+def _ask(port: int, name: str, rdtype: str = "A") -> list[str]:
+    """The addresses answered over UDP (NXDOMAIN: none); a timeout fails the test."""
+    reply = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=port, timeout=3)
+    return sorted(r.to_text() for rrset in reply.answer for r in rrset)
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _waiting_for_lock(inode: int) -> bool:
+    """Whether some process waits for a flock on the file with this inode (/proc/locks)."""
+    with open("/proc/locks") as f:
+        return any("->" in line and f":{inode} " in line for line in f)
+
+
+def _until(check: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_held_state_file_lock_stops_no_answer(tmp_path: Path) -> None:
+    # Another process (this test) holds the state file's lock while the manifests change:
+    # the allocation round waits for the lock in a worker thread; queries, the metrics
+    # and the table keep being answered; the round completes once the lock is released.
+    manifests, state = tmp_path / "mesh.yaml", tmp_path / "alloc.json"
+    write_manifests(manifests, SEED[:1])
+    dns_port, http_port, metrics_port = free_dns_port(), free_dns_port(), free_dns_port()
+    conf = tmp_path / "Corefile"
+    conf.write_text(
+        f".:{dns_port} {{\n    bind 127.0.0.1\n    prometheus 127.0.0.1:{metrics_port}\n"
+        f"    autoalloc {{\n        state {state}\n        http 127.0.0.1:{http_port}\n    }}\n"
+        f"    meshhosts {{\n        file {manifests}\n        reload 100ms\n    }}\n}}\n"
+    )
+    with ServerProcess(["-conf", str(conf)]) as srv:
+        srv.wait_for("pycorefile-")
+        _until(lambda: _ask(dns_port, "auto.internal") == ["240.240.0.1"])
+        lock = os.open(f"{state}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            write_manifests(manifests, SEED)
+            _until(lambda: _waiting_for_lock(os.fstat(lock).st_ino))
+            answers = [_ask(dns_port, "auto.internal") for _ in range(20)]
+            assert answers == [["240.240.0.1"]] * 20
+            assert _ask(dns_port, "later.internal") == []  # its round waits for the lock
+            status, body = _get(metrics_port, "/metrics")
+            assert status == 200 and b"coredns_autoalloc_allocations" in body
+            status, body = _get(http_port, "/allocations")
+            assert status == 200 and [r["host"] for r in json.loads(body)] == ["auto.internal"]
+        finally:
+            os.close(lock)  # releases the lock
+        _until(lambda: _ask(dns_port, "later.internal") == ["240.240.0.3"])
+        assert json.loads(state.read_text())["generation"] == 2
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import re
 import socket
+import struct
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import dns.rcode
 import dns.rrset
@@ -18,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from plugins.bind import BindPlugin
 from plugins.errors import ErrorsPlugin
-from plugins.prometheus import DEFAULT_ADDRESS, PrometheusPlugin, parse_prometheus
+from plugins.forward import ForwardPlugin
+from plugins.prometheus import DEFAULT_ADDRESS, MetricsState, PrometheusPlugin, parse_prometheus
 from plugins.whoami import WhoamiPlugin
 from pycorefile import (
     CorefileError,
@@ -33,7 +39,9 @@ from pycorefile import (
 )
 from pycorefile._registry import Registry
 from pycorefile.corefile import parse_corefile
-from pycorefile.testing import make_query, query, query_wire
+from pycorefile.testing import Upstream, make_query, query, query_wire
+
+from ..process import ServerProcess, free_port
 
 
 class CountingPlugin(Plugin):
@@ -245,20 +253,21 @@ async def test_core_series_after_known_queries() -> None:
     assert value(found, do, zone="count.test.", **common) == 1
 
     dur = "coredns_dns_request_duration_seconds"
-    # a, b and boom asked for A records.
-    assert value(found, dur + "_count", zone="count.test.", type="A", **common) == 3
-    assert value(found, dur + "_bucket", zone="count.test.", type="A", le="+Inf", **common) == 3
-    assert value(found, dur + "_bucket", zone="count.test.", type="A", le="0.00025", **common) <= 3
-    assert 0 < value(found, dur + "_sum", zone="count.test.", type="A", **common) < 3 * 3
-    buckets = [k for k in found if k[0] == dur + "_bucket" and ("type", "A") in k[1]]
+    # Every query to count.test (the dropped one too), with no type label, as CoreDNS.
+    assert value(found, dur + "_count", zone="count.test.", **common) == 7
+    assert value(found, dur + "_bucket", zone="count.test.", le="+Inf", **common) == 7
+    assert value(found, dur + "_bucket", zone="count.test.", le="0.00025", **common) <= 7
+    assert 0 < value(found, dur + "_sum", zone="count.test.", **common) < 7 * 3
+    buckets = [k for k in found if k[0] == dur + "_bucket" and ("zone", "count.test.") in k[1]]
     assert len({dict(k[1])["le"] for k in buckets}) == 17
+    assert not [k for k in found if k[0].startswith(dur) and "type" in dict(k[1])]
 
     size = "coredns_dns_request_size_bytes"
     labels = {"zone": "count.test.", "proto": "udp", **common}
     # Over UDP: three raw queries, AAAA with DO, SERVFAIL, and the dropped TXT.
     assert value(found, size + "_count", **labels) == 6
-    assert value(found, size + "_bucket", le="100.0", **labels) == 6
-    assert value(found, size + "_bucket", le="0.0", **labels) == 0
+    assert value(found, size + "_bucket", le="100", **labels) == 6
+    assert value(found, size + "_bucket", le="0", **labels) == 0
     assert value(found, size + "_sum", **labels) >= sum(q for q, _r in sizes)
     rsize = "coredns_dns_response_size_bytes"
     assert value(found, rsize + "_count", **labels) == 5
@@ -302,12 +311,8 @@ async def test_size_histograms_stay_exact_across_folds(monkeypatch: pytest.Monke
         assert value(result, "coredns_dns_request_size_bytes_count", **labels) == 12
         assert value(result, "coredns_dns_response_size_bytes_sum", **labels) == answered
         assert value(result, "coredns_dns_response_size_bytes_count", **labels) == 12
-        assert (
-            value(
-                result, "coredns_dns_request_duration_seconds_count", type="A", **labels_of(labels)
-            )
-            == 12
-        )
+        duration = "coredns_dns_request_duration_seconds_count"
+        assert value(result, duration, **labels_of(labels)) == 12
 
 
 def labels_of(labels: dict[str, str]) -> dict[str, str]:
@@ -371,3 +376,169 @@ async def test_each_block_on_its_own_address_sees_the_same_registry() -> None:
         for zone in ("a.test.", "b.test."):
             labels = {"server": SERVER, "zone": zone, "view": "", "proto": "udp", "family": "1"}
             assert value(found, "coredns_dns_requests_total", type="A", **labels) == 1
+
+
+# -- Query types: CoreDNS's monitored list, every other type is "other" -----------------
+
+
+async def test_unknown_types_count_as_other_and_the_rows_stay_few() -> None:
+    # 600 distinct unassigned types, and a few monitored ones (SVCB among them, as CoreDNS).
+    unknown = range(1000, 1600)
+    known = ["A", "SVCB", "HTTPS", "ANY"]
+    async with open_server(COREFILE, registry=registry()) as server:
+        for qtype in unknown:
+            await query_wire(server, make_query(f"t{qtype}.count.test.", qtype).to_wire())
+        for name in known:
+            await query(server, "k.count.test.", name)
+        await query(server, "n.count.test.", "NAPTR")  # assigned, but not monitored
+        assert server.config is not None
+        state = server.config.shared["prometheus.state"]
+        assert isinstance(state, MetricsState)
+        rows = len(state.counters.rows) + len(state.counters.hot)
+        found, _ = await scrape(server)
+    req = "coredns_dns_requests_total"
+    common = {"server": SERVER, "zone": "count.test.", "view": "", "proto": "udp", "family": "1"}
+    assert value(found, req, type="other", **common) == len(unknown) + 1
+    for name in known:
+        assert value(found, req, type=name, **common) == 1
+    types = {dict(k[1])["type"] for k in found if k[0] == req}
+    assert types == {"other", *known}
+    # One row per label combination, not per query type asked.
+    assert rows <= 2 * len(types), rows
+    assert len([k for k in found if k[0] == req]) == len(types)
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+QUESTION_HEAD = bytes.fromhex("1234 0100 0001 0000 0000 0000") + b"\x01t\x07nowhere\x00"
+"""A query's header and name (``t.nowhere.``, a zone not served: REFUSED, counted under
+the ``dropped`` zone at once), the type and class to follow."""
+
+
+def _ask_many_types(port: int, qtypes: range, deadline: float) -> int:
+    """One query per type, a window of 64 in flight, lost ones not retried; the answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(0.5)
+    pending = answered = 0
+    todo = list(qtypes)
+    try:
+        while (todo or pending) and time.monotonic() < deadline:
+            while todo and pending < 64:
+                sock.send(QUESTION_HEAD + struct.pack(">HH", todo.pop(), 1))
+                pending += 1
+            try:
+                sock.recv(4096)
+            except TimeoutError:
+                pending = 0  # lost in flight: not asked again
+                continue
+            pending -= 1
+            answered += 1
+    finally:
+        sock.close()
+    return answered
+
+
+def test_many_unknown_types_leave_the_servers_memory_flat(tmp_path: Path) -> None:
+    # Before the rows were bounded, each type asked added about 800 bytes (20,000: ~16 MB)
+    # and a scrape took half a second. The warm-up asks more distinct questions than the
+    # server's parse memo keeps (16,384), so what follows measures the metrics alone.
+    dns_port, metrics_port = free_port(), free_port()
+    conf = tmp_path / "Corefile"
+    conf.write_text(
+        f"count.test:{dns_port} {{\n    bind 127.0.0.1\n"
+        f"    prometheus 127.0.0.1:{metrics_port}\n    whoami\n}}\n"
+    )
+    with ServerProcess(["-conf", str(conf)]) as srv:
+        srv.wait_for("pycorefile-")
+        assert srv.proc is not None
+        deadline = time.monotonic() + 60
+        warmed = _ask_many_types(dns_port, range(1000, 19000), deadline)
+        scrape_text(metrics_port)
+        before = _rss_kb(srv.proc.pid)
+        answered = _ask_many_types(dns_port, range(19000, 39000), deadline)
+        text = scrape_text(metrics_port)
+        after = _rss_kb(srv.proc.pid)
+    assert answered > 15000, answered
+    found, _ = samples(text)
+    requests = {k: v for k, v in found.items() if k[0] == "coredns_dns_requests_total"}
+    assert {(dict(k[1])["zone"], dict(k[1])["type"]) for k in requests} == {("dropped", "other")}
+    assert sum(requests.values()) >= warmed + answered
+    assert after - before < 6 * 1024, (before, after)
+
+
+def scrape_text(port: int, accept: str = "") -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Accept": accept} if accept else {})
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+# -- Histogram bounds written as CoreDNS (Go) writes them ---------------------------------
+
+DURATION_LES = [
+    "0.00025", "0.0005", "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064",
+    "0.128", "0.256", "0.512", "1.024", "2.048", "4.096", "8.192", "+Inf",
+]  # fmt: skip
+SIZE_LES = [
+    "0", "100", "200", "300", "400", "511", "1023", "2047", "4095", "8291",
+    "16000", "32000", "48000", "64000", "+Inf",
+]  # fmt: skip
+
+
+def bucket_bounds(text: str, family: str) -> list[str]:
+    """The ``le`` values of a family's first series, in the order written, from the raw text."""
+    les: list[str] = []
+    first_series = None
+    for line in text.splitlines():
+        if not line.startswith(family + "_bucket{"):
+            continue
+        labels = line[line.index("{") + 1 : line.rindex("}")]
+        series = re.sub(r',?le="[^"]*"', "", labels)
+        if first_series is None:
+            first_series = series
+        if series == first_series:
+            found = re.search(r'le="([^"]*)"', labels)
+            assert found is not None
+            les.append(found.group(1))
+    return les
+
+
+async def test_bucket_bounds_read_as_coredns_writes_them() -> None:
+    up = Upstream(records={("a.example.", "A"): ["192.0.2.1"]}, host="127.0.0.2")
+    reg = Registry.from_classes(
+        {"bind": BindPlugin, "prometheus": PrometheusPlugin, "forward": ForwardPlugin}
+    )
+    async with up.running():
+        text = (
+            f"example:0 {{\n bind 127.0.0.1\n prometheus 127.0.0.1:0\n forward . {up.address}\n}}\n"
+        )
+        async with open_server(text, registry=reg) as server:
+            reply = await query(server, "a.example.", "A")
+            address = server.http_address("127.0.0.1", 0)
+            plain = (await http_get(address, "/metrics"))[2].decode()
+            accept = "application/openmetrics-text;version=1.0.0"
+            om = (await http_get(address, "/metrics", accept))[2].decode()
+    assert reply.rcode() == dns.rcode.NOERROR
+    # Text format, as client_golang: strconv.FormatFloat(le, 'g', -1, 64).
+    assert bucket_bounds(plain, "coredns_dns_request_duration_seconds") == DURATION_LES
+    assert bucket_bounds(plain, "coredns_dns_request_size_bytes") == SIZE_LES
+    assert bucket_bounds(plain, "coredns_dns_response_size_bytes") == SIZE_LES
+    assert bucket_bounds(plain, "coredns_forward_request_duration_seconds") == DURATION_LES
+    assert bucket_bounds(plain, "coredns_proxy_request_duration_seconds") == DURATION_LES
+    assert 'le="100.0"' not in plain and 'le="16000"' in plain
+    # OpenMetrics, as client_golang writes it there: integers get ".0".
+    om_sizes = [le if le == "+Inf" else f"{le}.0" for le in SIZE_LES]
+    assert bucket_bounds(om, "coredns_dns_request_size_bytes") == om_sizes
+    assert bucket_bounds(om, "coredns_dns_request_duration_seconds") == DURATION_LES
+    assert bucket_bounds(om, "coredns_forward_request_duration_seconds") == DURATION_LES
+    names = {f.name for f in openmetrics_families(om)}  # type: ignore[no-untyped-call]
+    assert "coredns_dns_request_size_bytes" in names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import signal
@@ -225,3 +226,43 @@ async def test_sigusr1_reload_without_the_plugin(tmp_path: Path) -> None:
         assert reply.rcode() == dns.rcode.NOERROR
         srv.signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(srv.wait) == 0
+
+
+def test_answers_go_on_while_a_reload_reads_and_builds(tmp_path: Path) -> None:
+    # The Corefile becomes a FIFO: the reload's read of it waits until this test
+    # writes the new text. While it waits, the server must go on answering; the
+    # reading, parsing and building of a reload happen off the event loop.
+    dns_port = free_port()
+    path = tmp_path / "Corefile"
+    write(path, f"a.test:{dns_port} {{\n    bind 127.0.0.1\n    whoami\n}}\n")
+    with ServerProcess(["-conf", str(path)]) as srv:
+        srv.wait_for("pycorefile-")
+        fifo = tmp_path / "Corefile.fifo"
+        os.mkfifo(fifo)
+        os.replace(fifo, path)
+        srv.signal(signal.SIGUSR1)
+        writer = open_when_read(path, timeout=15)
+        try:
+            replies = [ask(dns_port, "a.test.").rcode() for _ in range(20)]
+            assert replies == [dns.rcode.NOERROR] * 20
+            assert not [line for line in srv.drain(settle=0.05) if "Reloading complete" in line]
+            os.write(writer, f"b.test:{dns_port} {{\n    bind 127.0.0.1\n    whoami\n}}\n".encode())
+        finally:
+            os.close(writer)
+        wait_lines(srv, "Reloading complete", 1)
+        assert ask(dns_port, "b.test.").rcode() == dns.rcode.NOERROR
+        assert ask(dns_port, "a.test.").rcode() == dns.rcode.REFUSED
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0
+
+
+def open_when_read(fifo: Path, timeout: float) -> int:
+    """Open ``fifo`` for writing once a reader has opened it (the server's reload)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
