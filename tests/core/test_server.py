@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections.abc import AsyncIterator
 
 import dns.flags
 import dns.message
@@ -13,7 +14,7 @@ import dns.rdatatype
 import pytest
 import trio
 
-from pycorefile import open_server
+from pycorefile import Server, open_server
 from pycorefile._server import ServerOptions
 from pycorefile._tcp import TcpLimits
 from pycorefile.testing import make_query, query, query_wire
@@ -41,7 +42,7 @@ fail.test:0 {
 
 
 @pytest.fixture
-async def server():  # type: ignore[no-untyped-def]
+async def server() -> AsyncIterator[Server]:
     async with open_server(COREFILE, registry=registry()) as srv:
         yield srv
 
@@ -162,11 +163,11 @@ TRUNCATION = [
 
 @pytest.mark.parametrize(("count", "payload", "proto", "truncated"), TRUNCATION)
 async def test_udp_replies_are_sized_for_the_client(
-    server,
+    server: Server,
     count: int,
     payload: int | None,
     proto: str,
-    truncated: bool,  # type: ignore[no-untyped-def]
+    truncated: bool,
 ) -> None:
     q = make_query(f"n{count}.big.test", "TXT", edns=payload is not None, payload=payload or 0)
     reply = await query(server, q, proto=proto)
@@ -201,7 +202,7 @@ async def test_tcp_pipelined_queries_answered_out_of_order(server) -> None:  # t
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         names = ["ms400.slow.test", "ms10.slow.test", "example.org"]
-        ids = {}
+        ids: dict[int, str] = {}
         payload = b""
         for i, name in enumerate(names):
             q = make_query(name, "A")
@@ -210,7 +211,7 @@ async def test_tcp_pipelined_queries_answered_out_of_order(server) -> None:  # t
             wire = q.to_wire()
             payload += struct.pack(">H", len(wire)) + wire
         await stream.send_all(payload)
-        order = []
+        order: list[str] = []
         buf = b""
         with trio.fail_after(5):
             while len(order) < 3:

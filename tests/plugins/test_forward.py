@@ -378,7 +378,9 @@ async def test_spoofed_replies_are_ignored_and_the_right_one_accepted() -> None:
             r = dns.message.make_response(q)
             r.id = qid
             if name != qname:
-                r.question[0] = dns.rrset.RRset(dns.name.from_text(str(name)), 1, 1)
+                r.question[0] = dns.rrset.RRset(
+                    dns.name.from_text(str(name)), dns.rdataclass.IN, dns.rdatatype.A
+                )
             r.answer.append(dns.rrset.from_text(name, 60, "IN", "A", ip))
             return r
 
@@ -416,7 +418,7 @@ async def test_spoofed_replies_are_ignored_and_the_right_one_accepted() -> None:
 async def test_a_reply_to_another_type_is_not_accepted() -> None:
     def other_type(q: dns.message.Message) -> dns.message.Message:
         r = dns.message.make_response(q)
-        r.question[0] = dns.rrset.RRset(q.question[0].name, 1, dns.rdatatype.AAAA)
+        r.question[0] = dns.rrset.RRset(q.question[0].name, dns.rdataclass.IN, dns.rdatatype.AAAA)
         return r
 
     up = Upstream(host="127.0.0.2", handler=other_type)

@@ -241,7 +241,9 @@ class Relay:
             data, addr = await sock.recvfrom(65535)
             nursery.start_soon(self._relay, sock, data, addr)
 
-    async def _relay(self, sock: trio.socket.SocketType, data: bytes, addr: object) -> None:
+    async def _relay(
+        self, sock: trio.socket.SocketType, data: bytes, addr: tuple[str, int]
+    ) -> None:
         await self.target_set.wait()
         self.relayed += 1
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
