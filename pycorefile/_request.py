@@ -123,6 +123,46 @@ class Request(QueryInfo):
         """What the server awaits for this query when the chain had to wait."""
         self.started = time.perf_counter()
 
+    def flagged(self, bits: int) -> Request:
+        """A copy of this request with the header flags ``bits`` (AD, RD) set.
+
+        Nothing is read again: the cache asks the next plugin with AD set on
+        every miss (as CoreDNS's does), and parsing the changed packet would
+        cost more than the rest of the miss's bookkeeping. A flag that is part
+        of the key (CD) may not be set this way. The copy keeps the route and
+        the reply limit; ``answered_by`` starts empty. Every slot is assigned
+        here: a new slot of Request must be copied here too.
+        """
+        assert not bits & ~(_wire.FLAG_AD | _wire.FLAG_RD), "only AD and RD"
+        new = Request.__new__(Request)
+        flags = self.flags | bits
+        wire = self.wire
+        new.wire = wire[:2] + bytes((flags >> 8, flags & 0xFF)) + wire[4:]
+        new.id = self.id
+        new.flags = flags
+        new.opcode = self.opcode
+        new.qdcount = self.qdcount
+        new.name_end = self.name_end
+        new.qtype = self.qtype
+        new.qclass = self.qclass
+        new.edns = self.edns
+        new.edns_payload = self.edns_payload
+        new.edns_version = self.edns_version
+        new.do = self.do
+        new.simple = self.simple
+        new.key = self.key
+        new.client = self.client
+        new.proto = self.proto
+        new.local = self.local
+        new.max_size = self.max_size
+        new.route = self.route
+        new.started = self.started
+        new._message = None
+        new._name = self._name
+        new.answered_by = ""
+        new.pending = None
+        return new
+
     @property
     def info(self) -> QueryInfo:
         """The fields read from the wire (the request itself)."""

@@ -1,11 +1,14 @@
 """The cache plugin: CoreDNS's cache, answered from stored wire bytes.
 
 A hit is a dictionary lookup on ``request.key`` plus ``PreparedReply.render``:
-no dnspython. Replies from the next plugin are classified and prepared once,
-on the miss path. Refreshes (prefetch, stale entries, and ``verify`` with a
-timeout) run in the plugin's background task, fed through a bounded channel, so
-``serve_now`` never waits and a verification that outlasts its timeout still
-refreshes the entry.
+no dnspython; ``serve_known`` is the same hit read straight from the query's
+bytes, for the server's fast path. ``handle`` states the ladder once: hit,
+stale (answered now, or verified first), miss (the next plugin's reply,
+stored when it comes, now or after a wait). Replies from the next plugin are
+classified and prepared once, on the miss path. Refreshes (prefetch, stale
+entries, and ``verify`` with a timeout) run in the plugin's background task,
+fed through a bounded channel, so a hit never waits and a verification that
+outlasts its timeout still refreshes the entry.
 
 The next plugin is asked with the AD bit set, as CoreDNS's cache asks, so an
 entry records whether upstream validated the data whichever client asked
@@ -27,7 +30,18 @@ import dns.message
 import dns.rcode
 import trio
 
-from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
+from pycorefile import (
+    Directive,
+    Pending,
+    Plugin,
+    PluginError,
+    Reply,
+    Request,
+    Result,
+    SetupContext,
+    settle,
+    then,
+)
 from pycorefile._wire import FLAG_AD, HEADER_LEN, MAX_TCP
 from pycorefile._zones import in_zone
 
@@ -116,7 +130,7 @@ class CachePlugin(Plugin):
 
     # -- Answering ------------------------------------------------------------
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         key = request.key
         entry = self._success_get(key) or self._denial_get(key)
         if entry is not None:
@@ -129,48 +143,22 @@ class CachePlugin(Plugin):
                     return self._serve_stale(request, entry, now)
                 if stale.failure_recheck > 0 and entry.refreshing:
                     return self._serve_stale(request, entry, now, refresh=False)
-                try:
-                    reply = self.next.serve_now(request)
-                except Exception as exc:
-                    _log_failed_refresh(request, exc)
-                    return self._verified(request, entry, self._refreshed(request, None, entry))
-                if reply is None:
-                    return None
-                return self._verified(request, entry, self._refreshed(request, reply, entry))
+                return Pending(self._verification(request, entry, stale))
         if request.qdcount != 1 or not self._in_zone(request):
-            return self.next.serve_now(request)
-        reply = self.next.serve_now(request)
-        if reply is None:
-            return None
-        counts = self._count(request)
-        counts.requests += 1
-        counts.misses += 1
-        return self._settle(request, reply, self.clock(), entry)
-
-    async def serve(self, request: Request) -> Reply:
-        key = request.key
-        entry = self._success_get(key) or self._denial_get(key)
-        if entry is not None:
-            now = self.clock()
-            if now < entry.expires:
-                return self._hit(request, entry, now)
-            stale = self._stale
-            if stale is not None and now < entry.expires + stale.duration and entry.serves_stale:
-                if not stale.verify or now < entry.recheck_at:
-                    return self._serve_stale(request, entry, now)
-                return self._verified(request, entry, await self._verify(request, entry, stale))
-        if request.qdcount != 1 or not self._in_zone(request):
-            return await self.next.serve(request)
-        counts = self._count(request)
-        counts.requests += 1
-        counts.misses += 1
-        if request.flags & FLAG_AD:
-            reply = await self.next.serve(request)
-        else:
-            asked = _asking(request, request.max_size)
-            reply = await self.next.serve(asked)
-            request.answered_by = asked.answered_by
-        return self._settle(request, reply, self.clock(), entry)
+            return self.next.handle(request)
+        asked = request if request.flags & FLAG_AD else _asking(request, request.max_size)
+        result = self.next.handle(asked)
+        if not isinstance(result, Pending):
+            return self._store(request, asked, result, entry)
+        # The miss is counted when the wait ends, however it ends: a wait that is
+        # dropped before it starts (REFUSED over max_in_flight) asked nothing.
+        request.answered_by = asked.answered_by
+        return then(
+            result,
+            lambda reply: self._store(request, asked, reply, entry),
+            lambda exc: self._failed_miss(request, exc),
+            lambda: self._count_miss(request),
+        )
 
     def serve_known(
         self, wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
@@ -232,6 +220,14 @@ class CachePlugin(Plugin):
         view = entry.stale(self._stale.response_ttl)
         return view.render(request.wire, request.name_end, request.edns, request.do)
 
+    async def _verification(self, request: Request, entry: Entry, stale: StaleSettings) -> Reply:
+        """The reply to a query for an expired entry under ``serve_stale verify``.
+
+        Everything happens once the query waits: a wait that is dropped before
+        it starts has asked nothing and holds no entry.
+        """
+        return self._verified(request, entry, await self._verify(request, entry, stale))
+
     async def _verify(
         self, request: Request, entry: Entry, stale: StaleSettings
     ) -> Entry | Reply | None:
@@ -274,9 +270,9 @@ class CachePlugin(Plugin):
         return _for_client(request, answer)
 
     async def _ask(self, request: Request) -> Reply | None:
-        """The next plugin's reply, or None when it failed."""
+        """The rest of the chain's reply (waited for), or None when it failed."""
         try:
-            return await self.next.serve(request)
+            return await settle(self.next.handle(request))
         except Exception as exc:
             _log_failed_refresh(request, exc)
         return None
@@ -310,6 +306,17 @@ class CachePlugin(Plugin):
         return None
 
     # -- Storing --------------------------------------------------------------
+
+    def _store(self, request: Request, asked: Request, reply: Reply, old: Entry | None) -> Reply:
+        """A miss's reply (to ``asked``, the copy with AD set): counted, stored if it may be."""
+        self._count_miss(request)
+        request.answered_by = asked.answered_by
+        return self._settle(request, reply, self.clock(), old)
+
+    def _failed_miss(self, request: Request, exc: Exception) -> Reply:
+        """A miss the rest of the chain failed after a wait: counted, never stored."""
+        self._count_miss(request)
+        raise exc
 
     def _settle(self, request: Request, reply: Reply, now: float, old: Entry | None) -> Reply:
         """Store a reply from the next plugin if it may be; return what to send."""
@@ -474,6 +481,11 @@ class CachePlugin(Plugin):
     def _count(self, request: Request) -> _Counts:
         return self._count_for(request.route.server)
 
+    def _count_miss(self, request: Request) -> None:
+        counts = self._count(request)
+        counts.requests += 1
+        counts.misses += 1
+
     def _count_for(self, server: str) -> _Counts:
         counts = self._counts.get(server)
         if counts is None:
@@ -535,14 +547,7 @@ def _asking(request: Request, max_size: int) -> Request:
     when the client that filled the entry did not ask (RFC 6840 section 5.7),
     so a later client that sets AD gets it from the cache.
     """
-    wire = request.wire
-    asked = Request(
-        wire[:3] + bytes((wire[3] | FLAG_AD,)) + wire[4:],
-        request.client,
-        request.proto,
-        request.local,
-    )
-    asked.route = request.route
+    asked = request.flagged(FLAG_AD)
     asked.max_size = max_size
     return asked
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import ClassVar
 
 import dns.edns
 import dns.flags
@@ -25,8 +26,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from plugins.bind import BindPlugin
 from plugins.cache import CachePlugin, Entry
+from plugins.errors import ErrorsPlugin
 from plugins.prometheus import PrometheusPlugin
-from pycorefile import Directive, Plugin, PluginError, Reply, Request, Server, SetupContext
+from pycorefile import (
+    Directive,
+    Pending,
+    Plugin,
+    PluginError,
+    Reply,
+    Request,
+    Result,
+    Server,
+    SetupContext,
+)
 from pycorefile._registry import Registry
 from pycorefile.testing import Upstream, make_query, query, query_wire, serve
 
@@ -50,7 +62,10 @@ class RelayPlugin(Plugin):
         host, port = args[0].rsplit(":", 1)
         return cls(host, int(port), args[1:] == ("pluginerror",))
 
-    async def serve(self, request: Request) -> Reply:
+    def handle(self, request: Request) -> Result:
+        return Pending(self._answer(request))
+
+    async def _answer(self, request: Request) -> Reply:
         reply = await self._relay(request)
         if self.plugin_error and (reply is None or reply[3] & 0xF == dns.rcode.SERVFAIL):
             raise PluginError("relay: the upstream failed")
@@ -72,24 +87,29 @@ class RelayPlugin(Plugin):
 
 
 class TablePlugin(Plugin):
-    """``table``: answers ``*.table.`` A queries without waiting, counting them."""
+    """``table``: answers A queries without waiting (``address``, TTL 60), counting them
+    and noting whether each asked with the AD bit."""
 
     after = "cache"
     calls = 0
+    address = "192.0.2.80"
+    asked_ad: ClassVar[list[bool]] = []
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> TablePlugin:
         return cls()
 
-    def serve_now(self, request: Request) -> Reply | None:
-        TablePlugin.calls += 1
-        reply = request.reply(authoritative=True)
-        reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.80"))
-        return reply
+    @classmethod
+    def reset(cls) -> None:
+        cls.calls = 0
+        cls.address = "192.0.2.80"
+        cls.asked_ad = []
 
-    async def serve(self, request: Request) -> Reply:
-        reply = self.serve_now(request)
-        assert reply is not None
+    def handle(self, request: Request) -> Result:
+        TablePlugin.calls += 1
+        TablePlugin.asked_ad.append(bool(request.flags & dns.flags.AD))
+        reply = request.reply(authoritative=True)
+        reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", self.address))
         return reply
 
 
@@ -632,13 +652,88 @@ async def test_only_the_given_zones_are_cached() -> None:
 # -- The synchronous path (a plugin that answers without waiting) ------------------------------
 
 
-async def test_answers_from_serve_now_are_stored() -> None:
-    TablePlugin.calls = 0
+async def test_answers_given_without_waiting_are_stored() -> None:
+    TablePlugin.reset()
     text = ".:0 {\n    bind 127.0.0.1\n    cache\n    table\n}\n"
     async with serve(text, registry=REGISTRY) as server:
         replies = [await query(server, "x.table", "A") for _ in range(3)]
     assert TablePlugin.calls == 1
     assert all(r.answer[0][0].address == "192.0.2.80" for r in replies)
+
+
+def table_corefile(cache: str = "cache") -> str:
+    return f".:0 {{\n    bind 127.0.0.1\n    {cache}\n    table\n}}\n"
+
+
+async def test_a_plugin_answering_without_waiting_is_asked_with_ad_set() -> None:
+    TablePlugin.reset()
+    async with serve(table_corefile(), registry=REGISTRY) as server:
+        miss = await query(server, "x.table", "A")
+        hit = await query(server, "x.table", "A")
+        with_ad = make_query("y.table", "A")
+        with_ad.flags |= dns.flags.AD
+        asked = await query(server, with_ad)
+    assert TablePlugin.asked_ad == [True, True]  # as CoreDNS: whether the client set it or not
+    assert not miss.flags & dns.flags.AD and not hit.flags & dns.flags.AD
+    assert asked.rcode() == dns.rcode.NOERROR
+
+
+@pytest.mark.parametrize("verify", ["verify", "verify 0 30 10s", "verify 5s", "verify 5s 30 10s"])
+async def test_serve_stale_verify_asks_a_plugin_answering_without_waiting(verify: str) -> None:
+    TablePlugin.reset()
+    cache = f"cache {{\n serve_stale 1h {verify}\n }}"
+    async with serve(table_corefile(cache), registry=REGISTRY) as server:
+        plugin = cache_of(server)
+        clock = Clock()
+        plugin.clock = clock
+        first = await query(server, "x.table", "A")
+        TablePlugin.address = "192.0.2.81"
+        clock.advance(61)  # expired: verified first
+        verified = await query(server, "x.table", "A")
+        hit = await query(server, "x.table", "A")
+        await wait_for(lambda: not _only_entry(plugin).refreshing)
+        counts = {
+            name: _sample(plugin, f"coredns_cache_{name}")
+            for name in ("requests", "misses", "hits", "served_stale")
+        }
+    assert first.answer[0][0].address == "192.0.2.80"
+    assert verified.answer[0][0].address == hit.answer[0][0].address == "192.0.2.81"
+    assert ttls(verified) == [60]
+    assert TablePlugin.calls == 2
+    assert TablePlugin.asked_ad == [True, True]
+    assert counts == {"requests": 3, "misses": 2, "hits": 1, "served_stale": 0}
+
+
+@pytest.mark.parametrize(
+    "cache",
+    ["cache", "cache {\n serve_stale 1h verify\n }", "cache {\n serve_stale 1h verify 2s\n }"],
+)
+async def test_a_query_behind_errors_is_asked_and_counted_once(cache: str) -> None:
+    """errors first, as in Kubernetes' default Corefile: one upstream question and one
+    count per miss or verification."""
+    registry = Registry.from_classes(
+        {"bind": BindPlugin, "cache": CachePlugin, "errors": ErrorsPlugin, "relay": RelayPlugin}
+    )
+    async with Upstream(records=dict(RECORDS), ttl=10).running() as up:
+        text = corefile(up, cache).replace(
+            "    bind 127.0.0.1\n", "    bind 127.0.0.1\n    errors\n"
+        )
+        async with serve(text, registry=registry) as server:
+            assert server.config is not None
+            names = [p.name for p in server.config.blocks[0].plugins if p.serves_queries]
+            assert names == ["errors", "cache", "relay"]
+            plugin = cache_of(server)
+            clock = Clock()
+            plugin.clock = clock
+            first = await query(server, "a.example.org", "A")
+            up.records[("a.example.org.", "A")] = ["192.0.2.111"]
+            clock.advance(12)  # expired: asked again (a miss, or a verification)
+            second = await query(server, "a.example.org", "A")
+            counts = [_sample(plugin, f"coredns_cache_{name}") for name in ("requests", "misses")]
+    assert first.answer[0][0].address == "192.0.2.1"
+    assert second.answer[0][0].address == "192.0.2.111"
+    assert up.count() == 2
+    assert counts == [2, 2]
 
 
 # -- Metrics ---------------------------------------------------------------------------------
@@ -662,6 +757,51 @@ async def test_metrics_count_requests_hits_and_misses() -> None:
     assert samples[("coredns_cache_entries", "success")] == 1
     assert samples[("coredns_cache_entries", "denial")] == 1
     assert samples[("coredns_cache_served_stale_total", "")] == 0
+
+
+async def test_metrics_count_verified_and_stale_answers() -> None:
+    """requests, misses, hits and served_stale through every turn of serve_stale verify."""
+    seen: list[tuple[float, ...]] = []
+    async with cached("cache {\n serve_stale 1h verify 300ms 7\n }", ttl=10) as (
+        server,
+        up,
+        plugin,
+        clock,
+    ):
+
+        def counted() -> None:
+            """requests, misses, hits (success), hits (denial), served_stale."""
+            seen.append((
+                _sample(plugin, "coredns_cache_requests"),
+                _sample(plugin, "coredns_cache_misses"),
+                _sample(plugin, "coredns_cache_hits", type="success"),
+                _sample(plugin, "coredns_cache_hits", type="denial"),
+                _sample(plugin, "coredns_cache_served_stale"),
+            ))  # fmt: skip
+
+        await query(server, "a.example.org", "A")  # miss
+        await query(server, "a.example.org", "A")  # hit
+        counted()
+        clock.advance(12)
+        await query(server, "a.example.org", "A")  # expired, verified: a miss
+        counted()
+        clock.advance(12)
+        up.mode = "silent"
+        await query(server, "a.example.org", "A")  # no answer within 300 ms: stale
+        counted()
+        up.mode = "servfail"
+        await query(server, "a.example.org", "A")  # SERVFAIL does not verify: stale
+        counted()
+        await query(server, "missing.example.org", "A")  # miss (NXDOMAIN)
+        await query(server, "missing.example.org", "A")  # hit (denial)
+        counted()
+    assert seen == [
+        (2, 1, 1, 0, 0),
+        (3, 2, 1, 0, 0),
+        (4, 2, 2, 0, 1),
+        (5, 2, 3, 0, 2),
+        (7, 3, 3, 1, 2),
+    ]
 
 
 async def test_metrics_are_scraped_with_coredns_names() -> None:

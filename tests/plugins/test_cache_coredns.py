@@ -21,7 +21,15 @@ import trio
 
 from plugins.bind import BindPlugin
 from plugins.cache import CachePlugin, Entry
-from pycorefile import CorefileError, Directive, Plugin, PluginError, Reply, Request, SetupContext
+from pycorefile import (
+    CorefileError,
+    Directive,
+    Plugin,
+    PluginError,
+    Request,
+    Result,
+    SetupContext,
+)
 from pycorefile._registry import Registry
 from pycorefile.testing import make_query, query, query_wire, serve
 
@@ -166,7 +174,7 @@ CLIENTS = [(False, False), (True, False), (False, True), (True, True)]
 @pytest.mark.parametrize(
     "cache",
     ["cache {\n serve_stale\n }", "cache {\n serve_stale\n prefetch 100\n }"],
-    ids=["fast-path", "chain"],  # prefetch makes hits take the chain (serve_now)
+    ids=["fast-path", "chain"],  # prefetch makes hits take the chain (handle)
 )
 async def test_ad_bit_goes_to_clients_that_set_ad_or_do_as_coredns(cache: str) -> None:
     asked_ad: list[bool] = []
@@ -260,6 +268,30 @@ async def test_verify_with_failure_recheck_verifies_once_at_a_time_as_coredns(
         fresh = await query(server, "a.example.org", "A")
     assert address(first) == address(second) == "192.0.2.1"
     assert address(fresh) == "192.0.2.111"
+    assert up.count() == 2
+
+
+@pytest.mark.parametrize("verify", ["verify 0 7 10s", "verify 2s 7 10s"])
+async def test_a_verifying_query_refused_before_it_waits_holds_no_verification_back(
+    verify: str,
+) -> None:
+    """Over ``max_in_flight`` a query that would wait is REFUSED and its wait dropped:
+    the entry must not stay 'being verified' (with FAILURE_RECHECK, one at a time)."""
+    cache = f"cache {{\n serve_stale 1h {verify}\n }}"
+    async with cached(cache, ttl=10) as (server, up, plugin, clock):
+        await query(server, "a.example.org", "A")
+        up.records[("a.example.org.", "A")] = ["192.0.2.111"]
+        clock.advance(12)
+        limit = server.options.max_in_flight
+        server.options.max_in_flight = 0
+        try:
+            refused = await query(server, "a.example.org", "A")
+        finally:
+            server.options.max_in_flight = limit
+        await wait_for(lambda: not entry_of(plugin).refreshing)
+        fresh = await query(server, "a.example.org", "A")
+    assert refused.rcode() == dns.rcode.REFUSED
+    assert (address(fresh), ttls(fresh)) == ("192.0.2.111", [10])
     assert up.count() == 2
 
 
@@ -446,11 +478,7 @@ class FailNowPlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> FailNowPlugin:
         return cls()
 
-    def serve_now(self, request: Request) -> Reply | None:
-        FailNowPlugin.calls += 1
-        raise PluginError("failnow: refused", dns.rcode.REFUSED)
-
-    async def serve(self, request: Request) -> Reply:
+    def handle(self, request: Request) -> Result:
         FailNowPlugin.calls += 1
         raise PluginError("failnow: refused", dns.rcode.REFUSED)
 

@@ -23,7 +23,7 @@ from plugins.cache import (
     classify,
     stored_form,
 )
-from pycorefile import Reply, Request
+from pycorefile import Pending, Plugin, Reply, Request, Result
 from pycorefile._wire import ttl_offsets
 
 NOW = 1_700_000_000.0
@@ -226,31 +226,33 @@ def test_shelf_bounds_second_chances() -> None:
     assert shelf.evictions == 1
 
 
-class _Answers:
-    """Stands for the next plugin: answers every query with one A record."""
+class _Answers(Plugin):
+    """Stands for the next plugin: answers every query with one A record, without waiting."""
 
     calls = 0
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         self.calls += 1
         r = dns.message.make_response(dns.message.from_wire(request.wire))
         if r.question:
             r.answer.append(dns.rrset.from_text(r.question[0].name, 300, "IN", "A", "192.0.2.1"))
         return r
 
-    async def serve(self, request: Request) -> Reply:
-        answer = self.serve_now(request)
-        assert answer is not None
-        return answer
+
+def answered(plugin: CachePlugin, request: Request) -> Reply:
+    """The cache's reply to ``request`` when nothing it asks has to wait."""
+    result = plugin.handle(request)
+    assert not isinstance(result, Pending)
+    return result
 
 
 def test_queries_without_a_question_pass_through_unstored() -> None:
     plugin = CachePlugin(CacheConfig((".",)))
-    plugin.next = _Answers()
+    answers = plugin.next = _Answers()
     no_question = struct.pack(">HHHHHH", 7, 0x0100, 0, 0, 0, 0)
     for _ in range(2):
-        assert plugin.serve_now(Request(no_question)) is not None
-    assert plugin.next.calls == 2
+        assert answered(plugin, Request(no_question))
+    assert answers.calls == 2
     assert len(plugin.success) == len(plugin.denial) == 0
 
 
@@ -273,7 +275,7 @@ def test_a_full_cache_stays_small() -> None:
         replies[request.key] = r.to_wire()
 
     class Prepared(_Answers):
-        def serve_now(self, request: Request) -> Reply | None:
+        def handle(self, request: Request) -> Result:
             return replies[request.key]
 
     plugin.next = Prepared()
@@ -282,7 +284,7 @@ def test_a_full_cache_stays_small() -> None:
     try:
         before = tracemalloc.get_traced_memory()[0]
         for request in requests:
-            plugin.serve_now(request)
+            answered(plugin, request)
         gc.collect()
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -296,6 +298,6 @@ def test_names_are_cached_case_blind() -> None:
     plugin = CachePlugin(CacheConfig((".",)))
     answers = _Answers()
     plugin.next = answers
-    plugin.serve_now(Request(dns.message.make_query("www.example.org", "A").to_wire()))
-    plugin.serve_now(Request(dns.message.make_query("WWW.Example.ORG", "A").to_wire()))
+    answered(plugin, Request(dns.message.make_query("www.example.org", "A").to_wire()))
+    answered(plugin, Request(dns.message.make_query("WWW.Example.ORG", "A").to_wire()))
     assert answers.calls == 1
