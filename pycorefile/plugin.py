@@ -242,8 +242,8 @@ class Wrapper(Plugin):
     - ``on_reply(request, reply)``: what goes back instead of ``reply`` (log,
       rewrite's answer side). It must not mutate ``reply`` if it is a
       ``Message`` it did not make: return a new reply instead.
-    - ``failed(request, exc)``: a reply for an exception from the rest of the
-      chain, or re-raise it (errors answers; log logs and re-raises).
+    - ``on_error(request, exc)``: a reply for an exception from the rest of the
+      chain, or re-raise it (errors and log log it and re-raise).
     - ``on_cancel(request)``: the query was cancelled while waiting (its
       deadline passed); log writes its SERVFAIL line here. Cannot answer.
 
@@ -262,6 +262,16 @@ class Wrapper(Plugin):
 
     def on_cancel(self, request: Request) -> None:
         return None
+
+    @property
+    def plugin(self) -> Plugin:
+        """The plugin of this link of the chain: a wrapper is its own link.
+
+        (An answering plugin's link, a ``Step``, holds it as ``plugin``; so a
+        plugin walking the chain after it, as autopath looks for acl's
+        ``admits``, finds wrappers the same way.)
+        """
+        return self
 
     @classmethod
     def transparent_on_success(cls) -> bool:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import dns.rcode
 
-from pycorefile import DROP, Directive, Plugin, Reply, Request, SetupContext
+from pycorefile import DROP, Directive, Reply, Request, SetupContext, Wrapper
 from pycorefile._wire import extended_error, with_edns_options
 
 from ._rules import AclConfig, Action, Verdicts, parse_acl
@@ -28,12 +28,15 @@ EDE_BLOCKED = 15
 EDE_FILTERED = 17
 
 
-class AclPlugin(Plugin):
+class AclPlugin(Wrapper):
     """Allow, block (REFUSED), filter (empty NOERROR) or drop (no reply) queries.
 
     Blocked and filtered replies carry an Extended DNS Error (Blocked,
     Filtered) when the client sent EDNS, as CoreDNS's. Other plugins whose
     stored answers skip the chain after them (autopath) ask ``admits`` first.
+
+    A wrapper with ``on_query`` only: each query is decided and counted once,
+    before the rest of the chain, whether the rest answers now or waits.
     """
 
     repeatable = True
@@ -75,7 +78,6 @@ class AclPlugin(Plugin):
         self.counts[counted] = self.counts.get(counted, 0) + 1
 
     def _refuse(self, request: Request, action: Action) -> Reply:
-        request.answered_by = self.name
         if action is Action.DROP:
             return DROP
         if action is Action.BLOCK:
@@ -87,22 +89,13 @@ class AclPlugin(Plugin):
         # forbidden (RFC 6891, 7), though CoreDNS sends it.
         return with_edns_options(reply, extended_error(info_code)) if request.edns else reply
 
-    def serve_now(self, request: Request) -> Reply | None:
-        action, zone = self._decide(request)
-        if action is not Action.ALLOW:
-            self._count(request, action, zone)
-            return self._refuse(request, action)
-        reply = self.next.serve_now(request)
-        if reply is not None:  # counted only once the query is settled
-            self._count(request, action, zone)
-        return reply
-
-    async def serve(self, request: Request) -> Reply:
+    def on_query(self, request: Request) -> Reply | None:
+        """Decide and count once; a query allowed goes on (None), the others get their reply."""
         action, zone = self._decide(request)
         self._count(request, action, zone)
-        if action is not Action.ALLOW:
-            return self._refuse(request, action)
-        return await self.next.serve(request)
+        if action is Action.ALLOW:
+            return None
+        return self._refuse(request, action)
 
     def metrics(self) -> Iterable[Metric]:
         from prometheus_client.core import CounterMetricFamily  # at scrape time (~2 MB)

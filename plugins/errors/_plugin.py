@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import trio
 
-from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
+from pycorefile import Directive, PluginError, Reply, Request, SetupContext, Wrapper
 from pycorefile._chain import STACKTRACE
 
 from ._parse import Consolidate, ErrorsConfig, parse_errors
@@ -24,7 +24,7 @@ class _Window:
         self.opened = trio.Event()
 
 
-class ErrorsPlugin(Plugin):
+class ErrorsPlugin(Wrapper):
     """Logs the errors (``PluginError``) of the plugins after it, as CoreDNS does.
 
     Each error is logged as ``[ERROR] plugin/errors: RCODE NAME TYPE: MESSAGE``
@@ -33,6 +33,9 @@ class ErrorsPlugin(Plugin):
     as ``N errors like 'REGEXP' occurred in last DURATION``. Any other
     exception is a panic: it is not ours to log, and goes on to the server,
     which logs and counts it (with the traceback under ``stacktrace``).
+
+    A wrapper with ``on_error`` only: transparent on success, so a block it
+    heads keeps the server's known-answer path (cache hits with no Request).
     """
 
     def __init__(self, config: ErrorsConfig) -> None:
@@ -46,25 +49,13 @@ class ErrorsPlugin(Plugin):
 
     # -- Serving ------------------------------------------------------------------------
 
-    def serve_now(self, request: Request) -> Reply | None:
-        try:
-            return self.next.serve_now(request)
-        except PluginError as exc:
+    def on_error(self, request: Request, exc: Exception) -> Reply:
+        """An error is logged (or counted) and goes on; a panic goes on to the server."""
+        if isinstance(exc, PluginError):
             self.failed(request, exc)
-            raise
-        except Exception as exc:
-            self._panicked(exc)
-            raise
-
-    async def serve(self, request: Request) -> Reply:
-        try:
-            return await self.next.serve(request)
-        except PluginError as exc:
-            self.failed(request, exc)
-            raise
-        except Exception as exc:
-            self._panicked(exc)
-            raise
+        elif self.config.stacktrace:
+            setattr(exc, STACKTRACE, True)
+        raise exc
 
     def failed(self, request: Request, exc: PluginError) -> None:
         """Log the error, or count it in the first ``consolidate`` window it matches."""
@@ -81,10 +72,6 @@ class ErrorsPlugin(Plugin):
                     self._log(window.rule.level, request, exc)
             return
         self._log(logging.ERROR, request, exc)
-
-    def _panicked(self, exc: Exception) -> None:
-        if self.config.stacktrace:
-            setattr(exc, STACKTRACE, True)
 
     def _log(self, level: int, request: Request, exc: PluginError) -> None:
         log.log(

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from time import perf_counter
 
 import dns.rcode
-import trio
 
-from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
+from pycorefile import Directive, PluginError, Reply, Request, SetupContext, Wrapper
 from pycorefile._zones import in_zone
 
 from ._classify import class_of, typify
@@ -29,13 +28,15 @@ class _Compiled:
     """None means every class (``all``): no need to classify the reply."""
 
 
-class LogPlugin(Plugin):
+class LogPlugin(Wrapper):
     """Wraps the rest of the chain, renders the final reply and logs it.
 
     It sits outermost but for *errors*, so it sees every reply the chain gives,
-    including cache hits answered in ``serve_now``. It renders the reply to
-    wire bytes itself (rcode, flags and size are read from them) and returns
-    those bytes, which the server then only measures.
+    cache hits included, whether the rest answered at once or after a wait
+    (``on_reply``). It renders the reply to wire bytes itself (rcode, flags
+    and size are read from them) and returns those bytes, which the server
+    then only measures. A failure (``on_error``) is logged with the rcode the
+    client gets, a wait cancelled before its end (``on_cancel``) as SERVFAIL.
     """
 
     repeatable = True
@@ -75,20 +76,14 @@ class LogPlugin(Plugin):
                 return rule
         return None
 
-    def serve_now(self, request: Request) -> Reply | None:
-        # The hot path of every cache hit: kept free of needless calls.
+    def on_reply(self, request: Request, reply: Reply) -> Reply:
+        """Log the reply as it will be sent, and return those bytes (now or after a wait)."""
+        # The hot path of every cache hit with log on: kept free of needless calls.
         rule = self._catch_all
         if rule is None:
             rule = self._rule(request)
             if rule is None:
-                return self.next.serve_now(request)
-        try:
-            reply = self.next.serve_now(request)
-        except Exception as exc:
-            self._emit(rule, request, request.error(_failure_rcode(exc)))
-            raise
-        if reply is None:
-            return None
+                return reply
         if type(reply) is bytes and len(reply) <= request.max_size:
             wire = reply
         else:
@@ -105,22 +100,19 @@ class LogPlugin(Plugin):
             self._emit(rule, request, wire)
         return wire
 
-    async def serve(self, request: Request) -> Reply:
+    def on_error(self, request: Request, exc: Exception) -> Reply:
+        """A plugin failed: logged with the rcode the client gets (PluginError's, or SERVFAIL)."""
+        self._failed(request, exc.rcode if isinstance(exc, PluginError) else dns.rcode.SERVFAIL)
+        raise exc
+
+    def on_cancel(self, request: Request) -> None:
+        """The query was cancelled while it waited (its time ran out): logged as SERVFAIL."""
+        self._failed(request, dns.rcode.SERVFAIL)
+
+    def _failed(self, request: Request, rcode: int) -> None:
         rule = self._rule(request)
-        if rule is None:
-            return await self.next.serve(request)
-        try:
-            reply = await self.next.serve(request)
-        except (Exception, trio.Cancelled) as exc:
-            # A plugin failed, or the query ran out of time: the client gets
-            # SERVFAIL, or the rcode of a plugin's error (CoreDNS's ``return rcode, err``).
-            self._emit(rule, request, request.error(_failure_rcode(exc)))
-            raise
-        wire = self._render(rule, request, reply)
-        if wire is None:
-            return reply
-        self._emit(rule, request, wire)
-        return wire
+        if rule is not None:
+            self._emit(rule, request, request.error(rcode))
 
     def _render(self, rule: _Compiled, request: Request, reply: Reply) -> bytes | None:
         """The reply as it will be sent; None (logged as SERVFAIL) when it cannot be rendered.
@@ -148,8 +140,3 @@ class LogPlugin(Plugin):
 
     async def shutdown(self) -> None:
         self.writer.flush()
-
-
-def _failure_rcode(exc: BaseException) -> int:
-    """The rcode the client gets when ``exc`` leaves the chain."""
-    return exc.rcode if isinstance(exc, PluginError) else dns.rcode.SERVFAIL

@@ -13,7 +13,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from pycorefile import Request, load_config
+from pycorefile import Pending, Request, load_config
+from pycorefile._contract import settle
 from pycorefile.testing import make_query, query, serve
 
 CHAINS = [
@@ -40,8 +41,9 @@ async def test_block_without_a_chain_is_refused_a_chain_off_its_end_servfail(
     (block,) = config.blocks
     for edns in (False, True):
         request = Request.from_message(make_query("example.org", "A", edns=edns))
-        now = block.chain.serve_now(request)
-        waited = await block.chain.serve(request)
+        now = block.chain.handle(request)
+        assert not isinstance(now, Pending), body  # answered without waiting
+        waited = await settle(block.chain.handle(request))
         for reply in (now, waited):
             assert reply is not None
             wire = reply if isinstance(reply, bytes) else reply.to_wire()

@@ -1,9 +1,11 @@
 """The server's fast path (``Plugin.serve_known``) answers exactly as the chain does.
 
-Two servers with the same cache and upstream: in one the cache heads the chain
-(its hits take the fast path, no Request), in the other *errors* comes first
-(every query goes through the chain). The same queries must get the same
-replies (but for TTLs and record order) and the same metrics.
+Servers with the same cache and upstream: in one the cache heads the chain
+(its hits take the fast path, no Request), in one *errors* comes first (a
+wrapper transparent on success: the fast path still answers hits), in one
+*log* comes first (it must see every query: all go through the chain). The
+same queries must get the same replies (but for TTLs and record order) and
+the same metrics.
 """
 
 from __future__ import annotations
@@ -88,24 +90,25 @@ async def test_fast_path_answers_exactly_as_the_chain() -> None:
     up = Upstream(records=dict(RECORDS), host="127.0.0.2")
     async with up.running():
         results = {}
-        for first in ("", "errors"):
+        for first in ("", "errors", "log"):
             async with serve(corefile(up.address, first)) as server:
                 assert server.config is not None
                 block = server.config.blocks[0]
-                assert (block.known is not None) == (first == ""), "fast path only if cache heads"
+                assert (block.known is not None) == (first != "log"), "no fast path around log"
+                assert block.known_by == ("" if first == "log" else "cache")
                 replies = await ask_all(server)
                 found, _ = await scrape(server)
             results[first] = (replies, counters(found))
-    fast, chain = results[""], results["errors"]
-    assert fast[0] == chain[0]
-    assert fast[1] == chain[1]
+    fast, behind_errors, chain = results[""], results["errors"], results["log"]
+    assert fast[0] == chain[0] == behind_errors[0]
+    assert fast[1] == chain[1] == behind_errors[1]
     assert fast[1]["hits"] > 0 and fast[1]["by_cache"] > 0
     rcodes = {rcode for _wire, _tc, rcode in fast[0]}
     assert rcodes == {dns.rcode.NOERROR, dns.rcode.NXDOMAIN}
     assert any(tc for _wire, tc, _rcode in fast[0])  # the plain UDP TXT query
 
 
-@pytest.mark.parametrize("first", ["log", "errors"])
+@pytest.mark.parametrize("first", ["log", "acl {\n allow\n }"])
 async def test_no_fast_path_when_another_plugin_must_see_every_query(first: str) -> None:
     up = Upstream(records=dict(RECORDS), host="127.0.0.2")
     async with up.running(), serve(corefile(up.address, first)) as server:

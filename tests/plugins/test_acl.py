@@ -16,7 +16,7 @@ import pytest
 from plugins.acl import AclConfig, AclPlugin, Action, Policy, Rule, parse_acl
 from pycorefile import CorefileError, Directive, Server, SetupContext, load_config
 from pycorefile.corefile import ServerBlock, ZoneKey
-from pycorefile.testing import make_query, query, serve
+from pycorefile.testing import Upstream, make_query, query, serve
 
 ALLOWED_CLIENT = "127.0.0.2"
 OTHER_CLIENT = "127.0.0.3"
@@ -382,3 +382,31 @@ async def test_answers_kept_after_the_acl_never_reach_a_blocked_client() -> None
             )
             assert refused.rcode() == dns.rcode.REFUSED and not refused.answer
             assert extended_errors(refused) == [15]
+
+
+# -- Each query decided and counted once, whether the rest answers now or waits ---------
+
+
+async def test_each_query_is_counted_once_answered_now_or_after_a_wait() -> None:
+    up = Upstream(records={("www.example.org.", "A"): ["192.0.2.1"]}, host="127.0.0.4")
+    async with up.running():
+        corefile = (
+            ".:0 {\n    bind 127.0.0.1\n    acl {\n        block net 127.0.0.3\n    }\n"
+            f"    cache\n    forward . {up.address}\n}}\n"
+        )
+        async with serve(corefile) as server:
+            for proto in ("udp", "tcp"):  # a miss that waits for the upstream, then hits
+                for _ in range(2):
+                    reply = await ask(server, "www.example.org", source=ALLOWED_CLIENT, proto=proto)
+                    assert [rr.to_text() for rr in reply.answer[0]] == ["192.0.2.1"]
+            refused = await ask(server, "www.example.org", source=OTHER_CLIENT)
+            assert refused.rcode() == dns.rcode.REFUSED
+            assert server.config is not None
+            plugin = server.config.find("acl")[0]
+            assert isinstance(plugin, AclPlugin)
+            label = server.config.blocks[0].server_label
+    assert up.count("www.example.org.", "A") == 1
+    assert plugin.counts == {
+        (Action.ALLOW, label, ""): 4,
+        (Action.BLOCK, label, "."): 1,
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import dns.rcode
 import dns.rrset
@@ -22,23 +23,27 @@ from plugins.log import LogPlugin
 from pycorefile import (
     CorefileError,
     Directive,
+    Pending,
     Plugin,
     PluginError,
     Reply,
     Request,
+    Result,
     SetupContext,
     load_config,
     open_server,
 )
+from pycorefile._config import Client, Route
 from pycorefile._registry import Registry
 from pycorefile.corefile import parse_corefile
-from pycorefile.testing import query
+from pycorefile.testing import Upstream, query, serve
+from tests.plugins.test_prometheus import scrape, value
 
 
 class FlakyPlugin(Plugin):
     """Fails by the first label: ``boom*`` (an error, now), ``refuse`` (an error
     answered REFUSED), ``later`` (an error after waiting), ``panic`` and ``bare``
-    (panics); answers other names."""
+    (panics), ``crash`` (a panic after waiting); answers other names."""
 
     after = "cache"
 
@@ -46,25 +51,31 @@ class FlakyPlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> FlakyPlugin:
         return cls()
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         label = request.name.split(".")[0]
         if label.startswith("boom"):
             raise PluginError(f"kaput {label}")
         if label == "refuse":
             raise PluginError("not today", dns.rcode.REFUSED)
         if label == "later":
-            return None
+            return Pending(self._time_out())
         if label == "panic":
             raise RuntimeError("kaput panic")
         if label == "bare":
             raise KeyError
+        if label == "crash":
+            return Pending(self._crash())
         reply = request.reply()
         reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.1"))
         return reply
 
-    async def serve(self, request: Request) -> Reply:
+    async def _time_out(self) -> Reply:
         await trio.sleep(0)
         raise PluginError("read udp 127.0.0.1:40000->127.0.0.2:53: i/o timeout")
+
+    async def _crash(self) -> Reply:
+        await trio.sleep(0)
+        raise RuntimeError("kaput crash")
 
 
 def registry() -> Registry:
@@ -262,6 +273,20 @@ async def test_stacktrace_adds_the_traceback_to_panics_only(
     assert error.exc_info is None
 
 
+async def test_a_panic_after_waiting_goes_to_the_server_with_its_traceback(
+    records: list[logging.LogRecord],
+) -> None:
+    logging.getLogger("pycorefile").setLevel(logging.INFO)  # DEBUG logs tracebacks anyway
+    errors = "    errors {\n        stacktrace\n    }"
+    async with open_server(corefile(errors), registry=registry()) as server:
+        reply = await query(server, "crash.test.", "A")
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert messages(records) == []
+    [panic] = server_lines(records)
+    assert panic.getMessage() == "plugin/flaky: crash.test. A: RuntimeError: kaput crash"
+    assert panic.exc_info is not None and panic.exc_info[0] is RuntimeError
+
+
 async def test_the_log_plugin_inside_sees_the_rcode(capsys: pytest.CaptureFixture[str]) -> None:
     text = corefile('    errors\n    log . "{name} {rcode}"')
     async with open_server(text, registry=registry()) as server:
@@ -329,3 +354,76 @@ async def test_consolidate_show_first(records: list[logging.LogRecord]) -> None:
         "plugin/errors: 2 boom.test. A: kaput boom",
         "plugin/errors: 3 errors like 'kaput' occurred in last 1h0m0s",
     ]
+
+
+# -- Transparent on success: the known-answer path with errors in front -----------------
+
+KUBERNETES_DEFAULT = """\
+.:0 {{
+    bind 127.0.0.1
+    errors
+{log}    health 127.0.0.1:0
+    ready 127.0.0.1:0
+    prometheus 127.0.0.1:0
+    reload
+    cache 30
+    forward . {upstream}
+}}
+"""
+
+
+@dataclass
+class PathSpy:
+    """A reply observer, as the metrics are one: which way each reply went, and who is credited.
+
+    ``observe`` is told of replies the chain gave (a Request was made);
+    ``observe_known`` of the server's known-answer path (``serve_known``, no Request).
+    """
+
+    paths: list[tuple[str, str]] = field(default_factory=list)
+
+    def observe(self, request: Request, wire: bytes) -> None:
+        self.paths.append(("chain", request.answered_by))
+
+    def observe_known(
+        self, route: Route, proto: str, client: Client, qtype: int, do: bool,
+        answered_by: str, asked: int, wire: bytes, started: float,
+    ) -> None:  # fmt: skip
+        self.paths.append(("known", answered_by))
+
+
+@pytest.mark.parametrize("with_log", [False, True], ids=["kubernetes-default", "log-too"])
+async def test_errors_in_front_keeps_cache_hits_on_the_known_answer_path(with_log: bool) -> None:
+    """errors only looks at failures, so the Kubernetes default block answers cache hits
+    on the server's fast path, credited to cache; log must see every query, so with log
+    the same hits take the chain."""
+    up = Upstream(records={("www.example.org.", "A"): ["192.0.2.1"]}, host="127.0.0.2")
+    log = "    log\n" if with_log else ""
+    async with (
+        up.running(),
+        serve(KUBERNETES_DEFAULT.format(log=log, upstream=up.address)) as server,
+    ):
+        assert server.config is not None
+        (block,) = server.config.blocks
+        assert (block.known is None) == with_log
+        spy = PathSpy()
+        server.config.observers.append(spy)  # where prometheus's observer is too
+        replies = [
+            await query(server, "www.example.org.", "A", proto=proto)
+            for proto in ("udp", "tcp")
+            for _ in range(3)
+        ]
+        found, _ = await scrape(server)
+    for reply in replies:
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert [rr.to_text() for rr in reply.answer[0]] == ["192.0.2.1"]
+    assert up.count("www.example.org.", "A") == 1  # one miss, then five hits
+    hit_path = "chain" if with_log else "known"
+    assert spy.paths == [("chain", "forward")] + [(hit_path, "cache")] * 5
+    core = {"server": "dns://127.0.0.1:0", "zone": ".", "view": ""}
+    responses = "coredns_dns_responses_total"
+    assert value(found, responses, rcode="NOERROR", plugin="cache", **core) == 5
+    assert value(found, responses, rcode="NOERROR", plugin="forward", **core) == 1
+    cache = {"server": "dns://127.0.0.1:0", "zones": ".", "view": ""}
+    assert value(found, "coredns_cache_hits_total", type="success", **cache) == 5
+    assert value(found, "coredns_cache_misses_total", **cache) == 1

@@ -23,9 +23,11 @@ from plugins.whoami import WhoamiPlugin
 from pycorefile import (
     CorefileError,
     Directive,
+    Pending,
     Plugin,
     Reply,
     Request,
+    Result,
     SetupContext,
     load_config,
     open_server,
@@ -39,25 +41,29 @@ from pycorefile.testing import make_query, query, query_wire
 
 class AnswersPlugin(Plugin):
     """Answers by the first label: ok (A), nx (NXDOMAIN+SOA), nodata, deleg (NS), fail (SERVFAIL),
-    drop (no reply), boom (raises), wait (answers only after waiting, never from serve_now);
-    for the reply types: nxbare (NXDOMAIN, no SOA), empty (NOERROR, nothing), nxanswer
-    (NXDOMAIN with an A), refused, notimp, badvers (extended rcode 16), expired and signed
-    (an A with an RRSIG out of and in its validity period)."""
+    drop (no reply), boom (raises), wait (answers only after waiting), hang (waits until
+    cancelled); for the reply types: nxbare (NXDOMAIN, no SOA), empty (NOERROR, nothing),
+    nxanswer (NXDOMAIN with an A), refused, notimp, badvers (extended rcode 16), expired and
+    signed (an A with an RRSIG out of and in its validity period)."""
 
     after = "cache"
 
     def __init__(self) -> None:
         self.answered = 0
+        self.hanging = 0
+        self.cancelled = 0
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> AnswersPlugin:
         return cls()
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         self.answered += 1
         label = request.name.split(".")[0]
         if label == "wait":
-            return None
+            return Pending(self._answer_later(request))
+        if label == "hang":
+            return Pending(self._hang())
         if label == "drop":
             return b""  # silence, as the acl plugin's drop
         if label == "boom":
@@ -90,11 +96,20 @@ class AnswersPlugin(Plugin):
             reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "RRSIG", sig))
         return reply
 
-    async def serve(self, request: Request) -> Reply:
+    async def _answer_later(self, request: Request) -> Reply:
         await trio.sleep(0.01)
         reply = request.reply()
         reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.9"))
         return reply
+
+    async def _hang(self) -> Reply:
+        self.hanging += 1
+        try:
+            await trio.sleep(30)  # far beyond the test; cancelled long before
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        raise AssertionError("a hanging query was never cancelled")
 
 
 VALID_DATES = "21000101000000 20000101000000"
@@ -349,7 +364,7 @@ async def test_cache_hits_are_logged(capsys: pytest.CaptureFixture[str]) -> None
         assert server.config is not None
         answers = server.config.find("answers")[0]
         assert isinstance(answers, AnswersPlugin)
-    # The plugin answered once; the cache, on the fast path, twice.
+    # The plugin answered once; the cache twice (log in front: through the chain).
     assert answers.answered == 1
     assert log_lines(capsys.readouterr().out) == [
         f"[INFO] {q.id} ok.test. NOERROR {len(r or b'')}" for q, r in zip(queries, raw, strict=True)
@@ -456,6 +471,29 @@ async def test_a_failing_plugin_is_logged_as_servfail(capsys: pytest.CaptureFixt
         reply = await query(server, "boom.test.", "A")
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert log_lines(capsys.readouterr().out) == ["[INFO] boom.test. SERVFAIL"]
+
+
+async def test_a_wait_cancelled_is_logged_as_servfail(capsys: pytest.CaptureFixture[str]) -> None:
+    """A query whose wait is cancelled (its TCP client reset the connection) gets no reply;
+    log writes it as SERVFAIL (``on_cancel``), as for a query that ran out of time."""
+    corefile = block('    log . "{name} {rcode}"')
+    async with open_server(corefile, registry=registry()) as server:
+        assert server.config is not None
+        answers = server.config.find("answers")[0]
+        assert isinstance(answers, AnswersPlugin)
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            await sock.connect(("127.0.0.1", server.port()))
+            wire = make_query("hang.test.", "A").to_wire()
+            await sock.send(struct.pack(">H", len(wire)) + wire)
+            with trio.fail_after(5):
+                while not answers.hanging:
+                    await trio.sleep(0.01)
+            # Close with a reset (SO_LINGER 0): the server ends the connection and its queries.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with trio.fail_after(5):
+            while not answers.cancelled:
+                await trio.sleep(0.01)
+    assert log_lines(capsys.readouterr().out) == ["[INFO] hang.test. SERVFAIL"]
 
 
 async def test_a_dropped_query_has_no_rcode(capsys: pytest.CaptureFixture[str]) -> None:
