@@ -18,6 +18,7 @@ import pytest
 
 from plugins.autopath import AutopathPlugin
 from pycorefile import Request, Server
+from pycorefile._contract import settle
 from pycorefile.testing import Upstream, make_query, serve
 from tests.plugins.test_acl import ask, extended_errors
 from tests.plugins.test_autopath import DB, EXT, PP, S0, UPSTREAM_RECORDS, cname, records
@@ -69,13 +70,13 @@ def autopath_of(server: Server) -> AutopathPlugin:
 
 
 async def chain_serve(server: Server, name: str, client: str) -> dns.message.Message:
-    """The query through the chain's ``serve`` (the path of a query that had to wait)."""
+    """The query through the chain, seen through (as the server does for one that waits)."""
     assert server.config is not None
     (block,) = server.config.blocks
     route = next(iter(next(iter(server.config.routes.values())).values()))
     request = Request.from_message(make_query(name, "A", edns=True), (client, 5300))
     request.route = route
-    reply = await block.chain.serve(request)
+    reply = await settle(block.chain.handle(request))
     wire = reply if isinstance(reply, bytes) else reply.to_wire()
     return dns.message.from_wire(wire)
 
