@@ -179,6 +179,7 @@ def build_config(
             except (ValueError, OSError) as exc:
                 d = directives[0]
                 raise CorefileError(f"plugin/{name}: {exc}", d.file, d.line, d.column) from None
+            # In chain order: SetupContext.plugins_after relies on it.
             p.plugins.append(plugin)
             p.ctx.plugins[name] = plugin
 

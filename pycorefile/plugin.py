@@ -109,7 +109,7 @@ class SetupContext:
     """State shared by every block of one configuration (e.g. one metrics registry)."""
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
     plugins: dict[str, Plugin] = field(default_factory=dict)
-    """The block's plugins by name, complete once every directive is set up."""
+    """The block's plugins by name, in chain order, complete once every directive is set up."""
 
     @property
     def zones(self) -> tuple[str, ...]:
@@ -122,6 +122,18 @@ class SetupContext:
     def plugin(self, name: str) -> Plugin | None:
         """Another plugin of this block, by directive name (use at startup or later)."""
         return self.plugins.get(name)
+
+    def plugins_after(self, plugin: Plugin) -> tuple[Plugin, ...]:
+        """The plugins of this block's chain after ``plugin``, in order (use at startup or later).
+
+        Only plugins that serve queries (those linked into the chain); empty
+        when ``plugin`` is the last one or not of this block.
+        """
+        chain = [other for other in self.plugins.values() if other.serves_queries]
+        for index, other in enumerate(chain):
+            if other is plugin:
+                return tuple(chain[index + 1 :])
+        return ()
 
     def http_route(self, address: str, path: str, handler: HttpHandler) -> None:
         """Serve ``path`` on the HTTP listener at ``address`` (``:8080``, ``localhost:9153``)."""

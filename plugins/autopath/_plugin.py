@@ -18,7 +18,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.rrset
 
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+from pycorefile import Directive, Pending, Plugin, Reply, Request, Result, SetupContext, then
 from pycorefile._wire import (
     PreparedReply,
     WireError,
@@ -41,12 +41,6 @@ UNKNOWN_NEGATIVE_TTL = 5
 """Seconds a reply without any TTL (NXDOMAIN or NODATA without an SOA) is trusted."""
 MAX_STORED = 10_000
 """Synthesized answers kept at most (the oldest is dropped first)."""
-MAX_WAITING = 4096
-"""Searches handed from ``serve_now`` to ``serve`` kept at most (the oldest is dropped first).
-
-One is left behind only when the server refuses a query it could not answer
-at once (too many in flight); a dropped one is searched again from the start.
-"""
 
 _NXDOMAIN = dns.rcode.NXDOMAIN
 _NOERROR = dns.rcode.NOERROR
@@ -61,15 +55,13 @@ ClientGate = Callable[[Request, Sequence[str]], bool]
 with the request's type, be let through (acl)? Stored answers are given only when so."""
 
 
-def client_gates(handler: object) -> tuple[ClientGate, ...]:
-    """The ``admits`` methods of the plugins in the chain from ``handler`` to its end."""
+def client_gates(plugins: Iterable[Plugin]) -> tuple[ClientGate, ...]:
+    """The ``admits`` methods of those of ``plugins`` that have one, in order."""
     gates: list[ClientGate] = []
-    plugin = getattr(handler, "plugin", None)  # a chain link holds its plugin; the end none
-    while isinstance(plugin, Plugin):
+    for plugin in plugins:
         admits = getattr(plugin, "admits", None)
         if callable(admits):
             gates.append(admits)
-        plugin = getattr(getattr(plugin, "next", None), "plugin", None)
     return tuple(gates)
 
 
@@ -295,8 +287,9 @@ class _Search:
                 # The name as asked answers (or fails): nothing to search.
                 return reply, rcode == _NOERROR
             self.first = reply
-            # The answer will be autopath's, not that of whoever said NXDOMAIN.
-            request.answered_by = ""
+            # The answer will be autopath's, not that of whoever said NXDOMAIN
+            # (nor of one that started waiting for it).
+            request.answered_by = self.plugin.name
         if rcode == _NXDOMAIN:
             lifetime, soa = reply_facts(reply)
             if index == 0 and not soa:
@@ -349,10 +342,8 @@ class AutopathPlugin(Plugin):
         self._raw_copy: tuple[str, ...] = ()
         self._warned: set[str] = set()
         self._stored: dict[bytes, _Stored] = {}
-        self._gates: tuple[ClientGate, ...] | None = None
-        """The later plugins that decide by client (acl), found on first use."""
-        self._waiting: dict[Request, _Search] = {}
-        """Searches ``serve_now`` got part way through, resumed by ``serve``."""
+        self._gates: tuple[ClientGate, ...] = ()
+        """The later plugins that decide by client (acl), found at startup."""
         self._success: dict[str, int] = {}
 
     @classmethod
@@ -366,6 +357,7 @@ class AutopathPlugin(Plugin):
         return cls(config, ctx)
 
     async def startup(self) -> None:
+        self._gates = client_gates(self._ctx.plugins_after(self))
         name = self.config.plugin
         if name is None:
             return
@@ -381,43 +373,36 @@ class AutopathPlugin(Plugin):
 
     # -- Serving ----------------------------------------------------------------
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         plan = self._plan(request)
         if plan is None:
-            return self.next.serve_now(request)
+            return self.next.handle(request)
         if type(plan) is bytes:
             return plan
         assert isinstance(plan, _Search)
-        while True:
-            reply = self.next.serve_now(plan.current())
-            if reply is None:
-                # The tries answered so far are not asked again (they were counted
-                # and maybe answered from the cache): ``serve`` goes on from here.
-                self._hand_over(request, plan)
-                return None
-            done = plan.feed(reply)
-            if done is not None:
-                return self._done(request, done)
+        return self._go_on(plan)
 
-    async def serve(self, request: Request) -> Reply:
-        plan = self._waiting.pop(request, None) or self._plan(request)
-        if plan is None:
-            return await self.next.serve(request)
-        if type(plan) is bytes:
-            return plan
-        assert isinstance(plan, _Search)
-        while True:
-            reply = await self.next.serve(plan.current())
-            done = plan.feed(reply)
-            if done is not None:
-                return self._done(request, done)
+    def _go_on(self, search: _Search) -> Result:
+        """Ask the rest of the chain for each candidate in turn until a reply decides.
 
-    def _hand_over(self, request: Request, plan: _Search) -> None:
-        """Keep a search that must wait for ``serve`` of the same request to resume."""
-        waiting = self._waiting
-        if len(waiting) >= MAX_WAITING:
-            del waiting[next(iter(waiting))]
-        waiting[request] = plan
+        A candidate answered now is fed to the search at once. One that must
+        wait ends this call with the wait; after it, the same search goes on
+        from that candidate, so the candidates before it are never asked again
+        (they were counted, and maybe answered by the cache, once).
+        """
+        ask = self.next.handle
+        while True:
+            result = ask(search.current())
+            if isinstance(result, Pending):
+                return then(result, lambda reply: self._resume(search, reply))
+            done = search.feed(result)
+            if done is not None:
+                return self._done(search.request, done)
+
+    def _resume(self, search: _Search, reply: Reply) -> Result:
+        """A candidate's reply after its wait: decide, or go on with the next candidate."""
+        done = search.feed(reply)
+        return self._go_on(search) if done is None else self._done(search.request, done)
 
     def _done(self, request: Request, done: tuple[Reply, bool]) -> Reply:
         reply, success = done
@@ -466,10 +451,7 @@ class AutopathPlugin(Plugin):
         there: it is given (and kept) only for a client the acl would have let
         ask every name its search asked.
         """
-        gates = self._gates
-        if gates is None:
-            gates = self._gates = client_gates(self.next)
-        return all(admits(request, names) for admits in gates)
+        return all(admits(request, names) for admits in self._gates)
 
     def _current_search(self) -> SearchPath:
         """The search path the supplying plugin gives now; a change forgets stored answers."""

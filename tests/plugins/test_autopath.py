@@ -23,8 +23,20 @@ import trio
 
 from plugins.autopath import AutopathPlugin
 from plugins.bind import BindPlugin
-from pycorefile import Directive, Plugin, Reply, Request, Server, SetupContext, SetupError
+from pycorefile import (
+    Directive,
+    Pending,
+    Plugin,
+    Reply,
+    Request,
+    Result,
+    Server,
+    SetupContext,
+    SetupError,
+    then,
+)
 from pycorefile._config import Config
+from pycorefile._contract import settle
 from pycorefile._registry import Registry
 from pycorefile._wire import PreparedReply
 from pycorefile.testing import Upstream, make_query, query, serve
@@ -97,13 +109,9 @@ class TablePlugin(Plugin):
             reply.authority.append(dns.rrset.from_text(zone, TABLE_TTL, "IN", "SOA", soa))
         return reply
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         reply = self.answer(request)
-        return self.next.serve_now(request) if reply is None else reply
-
-    async def serve(self, request: Request) -> Reply:
-        reply = self.answer(request)
-        return await self.next.serve(request) if reply is None else reply
+        return self.next.handle(request) if reply is None else reply
 
 
 class CachePlugin(Plugin):
@@ -128,7 +136,8 @@ class CachePlugin(Plugin):
             return None
         return prepared.aged(age).render(request.wire, request.name_end, request.edns, request.do)
 
-    def store(self, request: Request, reply: Reply) -> None:
+    def store(self, request: Request, reply: Reply) -> Reply:
+        """Keep a NOERROR or NXDOMAIN ``reply``; return it as it is."""
         prepared = (
             PreparedReply.from_message(reply)
             if isinstance(reply, dns.message.Message)
@@ -136,23 +145,13 @@ class CachePlugin(Plugin):
         )
         if prepared.rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             self.entries[request.key] = (prepared, time.monotonic())
+        return reply
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         hit = self.hit(request)
         if hit is not None:
             return hit
-        reply = self.next.serve_now(request)
-        if reply is not None:
-            self.store(request, reply)
-        return reply
-
-    async def serve(self, request: Request) -> Reply:
-        hit = self.hit(request)
-        if hit is not None:
-            return hit
-        reply = await self.next.serve(request)
-        self.store(request, reply)
-        return reply
+        return then(self.next.handle(request), lambda reply: self.store(request, reply))
 
 
 class ForwardPlugin(Plugin):
@@ -169,7 +168,10 @@ class ForwardPlugin(Plugin):
         host, port = directives[0].args[0].rsplit(":", 1)
         return cls(host, int(port))
 
-    async def serve(self, request: Request) -> Reply:
+    def handle(self, request: Request) -> Result:
+        return Pending(self.forward(request))
+
+    async def forward(self, request: Request) -> Reply:
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             await sock.connect((self.host, self.port))
             await sock.send(request.wire)
@@ -472,9 +474,11 @@ async def test_success_metric(server: Server) -> None:
 
 
 async def test_answers_without_waiting_when_the_chain_can(upstream: Upstream) -> None:
-    """Tries answered from memory make the whole answer a ``serve_now`` one."""
+    """Tries answered from memory make the whole answer one given at once (not ``Pending``)."""
     async with serve(corefile(upstream), registry=registry()) as srv:
         (block,) = config_of(srv).blocks
+        (table,) = config_of(srv).find("aptable")
+        assert isinstance(table, TablePlugin)
         chain = block.chain
         route = next(iter(next(iter(config_of(srv).routes.values())).values()))
 
@@ -484,16 +488,22 @@ async def test_answers_without_waiting_when_the_chain_can(upstream: Upstream) ->
             return req
 
         # All tries end in the table: answered now.
-        now = chain.serve_now(request(f"productpage.ns1.{S0}"))
-        assert now is not None
+        now = chain.handle(request(f"productpage.ns1.{S0}"))
+        assert not isinstance(now, Pending)
         assert records(dns.message.from_wire(_wire(now)))[0] == cname(f"productpage.ns1.{S0}", PP)
-        # Some tries need the upstream: not now, and nothing kept from trying.
-        assert chain.serve_now(request(f"www.external.test.{S0}")) is None
-        later = await chain.serve(request(f"www.external.test.{S0}"))
+        # Some tries need the upstream: the search waits there, then goes on from
+        # that try; the tries before it (answered now) are not asked again.
+        table.asked.clear()
+        waiting = chain.handle(request(f"www.external.test.{S0}"))
+        assert isinstance(waiting, Pending)
+        later = await settle(waiting)
         assert records(dns.message.from_wire(_wire(later)))[-1][1:] == ("A", "192.0.2.9")
+        tried = [f"www.external.test.{d}." for d in SEARCH.split()] + ["www.external.test."]
+        assert table.asked == [(name, dns.rdatatype.A) for name in tried]
         # Now every try is in the cache: answered now.
-        again = chain.serve_now(request(f"www.external.test.{S0}"))
-        assert again is not None and _wire(again)[2:] == _wire(later)[2:]
+        again = chain.handle(request(f"www.external.test.{S0}"))
+        assert not isinstance(again, Pending)
+        assert _wire(again)[2:] == _wire(later)[2:]
 
 
 def _wire(reply: Reply) -> bytes:

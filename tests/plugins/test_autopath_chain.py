@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from plugins.autopath import AutopathPlugin
-from pycorefile import Request, Server
+from pycorefile import Pending, Request, Server
 from pycorefile.testing import Upstream, make_query, query, serve
 from tests.plugins.test_autopath import (
     DB,
@@ -175,7 +175,7 @@ async def test_search_path_follows_resolv_conf(server: Server, resolv: Path) -> 
 
 
 async def test_mesh_answers_without_waiting(server: Server) -> None:
-    """Once the tries are cached, a searched answer is a ``serve_now`` one."""
+    """Once the tries are cached, a searched answer is given at once (not ``Pending``)."""
     (block,) = config_of(server).blocks
     route = next(iter(next(iter(config_of(server).routes.values())).values()))
 
@@ -186,15 +186,17 @@ async def test_mesh_answers_without_waiting(server: Server) -> None:
 
     name = "productpage.ns1." + S0
     await query(server, name, "A")
-    now = block.chain.serve_now(request(name))
-    assert now is not None
+    now = block.chain.handle(request(name))
+    assert not isinstance(now, Pending)
     wire = now if isinstance(now, bytes) else now.to_wire()
     assert records(dns.message.from_wire(wire))[0] == cname(name, PP)
     (autopath,) = config_of(server).find("autopath")
     assert isinstance(autopath, AutopathPlugin)
     autopath._stored.clear()
-    rebuilt = block.chain.serve_now(request(name))
-    assert rebuilt is not None
+    rebuilt = block.chain.handle(request(name))
+    assert not isinstance(rebuilt, Pending)
+    wire = rebuilt if isinstance(rebuilt, bytes) else rebuilt.to_wire()
+    assert records(dns.message.from_wire(wire))[0] == cname(name, PP)
 
 
 async def test_without_autopath_nothing_is_rewritten(upstream: Upstream, resolv: Path) -> None:

@@ -5,7 +5,7 @@ as in the benchmark's sidecar scenario. A stub resolver's first
 search-expanded query (``BASE.ns1.svc.cluster.local``) is asked three times
 per row; the table pins how often the upstream is asked, how the cache counts
 the tries (each exactly once, also when a query goes on to wait for the
-upstream), and whether a repeat is answered at once (``serve_now``).
+upstream), and whether a repeat is answered at once (the chain returns no ``Pending``).
 
 What is kept follows CoreDNS, whose cache sits in front of its autopath and so
 keeps autopath's answers: never a REFUSED, never an NXDOMAIN without an SOA; a
@@ -30,7 +30,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from pycorefile import Request, Server
+from pycorefile import Pending, Request, Server
+from pycorefile._contract import settle
 from pycorefile.testing import Upstream, make_query, query, serve
 from tests.plugins.test_autopath import config_of
 from tests.plugins.test_cache import http_get
@@ -113,14 +114,21 @@ async def cache_counts(server: Server) -> dict[str, float]:
     return out
 
 
-def answers_at_once(server: Server, name: str, rdtype: str) -> bool:
-    """True when the chain answers the query without waiting (``serve_now``)."""
+async def answers_at_once(server: Server, name: str, rdtype: str) -> bool:
+    """True when the chain answers the query without waiting (returns no ``Pending``).
+
+    A query that waits is then seen through, so nothing is left half done.
+    """
     config = config_of(server)
     (block,) = config.blocks
     route = next(iter(next(iter(config.routes.values())).values()))
     request = Request.from_message(make_query(name, rdtype))
     request.route = route
-    return block.chain.serve_now(request) is not None
+    result = block.chain.handle(request)
+    if isinstance(result, Pending):
+        await settle(result)
+        return False
+    return True
 
 
 CASES = [
@@ -172,7 +180,7 @@ async def test_repeats(
         assert (
             counts["requests"] == counts["misses"] + counts["hits_success"] + counts["hits_denial"]
         )
-        assert answers_at_once(server, name, rdtype) is at_once
+        assert await answers_at_once(server, name, rdtype) is at_once
 
 
 DENIALS = [
@@ -194,7 +202,42 @@ async def test_all_nxdomain_kept_only_with_an_soa(
             assert reply.rcode() == dns.rcode.NXDOMAIN and not reply.answer
         assert upstream.count(f"{base}.corp.test.", "A") == asked
         assert upstream.count(f"{base}.", "A") == asked
-        assert answers_at_once(server, f"{base}.corp.test.", "A") is (asked == 1)
+        assert await answers_at_once(server, f"{base}.corp.test.", "A") is (asked == 1)
+
+
+async def responses_by_plugin(server: Server) -> dict[tuple[str, str], float]:
+    """``coredns_dns_responses_total`` by (rcode, plugin), scraped from the metrics endpoint."""
+    body = await http_get(server.http_address("127.0.0.1", 0), "/metrics")
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "coredns_dns_responses_total":
+                key = (sample.labels["rcode"], sample.labels["plugin"])
+                out[key] = out.get(key, 0) + sample.value
+    return out
+
+
+async def test_a_search_is_credited_to_autopath(upstream: Upstream, tmp_path: Path) -> None:
+    """The reply of a search is autopath's (the ``plugin`` label), also when its first try
+    waited for the upstream; a name that exists as asked is its answerer's, as in CoreDNS."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search corp.test ns1.svc.cluster.local\noptions ndots:5\n")
+    async with serve(corefile(upstream.address, resolv)) as server:
+        # The first try (upstream) is NXDOMAIN, the second one is the mesh's.
+        found = await query(server, "productpage.corp.test.", "A")
+        assert [dns.rdatatype.to_text(r.rdtype) for r in found.answer] == ["CNAME", "A"]
+        # Every try NXDOMAIN: the first one's (upstream) reply is the answer.
+        missing = await query(server, "nx.corp.test.", "A")
+        assert missing.rcode() == dns.rcode.NXDOMAIN
+        # The name as asked exists upstream: that reply as it is.
+        direct = await query(server, "www.corp.test.", "A")
+        assert [dns.rdatatype.to_text(r.rdtype) for r in direct.answer] == ["A"]
+        assert upstream.count("productpage.corp.test.", "A") == 1
+        assert await responses_by_plugin(server) == {
+            ("NOERROR", "autopath"): 1,
+            ("NXDOMAIN", "autopath"): 1,
+            ("NOERROR", "forward"): 1,
+        }
 
 
 # -- dnsmasq as the upstream, as the benchmark runs it --------------------------------
