@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -54,3 +55,11 @@ def test_reload_stall_measures_both_phases() -> None:
         assert sent > 1000, row  # 2 s at 2,000 a second
     assert re.search(r"\d+ reloads, each \d+ ms", out), out
     assert re.search(r"worst stall while reloading: \d+\.\d ms", out), out
+
+
+def test_forward_miss_measures_both_ways() -> None:
+    for extra in ((), ("--chain-only",)):
+        out = run("bench/forward_miss.py", "-n", "50", "-r", "1", *extra)
+        result = json.loads(out)
+        assert set(result) == {"forward", "errors_cache_forward"}, out
+        assert all(r["cpu"] > 0 and r["wall"] > 0 for r in result.values()), out

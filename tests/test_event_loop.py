@@ -72,7 +72,15 @@ BLOCKING_METHODS = {
     "communicate": "waits for a child process",
 }
 """Method names that block whatever the object (``Path``, ``Popen``)."""
-LOOP_METHODS = ("serve_now", "serve_known", "observe", "observe_known", "metrics", "collect")
+LOOP_METHODS = (
+    "handle",
+    "serve_now",
+    "serve_known",
+    "observe",
+    "observe_known",
+    "metrics",
+    "collect",
+)
 """Synchronous methods the server (or the metrics endpoint) calls on the event loop."""
 KNOWN_BLOCKING = {
     ("pycorefile._app", "load_config"): "parses the Corefile (lark, or a child process)",

@@ -20,7 +20,7 @@ import dns.rdatatype
 import outcome
 import trio
 
-from pycorefile import Directive, Plugin, PluginError, Reply, Request, SetupContext
+from pycorefile import Directive, Pending, Plugin, PluginError, Request, Result, SetupContext
 from pycorefile._chain import End
 from pycorefile._server import StartupError
 
@@ -413,15 +413,18 @@ class ForwardPlugin(Plugin):
 
     # -- Serving ----------------------------------------------------------------
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         covering = self.covering(request)
         if not covering:
-            return self.next.serve_now(request)
+            return self.next.handle(request)
         if covering[0].over_limit():
-            raise covering[0].limit_error()
-        return None
+            raise covering[0].limit_error()  # REFUSED now, without waiting
+        return Pending(self._forward(request, covering))
 
-    async def serve(self, request: Request) -> Reply:
+    async def _forward(self, request: Request, covering: list[Forwarder]) -> Result:
+        """Ask the covering directives' upstreams in turn; the reply, or the next plugin's."""
+        # A loop probe is counted here, once the query is really on its way: a
+        # Pending that is never run (refused over the server's in-flight cap) counts nothing.
         armed = self.loops.armed
         if (
             armed
@@ -430,9 +433,6 @@ class ForwardPlugin(Plugin):
             and self.loops.looped(request)
         ):
             raise PluginError(f"forwarding loop: HINFO {request.name} came back")
-        covering = self.covering(request)
-        if not covering:
-            return await self.next.serve(request)
         for index, forwarder in enumerate(covering):
             reply, rcode = await forwarder.forward(request)
             if rcode not in forwarder.config.next_rcodes:
@@ -441,7 +441,10 @@ class ForwardPlugin(Plugin):
                 continue
             if isinstance(self.next, End):
                 return reply  # no plugin after us: the upstream's answer stands
-            return await self.next.serve(request)
+            # The next plugin writes the reply: it is credited, not us (we were
+            # credited when we started waiting).
+            request.answered_by = ""
+            return self.next.handle(request)
         raise AssertionError("unreachable")
 
     # -- Lifecycle ----------------------------------------------------------------

@@ -10,11 +10,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+from pycorefile import Directive, Plugin, Request, Result, SetupContext, then
 
 from ._answers import Chase, PreparedTable, Settings
 from ._parse import MeshHostsConfig, parse_meshhosts
@@ -147,26 +148,14 @@ class MeshHostsPlugin(Plugin):
         found = self._table.answers.get(key[:-2])
         return None if found is None else found.render(wire, name_end, edns, do)
 
-    def serve_now(self, request: Request) -> Reply | None:
-        wire, name_end = request.wire, request.name_end
-        found = self.serve_known(wire, request.key, name_end, request.edns, request.do, "")
-        if found is not None:
-            return found
-        table = self._table
-        missed = table.miss(request)
-        if missed is None:
-            return self.next.serve_now(request)
-        if isinstance(missed, Chase):
-            reply = self.next.serve_now(request.derive(missed.target))
-            return None if reply is None else missed.merge(request, reply)
-        return missed.render(wire, name_end, request.edns, request.do)
-
-    async def serve(self, request: Request) -> Reply:
+    def handle(self, request: Request) -> Result:
         found = self._table.lookup(request)
         if found is None:
-            return await self.next.serve(request)
+            return self.next.handle(request)
         if isinstance(found, Chase):
-            return found.merge(request, await self.next.serve(request.derive(found.target)))
+            # An ExternalName outside the table: our CNAMEs in front of the next plugin's answer.
+            target = self.next.handle(request.derive(found.target))
+            return then(target, partial(found.merge, request))
         return found.render(request.wire, request.name_end, request.edns, request.do)
 
     # -- Loading --------------------------------------------------------------------

@@ -30,6 +30,8 @@ from plugins.forward._proxy import UDP_CHANNELS
 from pycorefile import Server, load_config
 from pycorefile.testing import Upstream, make_query, query, query_wire, serve
 
+from .test_prometheus import scrape
+
 RECORDS = {
     ("a.example.", "A"): ["192.0.2.1"],
     ("www.example.org.", "A"): ["192.0.2.10"],
@@ -524,6 +526,30 @@ async def test_next_rcode_passes_to_a_following_plugin() -> None:
     async with serving(body, up) as server:
         r = await query(server, "missing.example", "A")
     assert r.rcode() == dns.rcode.NOERROR and len(r.additional) == 2
+
+
+@pytest.mark.parametrize(
+    ("after", "passed_on"), [("\n whoami", ("NOERROR", "whoami")), ("", ("NXDOMAIN", "forward"))]
+)
+async def test_next_rcode_credits_the_plugin_that_wrote_the_reply(
+    after: str, passed_on: tuple[str, str]
+) -> None:
+    """The response metric's ``plugin`` label names who wrote the reply: the plugin after
+    forward when a ``next`` rcode passed the query on, forward for an upstream's answer
+    (also a ``next`` rcode's when no plugin follows)."""
+    up = Upstream(records=dict(RECORDS), host="127.0.0.2")
+    body = "prometheus 127.0.0.1:0\n forward . {0} {{\n next NXDOMAIN\n}}" + after
+    async with serving(body, up) as server:
+        missing = await query(server, "missing.example", "A")
+        assert answers(await query(server, "a.example", "A")) == ["192.0.2.1"]
+        found, _ = await scrape(server)
+    assert dns.rcode.to_text(missing.rcode()) == passed_on[0]
+    labels = {"server": "dns://127.0.0.1:0", "view": "", "zone": "."}
+    responses = {(k[1], v) for k, v in found.items() if k[0] == "coredns_dns_responses_total"}
+    assert responses == {
+        (frozenset({**labels, "rcode": rcode, "plugin": by}.items()), 1.0)
+        for rcode, by in (passed_on, ("NOERROR", "forward"))
+    }
 
 
 @pytest.mark.parametrize(

@@ -25,11 +25,14 @@ import trio
 from plugins.bind import BindPlugin
 from plugins.forward import ForwardPlugin
 from plugins.meshhosts import MeshHostsPlugin, ServiceEntryHost
+from plugins.prometheus import PrometheusPlugin
 from pycorefile import Directive, Plugin, Server, SetupContext
 from pycorefile._app import user_facing
 from pycorefile._registry import Registry
 from pycorefile._server import StartupError
 from pycorefile.testing import Upstream, make_query, query, serve
+
+from .test_prometheus import scrape
 
 DATA = Path(__file__).parent / "data" / "meshhosts"
 NOERROR, NXDOMAIN = dns.rcode.NOERROR, dns.rcode.NXDOMAIN
@@ -327,6 +330,33 @@ async def test_fallthrough_to_the_next_plugin(proto: str) -> None:
             # Table answers never reach the upstream.
             await query(server, "productpage", "A", proto=proto)
             assert up.count("productpage.") == 0
+
+
+async def test_replies_are_credited_to_the_plugin_that_wrote_them() -> None:
+    """An ExternalName chased through the next plugin is meshhosts' reply (its CNAME in
+    front of the next plugin's answer); a name passed on is the next plugin's."""
+    async with Upstream(records=UPSTREAM_RECORDS).running() as up:
+        text = corefile(
+            f"file {FILES}\n namespace ns1\n fallthrough",
+            extra=f"prometheus 127.0.0.1:0\n    forward . {up.address}",
+        )
+        with_metrics = Registry.from_classes({
+            "bind": BindPlugin, "meshhosts": MeshHostsPlugin, "forward": ForwardPlugin,
+            "prometheus": PrometheusPlugin,
+        })  # fmt: skip
+        async with serve(text, registry=with_metrics) as server:
+            chased = await query(server, "search.ns1.svc.cluster.local", "A")
+            passed_on = await query(server, "www.example.org", "A")
+            found, _ = await scrape(server)
+    assert answers(chased) == {"CNAME search.example.org.", "A 198.51.100.2"}
+    assert answers(passed_on) == {"A 198.51.100.1"}
+    assert up.count("search.example.org.", "A") == 1
+    responses = sorted(
+        (dict(labels)["plugin"], dict(labels)["rcode"], count)
+        for (family, labels), count in found.items()
+        if family == "coredns_dns_responses_total"
+    )
+    assert responses == [("forward", "NOERROR", 1.0), ("meshhosts", "NOERROR", 1.0)]
 
 
 async def test_fallthrough_zones() -> None:
