@@ -312,3 +312,30 @@ def test_then_in_a_test_plugin_sees_bytes_and_messages() -> None:
         run(chain(Looks(), NextHandler(as_bytes=as_bytes)), "a.test")
     assert [type(r) for r in seen][1] is bytes
     assert isinstance(seen[0], dns.message.Message)
+
+
+# -- Request.derive: another question, named as text, a dnspython name or wire bytes -----
+
+
+@pytest.mark.parametrize(
+    "qname",
+    ["Web.Example.ORG.", dns.name.from_text("Web.Example.ORG."), b"\x03Web\x07Example\x03ORG\x00"],
+    ids=["text", "name", "wire"],
+)
+def test_derive_asks_another_name_and_keeps_the_rest(qname: str | dns.name.Name | bytes) -> None:
+    original = make_request("www.example.org", "AAAA", edns=True, do=True, client=("192.0.2.9", 5))
+    derived = original.derive(qname)
+    assert derived.qname_wire == b"\x03Web\x07Example\x03ORG\x00"  # the letter case as given
+    assert derived.name == "web.example.org."
+    assert (derived.id, derived.qtype, derived.edns, derived.do, derived.client) == (
+        original.id, original.qtype, True, True, ("192.0.2.9", 5),
+    )  # fmt: skip
+    assert derived.derive(qname, dns.rdatatype.TXT).qtype == dns.rdatatype.TXT
+
+
+@pytest.mark.parametrize(
+    "bad", [b"\x03www", b"\x03www\x00\x00", b"\x40" + b"x" * 64 + b"\x00", b"\x3f" + b"x" * 63 * 5]
+)
+def test_derive_refuses_bytes_that_are_not_one_wire_name(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        make_request("www.example.org").derive(bad)
