@@ -7,7 +7,7 @@ an embedder or a test uses to serve a Corefile (``open_server``,
 """
 
 from ._app import load_config, open_server
-from ._contract import Pending, Result, pass_on, settle, then, within
+from ._contract import Handler, Pending, Result, pass_on, settle, then, within
 from ._request import DROP, Reply, Request
 from ._server import Server, ServerOptions
 from ._version import __version__
@@ -29,6 +29,7 @@ __all__ = [
     "CorefileError",
     "Directive",
     "Fallthrough",
+    "Handler",
     "Pending",
     "Plugin",
     "PluginError",

@@ -9,7 +9,7 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +21,7 @@ from ._registry import Registry
 from ._server import Server, ServerOptions, StartupError
 from ._version import __version__
 from .corefile import CorefileError, ServerBlock, parse_corefile
+from .plugin import Plugin
 
 log = logging.getLogger("pycorefile")
 
@@ -71,12 +72,22 @@ def load_config(
     dns_port: int = 53,
     shared: dict[str, object] | None = None,
     parse: Parse = parse_corefile,
+    plugins: Mapping[str, type[Plugin]] | None = None,
 ) -> Config:
-    """Parse and set up a Corefile; raise CorefileError with its location on any mistake."""
+    """Parse and set up a Corefile; raise CorefileError with its location on any mistake.
+
+    ``plugins`` adds plugin classes that are not installed as entry points
+    (``{"rename": RenamePlugin}``: directive name to class), placed in the
+    chain by their ``before``/``after`` attributes; a name already installed
+    is replaced.
+    """
     blocks = parse(text, filename)
+    registry = registry or default_registry()
+    if plugins:
+        registry = registry.with_classes(plugins)
     return build_config(
         blocks,
-        registry or default_registry(),
+        registry,
         corefile=filename,
         dns_port=dns_port,
         shared={**(shared or {}), BLOCKS_KEY: blocks},
@@ -278,14 +289,18 @@ async def open_server(
     registry: Registry | None = None,
     filename: str = "Corefile",
     options: ServerOptions | None = None,
+    plugins: Mapping[str, type[Plugin]] | None = None,
 ) -> AsyncIterator[Server]:
     """Serve a Corefile's text for the duration of the block (tests, embedding).
 
     Keys without a port get ``dns_port``; 0 picks a free port, shared by the
-    UDP and TCP sockets (``server.port()`` tells which).
+    UDP and TCP sockets (``server.port()`` tells which). ``plugins`` adds
+    plugin classes that are not installed, as in ``load_config``.
     """
     config = await trio.to_thread.run_sync(
-        partial(load_config, corefile, filename, registry=registry, dns_port=dns_port)
+        partial(
+            load_config, corefile, filename, registry=registry, dns_port=dns_port, plugins=plugins
+        )
     )
     server = Server(options)
     async with trio.open_nursery() as nursery:

@@ -79,6 +79,12 @@ async def settle(result: Result) -> Reply:
                 if on_cancel is not None:
                     on_cancel()
             raise
+        if type(value) is Pending:
+            # The coroutine itself returned a Pending (forward falling through to
+            # the next plugin): its own continuations run first, then these.
+            value.steps.extend(steps)
+            result = value
+            continue
         for index, (on_reply, on_error, _) in enumerate(steps):
             try:
                 if failure is None:
@@ -91,9 +97,6 @@ async def settle(result: Result) -> Reply:
             if type(value) is Pending:
                 value.steps.extend(steps[index + 1 :])
                 break
-        else:
-            if type(value) is Pending:  # the coroutine itself returned a Pending
-                value.steps.extend(steps)
         if failure is not None:
             raise failure
         result = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
@@ -82,19 +83,32 @@ class Registry:
         return cls(entries)
 
     @classmethod
-    def from_classes(cls, classes: dict[str, type[Plugin]], package: str = "test") -> Registry:
+    def from_classes(cls, classes: Mapping[str, type[Plugin]], package: str = "test") -> Registry:
         """A registry of given classes (tests, embedding)."""
-        entries = {}
+        return cls({}).with_classes(classes, package)
+
+    def with_classes(self, classes: Mapping[str, type[Plugin]], package: str = "") -> Registry:
+        """This registry plus plugin classes that are not installed as entry points.
+
+        Each class is placed by its ``before``/``after`` attribute, as an
+        installed third-party plugin; a name that is already registered is
+        replaced (keeping a built-in's place in ``ORDER``).
+        """
+        from .plugin import Plugin
+
+        entries = dict(self.entries)
         for name, plugin_cls in classes.items():
+            if not (isinstance(plugin_cls, type) and issubclass(plugin_cls, Plugin)):
+                raise RegistryError(f"plugin {name} ({plugin_cls!r}) is not a Plugin subclass")
             plugin_cls.name = name
             entries[name] = PluginEntry(
                 name,
                 f"{plugin_cls.__module__}:{plugin_cls.__qualname__}",
-                package,
+                package or plugin_cls.__module__.partition(".")[0],
                 None,
                 plugin_cls,
             )
-        return cls(entries)
+        return type(self)(entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries

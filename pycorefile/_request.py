@@ -190,23 +190,30 @@ class Request(QueryInfo):
         """A request for a dnspython query (tests and plugins that ask the chain)."""
         return cls.from_wire(msg.to_wire(), client, proto)
 
-    def derive(self, qname: str | dns.name.Name, qtype: int | None = None) -> Request:
+    def derive(self, qname: str | dns.name.Name | bytes, qtype: int | None = None) -> Request:
         """A copy of this request asking another name (and type).
 
-        The ID, flags and EDNS record are kept. autopath uses this to try
-        search-path candidates through the rest of the chain.
+        ``qname`` is text, a dnspython name, or an uncompressed wire name
+        (``b"\\x03www\\x07example\\x00"``, as ``qname_wire``): the bytes need no
+        dnspython. The ID, flags and EDNS record are kept. autopath uses this
+        to try search-path candidates through the rest of the chain. Raises
+        ``ValueError`` for a name that is not a valid question name.
         """
-        name = qname if isinstance(qname, dns.name.Name) else dns.name.from_text(qname)
+        if isinstance(qname, bytes):
+            name_wire = qname
+        else:
+            name = qname if isinstance(qname, dns.name.Name) else dns.name.from_text(qname)
+            name_wire = name.to_wire() or b""
         qt = self.qtype if qtype is None else qtype
-        name_wire = name.to_wire()
-        assert name_wire is not None
         wire = (
             self.wire[: _wire.HEADER_LEN]
             + name_wire
             + struct.pack(">HH", qt, self.qclass)
             + self.wire[self.name_end + 4 :]
         )
-        new = Request(wire, self.client, self.proto, self.local)
+        new = Request(wire, self.client, self.proto, self.local)  # WireError is a ValueError
+        if new.name_end != _wire.HEADER_LEN + len(name_wire):
+            raise ValueError(f"not one wire name: {name_wire!r}")
         new.max_size = _wire.MAX_TCP
         new.route = self.route
         return new

@@ -246,21 +246,24 @@ class Plugin:
 class Wrapper(Plugin):
     """Base class of a plugin that only looks before and after the rest of the chain.
 
-    Override any of the three hooks; ``handle`` is derived from those you
+    Override any of the four hooks; ``handle`` is derived from those you
     override, once, when the class is created:
 
     - ``on_query(request)``: a reply to answer now (credited to this plugin),
-      or None to pass the query on (acl, rewrite).
-    - ``on_reply(request, reply)``: what goes back instead of ``reply`` (log,
-      rewrite's answer side). It must not mutate ``reply`` if it is a
-      ``Message`` it did not make: return a new reply instead.
-    - ``on_error(request, exc)``: a reply for an exception from the rest of the
-      chain, or re-raise it (errors and log log it and re-raise).
+      or None to pass the query on (acl).
+    - ``on_reply(request, reply)``: what goes back instead of ``reply`` (log).
+      A ``Message`` that comes back belongs to the plugin that receives it: it
+      may change it and return it (see "Who owns a returned Message" in
+      docs/plugins.md).
+    - ``on_error(request, exc)``: a reply for an exception from the rest of
+      the chain, or re-raise it (errors answers; log logs and re-raises).
     - ``on_cancel(request)``: the query was cancelled while waiting (its
       deadline passed); log writes its SERVFAIL line here. Cannot answer.
 
     A wrapper whose ``on_query`` and ``on_reply`` are not overridden is
-    *transparent on success*: the server's known-answer path may skip it.
+    *transparent on success*: the server's known-answer path may skip it. A
+    subclass that states its own ``handle`` keeps it (and so do its
+    subclasses); it is never transparent.
     """
 
     def on_query(self, request: Request) -> Reply | None:
@@ -275,30 +278,30 @@ class Wrapper(Plugin):
     def on_cancel(self, request: Request) -> None:
         return None
 
-    @property
-    def plugin(self) -> Plugin:
-        """The plugin of this link of the chain: a wrapper is its own link.
-
-        (An answering plugin's link, a ``Step``, holds it as ``plugin``; so a
-        plugin walking the chain after it, as autopath looks for acl's
-        ``admits``, finds wrappers the same way.)
-        """
-        return self
-
     @classmethod
     def transparent_on_success(cls) -> bool:
-        return cls.on_query is Wrapper.on_query and cls.on_reply is Wrapper.on_reply
+        """True when the class's handle is the derived one that looks at failures only."""
+        return cls.handle is _handle_failed_only
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "handle" in cls.__dict__:
-            return  # the subclass states its own handle
-        if cls.transparent_on_success():
+        if cls.handle not in _DERIVED:
+            return  # the class (or a parent below Wrapper) states its own handle
+        hooks = {hook for hook in _HOOKS if getattr(cls, hook) is not getattr(Wrapper, hook)}
+        if not hooks & {"on_query", "on_reply"}:
             cls.handle = _handle_failed_only  # type: ignore[method-assign,assignment]
-        elif cls.on_reply is Wrapper.on_reply and cls.on_error is Wrapper.on_error:
+        elif hooks == {"on_query"}:
             cls.handle = _handle_before_only  # type: ignore[method-assign,assignment]
         else:
             cls.handle = _handle_general  # type: ignore[method-assign,assignment]
+
+    def _on_error_here(self, request: Request, exc: Exception) -> Result:
+        """``on_error``; an exception it raises that is not ``exc`` is named after this plugin."""
+        try:
+            return self.on_error(request, exc)
+        except Exception as raised:
+            tag(raised, self.name)
+            raise
 
     def _later(self, request: Request, pending: Pending, success: bool) -> Pending:
         """The after-part of a wrapper whose rest of the chain had to wait: one continuation."""
@@ -313,19 +316,23 @@ class Wrapper(Plugin):
                     raise
 
         cls = type(self)
+        failed = None if cls.on_error is Wrapper.on_error else self._on_error_here
         pending.steps.append((
             replied,
-            None if cls.on_error is Wrapper.on_error else lambda exc: self.on_error(request, exc),
+            None if failed is None else lambda exc: failed(request, exc),
             None if cls.on_cancel is Wrapper.on_cancel else lambda: self.on_cancel(request),
         ))  # fmt: skip
         return pending
+
+
+_HOOKS = ("on_query", "on_reply", "on_error", "on_cancel")
 
 
 def _handle_failed_only(self: Wrapper, request: Request) -> Result:
     try:
         result = self.next.handle(request)
     except Exception as exc:
-        return self.on_error(request, exc)
+        return self._on_error_here(request, exc)
     if type(result) is Pending:
         return self._later(request, result, False)
     return result
@@ -359,6 +366,11 @@ def _handle_general(self: Wrapper, request: Request) -> Result:
     except Exception as exc:
         tag(exc, self.name)
         raise
+
+
+_DERIVED = (_handle_failed_only, _handle_before_only, _handle_general)
+Wrapper.handle = _handle_failed_only  # type: ignore[method-assign,assignment]
+"""A bare Wrapper passes everything on (its subclasses derive their own)."""
 
 
 # -- Parsing helpers shared by plugins ------------------------------------------------

@@ -1,19 +1,30 @@
-"""Helpers for testing plugins against the real server over real sockets.
+"""Helpers for testing plugins: without sockets, and against the real server.
 
-``serve`` runs a Corefile in-process on a free loopback port; ``query`` asks it
-over UDP or TCP with dnspython; ``Upstream`` is a small authoritative server on
-127.0.0.x that counts what it is asked and can misbehave on purpose (silent,
-slow, garbage, wrong ID, oversize), to stand in for real upstreams.
+Without sockets (CoreDNS's ``test.NextHandler`` and ``dnstest.Recorder``):
+``NextHandler`` stands for the rest of the chain (a fixed reply, the requests
+it saw, optionally a wait or an error), ``chain`` links plugin instances in
+front of it exactly as the server does, ``setup_plugin`` builds a plugin from
+Corefile lines, and ``run`` / ``run_async`` drive ``handle`` and return the
+reply as the client would get it.
+
+With sockets: ``serve`` runs a Corefile in-process on a free loopback port
+(``plugins=`` adds plugin classes that are not installed); ``query`` asks it
+over UDP or TCP with dnspython; ``scrape`` reads its metrics; ``Upstream`` is
+a small authoritative server on 127.0.0.x that counts what it is asked and can
+misbehave on purpose (silent, slow, garbage, wrong ID, oversize), to stand in
+for real upstreams.
 """
 
 from __future__ import annotations
 
+import copy
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import dns.asyncbackend
 import dns.asyncquery
@@ -27,12 +38,35 @@ import dns.rrset
 import trio
 from dns._asyncbackend import Backend
 
-from ._app import open_server
+from ._app import load_config, open_server
+from ._chain import End
+from ._contract import Handler, Pending, Result, compile_chain, settle
+from ._request import Reply, Request
 from ._server import Server
+from .plugin import Plugin
 
-__all__ = ["Upstream", "make_query", "query", "serve"]
+__all__ = [
+    "Dropped",
+    "Metrics",
+    "NextHandler",
+    "Upstream",
+    "WouldWait",
+    "chain",
+    "make_query",
+    "query",
+    "run",
+    "run_async",
+    "scrape",
+    "serve",
+    "setup_plugin",
+]
 
 serve = open_server
+"""Serve a Corefile in-process for the duration of an ``async with`` block.
+
+``serve(corefile, plugins={"rename": RenamePlugin})`` adds plugin classes that
+are not installed as entry points (see ``pycorefile.open_server``).
+"""
 
 
 def make_query(
@@ -322,3 +356,266 @@ def _truncate(wire: bytes, limit: int) -> bytes:
         return wire
     msg = dns.message.from_wire(wire)
     return msg.to_wire(max_size=limit, prefer_truncation=True)
+
+
+# -- Testing a plugin without sockets ----------------------------------------------------
+
+P = TypeVar("P", bound=Plugin)
+
+Record = str | dns.rrset.RRset
+"""A zone-file line ``NAME TTL CLASS TYPE RDATA`` (``@`` is the question name) or an RRset."""
+
+
+class NextHandler:
+    """The rest of the chain, in a test: answers every request with one fixed reply.
+
+    CoreDNS's ``test.NextHandler``. The reply is ``rcode`` with the ``answer``
+    and ``authority`` records (zone-file lines, ``"@ 300 IN A 192.0.2.1"``,
+    where ``@`` stands for the question name as asked, or RRsets), with AA set
+    when ``authoritative``; ``reply``, a function of the request, replaces all
+    of that. ``as_bytes`` gives wire bytes instead of a ``Message`` (what a
+    cache gives back), so a plugin can be tested with both kinds of reply.
+
+    ``wait`` makes ``handle`` return a ``Pending``: True waits one scheduling
+    point, a number sleeps that many seconds (``math.inf``: until cancelled).
+    ``error`` is raised instead of answering (a copy of it each time), now or
+    once the wait is over.
+
+    ``requests`` lists every request seen, in order (a plugin that passes on a
+    renamed copy shows it here); ``cancelled`` counts the waits cancelled.
+    """
+
+    def __init__(
+        self,
+        rcode: int = dns.rcode.NOERROR,
+        answer: Iterable[Record] = (),
+        authority: Iterable[Record] = (),
+        *,
+        authoritative: bool = False,
+        as_bytes: bool = False,
+        reply: Callable[[Request], Reply] | None = None,
+        wait: bool | float = False,
+        error: Exception | None = None,
+    ) -> None:
+        self.rcode = rcode
+        self.answer = list(answer)
+        self.authority = list(authority)
+        for record in (*self.answer, *self.authority):
+            if isinstance(record, str):
+                _rrset(record, dns.name.root)  # a mistake shows here, not at the first query
+        self.authoritative = authoritative
+        self.as_bytes = as_bytes
+        self.reply = reply
+        self.wait = wait
+        self.error = error
+        self.requests: list[Request] = []
+        self.cancelled = 0
+
+    def handle(self, request: Request) -> Result:
+        self.requests.append(request)
+        if self.wait is False:
+            return self._respond(request)
+        return Pending(self._later(request))
+
+    async def _later(self, request: Request) -> Reply:
+        try:
+            if self.wait is True:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.sleep(self.wait)
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        return self._respond(request)
+
+    def _respond(self, request: Request) -> Reply:
+        if self.error is not None:
+            raise copy.copy(self.error)
+        if self.reply is not None:
+            return self.reply(request)
+        msg = request.reply(self.rcode, authoritative=self.authoritative)
+        for section, records in ((msg.answer, self.answer), (msg.authority, self.authority)):
+            for record in records:
+                rrset = _rrset(record, request.qname) if isinstance(record, str) else record
+                target = msg.find_rrset(
+                    section, rrset.name, rrset.rdclass, rrset.rdtype, create=True
+                )
+                for rdata in rrset:
+                    target.add(rdata, rrset.ttl)
+        return msg.to_wire(max_size=65535) if self.as_bytes else msg
+
+
+def _rrset(line: str, question: dns.name.Name) -> dns.rrset.RRset:
+    try:
+        name, ttl, rdclass, rdtype, rdata = line.split(None, 4)
+        owner = question if name == "@" else dns.name.from_text(name)
+        return dns.rrset.from_text(owner, int(ttl), rdclass, rdtype, rdata)
+    except Exception as exc:
+        raise ValueError(f"not a record line (NAME TTL CLASS TYPE RDATA): {line!r}: {exc}") from exc
+
+
+def chain(plugins: Plugin | Sequence[Plugin], next: Handler | None = None) -> Handler:
+    """Link plugin instances (outermost first) in front of ``next``, as the server does.
+
+    Every plugin's ``next`` is set, and the chain credits replies
+    (``request.answered_by``) and names exceptions after their plugin exactly
+    as a served chain. ``next`` defaults to the chain's end (SERVFAIL, as a
+    chain whose plugins all pass the query on).
+    """
+    listed = [plugins] if isinstance(plugins, Plugin) else list(plugins)
+    for plugin in listed:
+        if not plugin.name:
+            raise ValueError(
+                f"{type(plugin).__qualname__} has no directive name: build it with "
+                "setup_plugin(), or set the class's `name`"
+            )
+    end = next if next is not None else End(listed[-1].name if listed else "")
+    handler, _known = compile_chain(listed, end)
+    return handler
+
+
+def setup_plugin(cls: type[P], lines: str, *, zone: str = ".") -> P:
+    """The plugin that Corefile ``lines`` make, built exactly as the server builds it.
+
+    The first word of ``lines`` is the plugin's directive: ``cls`` is
+    registered under it for this call only (other directives in ``lines`` may
+    name installed plugins). The lines are the body of a server block for
+    ``zone``: ``ZONE {`` is line 1 of the file ``Corefile``, so the first of
+    ``lines`` is line 2. A mistake raises ``CorefileError`` with its position
+    (``Corefile:2:8 - plugin/rename: ...``).
+    """
+    words = lines.split(None, 1)
+    if not words:
+        raise ValueError("setup_plugin needs the plugin's directive line")
+    directive = words[0]
+    config = load_config(f"{zone} {{\n{lines}\n}}\n", plugins={directive: cls})
+    plugin = config.find(directive)[0]
+    assert isinstance(plugin, cls)
+    return plugin
+
+
+def make_request(
+    name: str | dns.message.Message,
+    rdtype: str | int = "A",
+    *,
+    client: tuple[str, int] = ("127.0.0.1", 40000),
+    proto: str = "udp",
+    **options: bool | int,
+) -> Request:
+    """A Request as the server makes one from a client's query (``make_query`` options)."""
+    q = name if isinstance(name, dns.message.Message) else make_query(name, rdtype, **options)  # type: ignore[arg-type]
+    return Request.from_message(q, client, proto)
+
+
+class WouldWait(Exception):
+    """``run`` was given a chain that returned a Pending: use ``await run_async(...)``."""
+
+
+class Dropped(Exception):
+    """The chain answered ``DROP``: the server would send nothing."""
+
+
+def run(
+    handler: Handler,
+    query: str | dns.message.Message | Request,
+    rdtype: str | int = "A",
+    **options: bool | int | str | tuple[str, int],
+) -> dns.message.Message:
+    """Drive ``handler.handle`` with a query that must be answered without waiting.
+
+    ``query`` is a name (with ``rdtype`` and ``make_request`` options), a
+    dnspython query, or a ``Request`` (pass your own to read its
+    ``answered_by`` afterwards). Returns the reply as the client gets it
+    (sized for the client, parsed). An exception from the chain is raised as
+    is (the server would answer it SERVFAIL, or the ``PluginError``'s rcode);
+    ``WouldWait`` when the chain returned a Pending (it is discarded), which
+    also makes ``run`` an assertion that a path does not wait.
+    """
+    request, result = _start(handler, query, rdtype, options)
+    if type(result) is Pending:
+        result.discard()
+        raise WouldWait(f"{request!r}: the chain returned a Pending; use await run_async(...)")
+    return _finish(request, result)  # type: ignore[arg-type]
+
+
+async def run_async(
+    handler: Handler,
+    query: str | dns.message.Message | Request,
+    rdtype: str | int = "A",
+    *,
+    timeout: float = 30.0,
+    **options: bool | int | str | tuple[str, int],
+) -> dns.message.Message:
+    """``run``, but a Pending is settled (awaited once, its continuations run), as the server does.
+
+    ``timeout`` is the query's deadline: when it passes, the wait is cancelled
+    (every ``on_cancel`` is told) and ``trio.TooSlowError`` is raised.
+    """
+    request, result = _start(handler, query, rdtype, options)
+    with trio.fail_after(timeout):
+        reply = await settle(result)
+    return _finish(request, reply)
+
+
+def _start(
+    handler: Handler,
+    query: str | dns.message.Message | Request,
+    rdtype: str | int,
+    options: dict[str, bool | int | str | tuple[str, int]],
+) -> tuple[Request, Result]:
+    request = query if isinstance(query, Request) else make_request(query, rdtype, **options)  # type: ignore[arg-type]
+    return request, handler.handle(request)
+
+
+def _finish(request: Request, reply: Reply) -> dns.message.Message:
+    wire = request.to_wire(reply)
+    if not wire:
+        raise Dropped(f"{request!r} was dropped")
+    return dns.message.from_wire(wire)
+
+
+# -- Metrics of a served Corefile ----------------------------------------------------------
+
+
+class Metrics:
+    """What ``/metrics`` said: every sample by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.samples: list[tuple[str, dict[str, str], float]] = [
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples called ``name`` that carry these labels (0 when none)."""
+        return sum(
+            value
+            for sample, have, value in self.samples
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        )
+
+
+async def scrape(server: Server, address: str = "127.0.0.1:0", path: str = "/metrics") -> Metrics:
+    """The metrics of a served Corefile, read over HTTP from its *prometheus* listener.
+
+    ``address`` is the listener as the Corefile names it (``prometheus
+    127.0.0.1:0`` is the default here).
+    """
+    host, _, port = address.rpartition(":")
+    bound = server.http_address(host.strip("[]"), int(port))
+    family = socket.AF_INET6 if ":" in bound[0] else socket.AF_INET
+    with trio.socket.socket(family, socket.SOCK_STREAM) as sock, trio.fail_after(10):
+        await sock.connect(bound)
+        await sock.send(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := await sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1]
+    if status != b"200":
+        raise RuntimeError(f"GET {path} from {bound}: {head.decode('latin-1').splitlines()[0]}")
+    return Metrics(body.decode())

@@ -1,9 +1,10 @@
 """greeting: answers TXT queries for configured names with a message.
 
 A complete third-party plugin in one file: a pure parse function, a plugin
-class that answers without waiting (``serve_now``) and passes everything else
-on, and its place in the chain (after ``cache``, so its answers are cached
-like any other).
+class whose ``handle`` answers from memory and passes everything else on, and
+its place in the chain (after ``cache``, so its answers are cached like any
+other). For a plugin that changes what the rest of the chain answers, see the
+``rename`` example.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from dataclasses import dataclass
 import dns.rdatatype
 import dns.rrset
 
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext, SetupError, check_args
+from pycorefile import (
+    Directive,
+    Plugin,
+    Reply,
+    Request,
+    Result,
+    SetupContext,
+    SetupError,
+    check_args,
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,8 @@ class GreetingPlugin(Plugin):
         reply.answer.append(dns.rrset.from_text(request.qname, self.config.ttl, "IN", "TXT", text))
         return reply
 
-    def serve_now(self, request: Request) -> Reply | None:
-        return self._answer(request) or self.next.serve_now(request)
-
-    async def serve(self, request: Request) -> Reply:
-        return self._answer(request) or await self.next.serve(request)
+    def handle(self, request: Request) -> Result:
+        reply = self._answer(request)
+        if reply is None:
+            return self.next.handle(request)  # not ours: whatever the rest gives, as is
+        return reply
