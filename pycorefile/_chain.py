@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import dns.rcode
 
 if TYPE_CHECKING:
-    from ._contract import Result
     from ._request import Reply, Request
-
-
-class Handler(Protocol):
-    """What a plugin calls as ``self.next``: ``handle`` (``serve_now``/``serve`` until
-    every plugin is converted to the one contract)."""
-
-    def handle(self, request: Request) -> Result: ...
-
-    async def serve(self, request: Request) -> Reply: ...
-
-    def serve_now(self, request: Request) -> Reply | None: ...
 
 
 def plugin_of(exc: BaseException) -> str:
@@ -44,12 +32,6 @@ class End:
     def __init__(self, after: str, rcode: int = dns.rcode.SERVFAIL) -> None:
         self.after = after
         self.rcode = rcode
-
-    async def serve(self, request: Request) -> Reply:
-        return request.error(self.rcode)
-
-    def serve_now(self, request: Request) -> Reply | None:
-        return request.error(self.rcode)
 
     def handle(self, request: Request) -> Reply:
         return request.error(self.rcode)

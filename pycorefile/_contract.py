@@ -1,4 +1,4 @@
-"""One serving contract: ``handle(request) -> Reply | Pending`` (prototype).
+"""One serving contract: ``handle(request) -> Reply | Pending``.
 
 A plugin states each decision once, synchronously. It answers (returns a
 Reply), passes the query on (returns what ``self.next.handle`` gives, which
@@ -16,10 +16,6 @@ A plugin that only looks before and after the rest of the chain subclasses
 ``handle`` is derived from the hooks it overrides (a wrapper that overrides
 neither ``on_query`` nor ``on_reply`` is transparent on success, so the server's
 known-answer path may skip it).
-
-Plugins written against the old ``serve_now``/``serve`` pair still run: the
-base ``Plugin.handle`` adapts them, and ``compile_chain`` gives them a
-``next`` that still offers ``serve_now`` and ``serve``.
 """
 
 from __future__ import annotations
@@ -196,40 +192,6 @@ class Step:
             result.steps.append(self._tag_step)
         return result
 
-    # The old pair, for callers not yet converted (tests that drive a chain).
-    def serve_now(self, request: Request) -> Reply | None:
-        return LegacyNext(self).serve_now(request)
-
-    async def serve(self, request: Request) -> Reply:
-        return await settle(self.handle(request))
-
-
-class LegacyNext:
-    """``self.next`` of a plugin written against ``serve_now``/``serve``."""
-
-    __slots__ = ("handler",)
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-
-    def handle(self, request: Request) -> Result:
-        return self.handler.handle(request)
-
-    @property
-    def plugin(self) -> Plugin | None:
-        """The plugin behind the wrapped link (None for the chain's end)."""
-        return getattr(self.handler, "plugin", None)
-
-    def serve_now(self, request: Request) -> Reply | None:
-        result = self.handler.handle(request)
-        if type(result) is Pending:
-            result.discard()  # the old contract: serve() walks the rest again
-            return None
-        return result  # type: ignore[return-value]
-
-    async def serve(self, request: Request) -> Reply:
-        return await settle(self.handler.handle(request))
-
 
 def is_wrapper(plugin: Plugin) -> bool:
     from .plugin import Wrapper
@@ -250,17 +212,9 @@ def compile_chain(plugins: Sequence[Plugin], end: Handler) -> tuple[Handler, Plu
     plugin before it is a wrapper transparent on success (errors): the server
     may then ask it before making a Request, and fall back to the chain.
     """
-    from ._chain import End
-
     handler: Handler = end
     for plugin in reversed(plugins):
-        if type(plugin).handle is _plugin_handle():
-            # Written against serve_now/serve: give it a next that offers them.
-            plugin.next = handler if isinstance(handler, End) else LegacyNext(handler)
-        else:
-            # Converted plugins call only ``handle`` (Plugin.next keeps the old
-            # type until every plugin is converted).
-            plugin.next = handler  # type: ignore[assignment]
+        plugin.next = handler
         handler = plugin if is_wrapper(plugin) else Step(plugin)
     known: Plugin | None = None
     for plugin in plugins:
@@ -270,9 +224,3 @@ def compile_chain(plugins: Sequence[Plugin], end: Handler) -> tuple[Handler, Plu
         if not (is_wrapper(plugin) and type(plugin).transparent_on_success()):  # type: ignore[attr-defined]
             break
     return handler, known
-
-
-def _plugin_handle() -> Callable[..., Result]:
-    from .plugin import Plugin
-
-    return Plugin.handle

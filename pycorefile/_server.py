@@ -1,10 +1,11 @@
 """The I/O layer: trio listeners for UDP and TCP, dispatch, reload, shutdown.
 
-Per query, ``Dispatcher.begin`` (no I/O) checks the packet and routes it to a
-server block; the chain is then tried synchronously (``serve_now``), so a reply
-that needs no waiting -- a cache hit, a table answer -- is sent straight from
-the socket-draining loop. Only queries some plugin must wait for (forwarding)
-get a task.
+Per query, ``Dispatcher.handle`` (no I/O) checks the packet and routes it to a
+server block; a known answer (a cache hit, a table answer) is taken before any
+Request is made when the block allows it, else the chain's ``handle`` runs
+synchronously, so a reply that needs no waiting is sent straight from the
+socket-draining loop. Only a query some plugin must wait for (forwarding) gets
+a task, which awaits its ``Pending`` once.
 """
 
 from __future__ import annotations

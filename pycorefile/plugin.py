@@ -14,8 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._chain import Handler
-from ._contract import OnReply, Pending, Result, tag
+from ._contract import Handler, OnReply, Pending, Result, tag
 from ._request import Reply, Request
 from ._zones import ZoneError, in_zone, normalize_zones
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
@@ -143,11 +142,13 @@ class SetupContext:
 class Plugin:
     """Base class of every plugin.
 
-    Subclasses override ``setup`` and usually ``serve``. A plugin that can
-    answer some queries without waiting (from memory) also overrides
-    ``serve_now``: the server tries the whole chain synchronously first and only
-    starts a task when some plugin returns None, which is what lets cache hits
-    and table answers run at C-server rates.
+    Subclasses override ``setup`` and ``handle`` (the one serving contract):
+    answer now with a reply, pass the query on with
+    ``return self.next.handle(request)``, or return ``Pending(coroutine)`` when
+    the answer needs a wait; the server awaits it once, and ``then`` /
+    ``pass_on`` state what to do with the reply once, whether it came now or
+    after the wait. A plugin that only looks before and after the rest of the
+    chain subclasses ``Wrapper`` instead. See docs/plugins.md.
     """
 
     name: ClassVar[str] = ""
@@ -171,40 +172,23 @@ class Plugin:
         raise NotImplementedError(f"plugin {cls.name} has no setup")
 
     def handle(self, request: Request) -> Result:
-        """Answer, pass on (``return self.next.handle(request)``), or return ``Pending``.
-
-        The one serving contract (see ``pycorefile._contract``). This default
-        adapts a plugin written against the older ``serve_now``/``serve`` pair.
-        """
-        reply = self.serve_now(request)
-        if reply is not None:
-            return reply
-        return Pending(self.serve(request))
-
-    async def serve(self, request: Request) -> Reply:
-        """Answer, pass on to ``self.next``, or change what comes back."""
-        return await self.next.serve(request)
-
-    def serve_now(self, request: Request) -> Reply | None:
-        """Answer without waiting, or return None to have ``serve`` run in a task.
-
-        Must have no effect when it returns None: the query is then served
-        again from the start by ``serve``.
-        """
-        return None
+        """Answer (a Reply), pass on (``return self.next.handle(request)``), or wait
+        (``return Pending(coroutine)``). The default passes every query on."""
+        return self.next.handle(request)
 
     def serve_known(
         self, wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
     ) -> bytes | None:
         """The server's fast path: answer a plain query from memory, or None.
 
-        Called, instead of the chain, only for the first plugin of a block's
-        chain, with the query's bytes and what the server read from them:
+        Called, instead of the chain, for the block's first plugin that has it
+        when only wrappers transparent on success (errors) come before it, with
+        the query's bytes and what the server read from them:
         ``key`` (``Request.key``), ``name_end``, ``edns``, ``do``, and
         ``server`` (the block's metric label). A plugin that answers repeated
         questions from memory (cache, meshhosts) overrides it so that a hit
         costs no ``Request``. When it returns bytes they must be exactly what
-        ``serve_now`` would have returned, with the same effects; when it
+        ``handle`` would have returned, with the same effects; when it
         returns None it must have had no effect (the chain then runs as
         usual).
         """

@@ -74,7 +74,6 @@ BLOCKING_METHODS = {
 """Method names that block whatever the object (``Path``, ``Popen``)."""
 LOOP_METHODS = (
     "handle",
-    "serve_now",
     "serve_known",
     "observe",
     "observe_known",
@@ -407,7 +406,7 @@ class Server:
     async def sleeping(self):
         time.sleep(1)
 
-    def serve_now(self, request):
+    def handle(self, request):
         return open("/etc/hostname").read()
 """
 
@@ -425,7 +424,7 @@ def test_the_check_finds_what_it_should(tmp_path: Path) -> None:
         "Server.through_a_method",
         "Server.allowed_without_reason",
         "Server.sleeping",
-        "Server.serve_now",
+        "Server.handle",
     }, problems
     chain = next(p for p in problems if "through_a_method" in p)
     assert "Store.flush_to_disk" in chain and "save" in chain and "os.fsync" in chain

@@ -10,7 +10,7 @@ import trio
 
 from plugins.bind import BindPlugin
 from plugins.whoami import WhoamiPlugin
-from pycorefile import Directive, Plugin, Reply, Request, SetupContext
+from pycorefile import Directive, Pending, Plugin, Reply, Request, Result, SetupContext
 from pycorefile._registry import Registry
 
 
@@ -23,18 +23,13 @@ class BigTxtPlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> BigTxtPlugin:
         return cls()
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         count = int(request.name.split(".")[0][1:])
         reply = request.reply(authoritative=True)
         rdatas = [f'"{i:03d}{"x" * 197}"' for i in range(count)]
         reply.answer.append(
             dns.rrset.from_text(request.qname, 60, "IN", dns.rdatatype.TXT, *rdatas)
         )
-        return reply
-
-    async def serve(self, request: Request) -> Reply:
-        reply = self.serve_now(request)
-        assert reply is not None
         return reply
 
 
@@ -47,7 +42,10 @@ class SlowPlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> SlowPlugin:
         return cls()
 
-    async def serve(self, request: Request) -> Reply:
+    def handle(self, request: Request) -> Result:
+        return Pending(self._later(request))
+
+    async def _later(self, request: Request) -> Reply:
         await trio.sleep(int(request.name.split(".")[0][2:]) / 1000)
         reply = request.reply()
         reply.answer.append(dns.rrset.from_text(request.qname, 5, "IN", "A", "192.0.2.7"))
@@ -63,7 +61,7 @@ class FailingPlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> FailingPlugin:
         return cls()
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         raise RuntimeError("boom")
 
 

@@ -36,7 +36,7 @@ from pycorefile import (
     within,
 )
 from pycorefile._chain import End, plugin_of
-from pycorefile._contract import LegacyNext, Step, compile_chain
+from pycorefile._contract import Step, compile_chain
 from pycorefile.testing import make_query
 
 
@@ -587,7 +587,7 @@ async def test_a_wrapper_behaves_as_its_hooks_say(hooks: frozenset[str], scenari
     wrapper = cls()
     log: list[str] = []
     rest = Next(scenario, log)
-    wrapper.next = rest  # type: ignore[assignment]
+    wrapper.next = rest
     req = request("mine.example.org." if scenario == "on_query" else "www.example.org.")
     want, calls = expected(hooks, scenario)
     outcome: object
@@ -654,7 +654,7 @@ def test_a_wrapper_stating_its_own_handle_keeps_it_and_is_not_transparent(
 ) -> None:
     wrapper = cls()
     rest = Answers(lambda: b"r")
-    wrapper.next = rest  # type: ignore[assignment]
+    wrapper.next = rest
     assert wrapper.handle(request()) == b"r"
     assert [r.name for r in rest.seen] == ["elsewhere.example."]
     assert not cls.transparent_on_success()
@@ -681,16 +681,10 @@ class OtherKnown(Known):
     name = "other_known"
 
 
-class Legacy(Plugin):
-    """Written against serve_now/serve (the adapter runs it)."""
+class Passing(Plugin):
+    """States no ``handle``: the default passes every query on."""
 
-    name = "legacy"
-
-    def serve_now(self, request: Request) -> Reply | None:
-        return self.next.serve_now(request)
-
-    async def serve(self, request: Request) -> Reply:
-        return await self.next.serve(request)
+    name = "passing"
 
 
 class OnCancelOnly(Wrapper):
@@ -714,7 +708,7 @@ KNOWN_PATH: list[tuple[str, Callable[[], list[Plugin]], str | None]] = [
     ("a wrapper with on_reply", lambda: [wrapper_with("on_reply", "on_error"), Known()], None),
     ("a wrapper with its own handle", lambda: [OwnHandle(), Known()], None),
     ("an answering plugin first", lambda: [Answering("pass"), Known()], None),
-    ("a plugin not converted first", lambda: [Legacy(), Known()], None),
+    ("a plugin that passes on, not a wrapper", lambda: [Passing(), Known()], None),
     ("no known plugin", lambda: [Transparent(), Answering()], None),
     ("no plugin", lambda: [], None),
 ]
@@ -731,24 +725,21 @@ def test_the_known_answer_plugin_is_first_behind_wrappers_transparent_on_success
 
 
 def test_compile_chain_links_wrappers_as_themselves_and_answering_plugins_through_a_step() -> None:
-    gate, answering, legacy = Gate(), Answering("pass"), Legacy()
-    end = End("legacy")
-    handler, _ = compile_chain([gate, answering, legacy], end)
+    gate, answering, passing = Gate(), Answering("pass"), Passing()
+    end = End("passing")
+    handler, _ = compile_chain([gate, answering, passing], end)
     assert handler is gate
     assert isinstance(gate.next, Step) and gate.next.plugin is answering
-    assert isinstance(answering.next, Step) and answering.next.plugin is legacy
-    assert legacy.next is end  # a plugin not converted sees the end as it is
-    handler, _ = compile_chain([legacy, answering], end)
-    assert isinstance(legacy.next, LegacyNext) and legacy.next.plugin is answering
-    assert answering.next is end
+    assert isinstance(answering.next, Step) and answering.next.plugin is passing
+    assert passing.next is end
 
 
-async def test_a_plugin_not_converted_runs_through_the_adapter() -> None:
-    """Its serve_now gives way to the wait of the plugin after it; the reply still comes."""
+async def test_the_default_handle_passes_on_and_the_wait_after_it_is_returned() -> None:
+    """A plugin that states no ``handle`` hands back what comes after it, wait included."""
     req = request()
-    result = linked(Legacy(), Inner("wait")).handle(req)
+    result = linked(Passing(), Inner("wait")).handle(req)
     assert type(result) is Pending
     assert await settle(result) == b"answered"
     req = request()
-    assert linked(Legacy(), Inner("now")).handle(req) == b"answered"
+    assert linked(Passing(), Inner("now")).handle(req) == b"answered"
     assert req.answered_by == "inner"

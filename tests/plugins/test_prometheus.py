@@ -30,8 +30,8 @@ from pycorefile import (
     CorefileError,
     Directive,
     Plugin,
-    Reply,
     Request,
+    Result,
     Server,
     SetupContext,
     load_config,
@@ -57,7 +57,7 @@ class CountingPlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> CountingPlugin:
         return cls(ctx.zones[0])
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         if request.name.startswith("boom."):
             raise RuntimeError("kaput")
         if request.name.startswith("drop."):

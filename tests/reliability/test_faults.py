@@ -32,7 +32,17 @@ from plugins.errors import ErrorsPlugin
 from plugins.forward import ForwardPlugin
 from plugins.log import LogPlugin
 from plugins.meshhosts import MeshHostsPlugin
-from pycorefile import Directive, Plugin, Reply, Request, Server, SetupContext, check_args
+from pycorefile import (
+    Directive,
+    Pending,
+    Plugin,
+    Reply,
+    Request,
+    Result,
+    Server,
+    SetupContext,
+    check_args,
+)
 from pycorefile._registry import Registry
 from pycorefile.testing import Upstream, query, serve
 from tests.process import ServerProcess, free_port
@@ -540,13 +550,13 @@ class ExplodingPlugin(Plugin):
         check_args(directives[0], 0, 1)
         return cls(directives[0].args == ("later",))
 
-    def serve_now(self, request: Request) -> Reply | None:
+    def handle(self, request: Request) -> Result:
         if self.later:
-            return None
+            return Pending(self._explode_later(request))
         self.calls += 1
         raise RuntimeError(f"exploded on {request.name}")
 
-    async def serve(self, request: Request) -> Reply:
+    async def _explode_later(self, request: Request) -> Reply:
         await trio.sleep(0)
         self.calls += 1
         raise RuntimeError(f"exploded on {request.name}")
