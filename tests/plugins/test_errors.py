@@ -37,6 +37,7 @@ from pycorefile._config import Client, Route
 from pycorefile._registry import Registry
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import Upstream, query, serve
+from tests.logcapture import collect_logs
 from tests.plugins.test_prometheus import scrape, value
 
 
@@ -88,28 +89,11 @@ def corefile(errors: str) -> str:
     return ".:0 {\n    bind 127.0.0.1\n" + errors + "\n    flaky\n}\n"
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def records() -> Iterator[list[logging.LogRecord]]:
     """What the server logs, whatever the logger's propagation."""
-    logger = logging.getLogger("pycorefile")
-    handler = _Collect()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler.records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    with collect_logs(logging.DEBUG) as collected:
+        yield collected
 
 
 def messages(records: list[logging.LogRecord], level: int | None = None) -> list[str]:

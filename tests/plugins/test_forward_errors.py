@@ -24,34 +24,18 @@ import trio
 
 from pycorefile import Server
 from pycorefile.testing import Upstream, query, serve
+from tests.logcapture import collect_logs
 
 from .test_prometheus import scrape, value
 
 SERVER = "dns://127.0.0.1:0"
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def records() -> Iterator[list[logging.LogRecord]]:
     """What the server logs at INFO and above."""
-    logger = logging.getLogger("pycorefile")
-    handler = _Collect()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler.records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    with collect_logs(logging.INFO) as collected:
+        yield collected
 
 
 def errors_lines(records: list[logging.LogRecord], level: int = logging.ERROR) -> list[str]:
