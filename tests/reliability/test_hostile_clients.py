@@ -107,11 +107,19 @@ async def closed_by_server(sock: trio.socket.SocketType, timeout: float = 10.0) 
 
 
 async def tcp_answered(port: int) -> bool:
-    """A new TCP connection gets the mesh name answered."""
-    with contextlib.suppress(dns.exception.DNSException, OSError, EOFError):
+    """A new TCP connection gets the mesh name answered.
+
+    A connection the server refuses is reset or closed: the client sees that
+    as an OS error, EOF, a broken stream (trio) or a timeout, bare or wrapped
+    in an exception group by dnspython's trio backend.
+    """
+    answered = False
+    try:
         reply = await query(("127.0.0.1", port), MESH_NAME, "A", proto="tcp", timeout=2)
-        return reply.rcode() == NOERROR
-    return False
+        answered = reply.rcode() == NOERROR
+    except* (dns.exception.DNSException, OSError, EOFError, trio.BrokenResourceError):
+        pass
+    return answered
 
 
 @asynccontextmanager
