@@ -6,28 +6,35 @@
 
 Starts dnsmasq as the upstream and pycorefile with the sidecar chain (errors,
 health, ready, prometheus, reload, acl, autopath, cache, autoalloc,
-meshhosts with a directory of mesh files, forward) under a lowered open-file
-limit (1024: a budget of 768 TCP connections, 64 of them for HTTP). It
-measures the rate the server reaches at saturation, alone, then for the
-duration runs side by side:
+meshhosts with a directory of mesh files: 10,000 Services and a file of
+ServiceEntries, forward) under a lowered open-file limit (1024: a budget of
+704 DNS and 64 HTTP connections). It measures the rate the server reaches at
+saturation, alone, then for the duration runs side by side:
 
-- legitimate load: dnsperf at half of that rate (``-Q``, an open loop), mesh,
-  autopath, cached and never-seen names;
-- attacks, each in its own loop bounded in count and time: TCP clients that
-  reset (RST) idle, in the middle of a query and while replies wait; more
-  TCP and HTTP connections than the budget, held open; a pipelining client
-  that never reads; trickling (slowloris) DNS and HTTP clients; a query of
-  each of the 65,536 types, with a metrics scrape every 2 s; replays of the
-  forward plugin's loop probes (read from the upstream's query log) and of
-  probe-shaped names; malformed packets over UDP and TCP; a mesh file
-  rewritten in turn with damaged content (a YAML date that does not exist,
-  an alias bomb, a file over ``max_file_size``) and good content; SIGUSR1
-  every few seconds.
+- legitimate load: dnsperf at half of that rate (``-Q``, an open loop): mesh
+  names, autopath's first tries, upstream names and names never seen;
+- a canary: a mesh name every 50 ms, each answer timed, so that a slow
+  answer can be put next to the attacks that came in bursts just before it;
+- attacks, each in its own loop bounded in count and time (``--attacks`` to
+  run some only): TCP clients that reset (RST) idle, in the middle of a query
+  and while replies wait (``resets``); more DNS and HTTP connections than the
+  budget, each with a request, held (``flood``); a pipelining client that
+  never reads (``pipeline``); trickling DNS and HTTP clients (``slowloris``);
+  queries of all 65,536 types, special ones first, then in a shuffled order
+  (``types``); a metrics scrape every 2 s (``scrapes``); replays of the
+  forward plugin's loop probes, read from the upstream's query log, and of
+  probe-shaped names (``loop_probes``); malformed packets over UDP and TCP
+  (``malformed``); a mesh file rewritten in turn with damaged content (a
+  YAML date that does not exist, an alias bomb, a file over
+  ``max_file_size``) and good content (``mesh_file``); SIGUSR1 (``sigusr1``).
+  The types and the malformed packets go at a tenth of the saturated rate
+  each (``--attack-share``).
 
 It passes when no legitimate query is lost or fails (anything but NOERROR or
-NXDOMAIN), and the server is still alive and answering at the end. It
-reports the legitimate load's latency, the server's memory and open files,
-and what each attack did. Everything stays on 127.0.0.1.
+NXDOMAIN), and the server is still alive and answering over UDP and TCP at
+the end. It reports the legitimate load's latency, the server's memory and
+open files, what each attack did and the canary's slowest answers. Every
+socket is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -81,8 +89,13 @@ LEGIT_SHARE = 0.5
 MAX_FILE_SIZE = 4 * 1024 * 1024
 """meshhosts ``max_file_size`` in the Corefile: the oversized mesh file is above it."""
 MESH_NAME = "svc1.ns2.svc.cluster.local"
-TYPES_RATE = 1500
-"""Queries per second of the all-types attack at most."""
+ATTACK_SHARE = 0.1
+"""The rate of the all-types queries, and of the malformed packets, as a share of the rate
+reached at saturation."""
+SPECIAL_TYPES = (0, 41, 249, 250, 251, 252, 253, 254, 255, 256, 32768, 32769, 65280, 65535)
+"""Asked first: reserved, OPT, TKEY, TSIG, IXFR, AXFR, MAILB, MAILA, ANY, URI, TA, DLV,
+private use; then every other type in a shuffled order, so that a short run covers the
+whole range."""
 
 ATTACKS = (
     "resets", "flood", "pipeline", "slowloris", "types", "scrapes", "loop_probes", "malformed",
@@ -205,10 +218,13 @@ def malformed_packet(r: random.Random) -> bytes:
 
 @dataclass
 class Tally:
-    """What the attacks did: counters by attack, and notes (maxima, first errors)."""
+    """What the attacks did: counters by attack, notes (maxima), and the moments of the
+    attacks that come in bursts (to tell which one a slow answer followed)."""
 
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    """(trio time, what happened)."""
 
     def add(self, attack: str, what: str, n: int = 1) -> None:
         self.counts.setdefault(attack, Counter())[what] += n
@@ -216,6 +232,17 @@ class Tally:
     def most(self, attack: str, what: str, value: float) -> None:
         note = self.notes.setdefault(attack, {})
         note[what] = max(note.get(what, value), value)
+
+    def event(self, what: str) -> None:
+        self.events.append((trio.current_time(), what))
+
+    def before(self, when: float, within: float = 3.0) -> list[str]:
+        """The events of the ``within`` seconds before ``when``, latest first."""
+        return [
+            f"{what} {when - at:.1f} s before"
+            for at, what in reversed(self.events)
+            if 0 <= when - at <= within
+        ]
 
     def report(self) -> dict[str, dict[str, Any]]:
         names = sorted(set(self.counts) | set(self.notes))
@@ -316,12 +343,22 @@ async def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, by
 
 @dataclass
 class Target:
+    """The server under attack and how hard each attack goes."""
+
     port: int
     http: dict[str, int]
     """Each HTTP endpoint's port: health, ready, metrics, autoalloc."""
+    proc: subprocess.Popen[bytes]
     budget: ConnectionBudget
     deadline: float
     """trio time when every attack stops."""
+    query_rate: float
+    """Queries (all types) and malformed packets a second, each."""
+    reload_every: float
+    rewrite_every: float
+    mesh_dir: Path
+    query_log: Path
+    """The upstream's query log, where the loop probes show."""
 
 
 def running(target: Target) -> bool:
@@ -371,6 +408,7 @@ async def budget_flood(t: Target, tally: Tally, hold: float = 8.0, max_rounds: i
         if not running(t):
             return
         held: list[Sock] = []
+        tally.event("flood: connections opened")
         try:
             for i in range(t.budget.dns.limit + 32):
                 try:
@@ -432,6 +470,7 @@ async def pipeliner(t: Target, tally: Tally, max_queries: int = 200_000) -> None
         finally:
             sock.close()
         tally.add("pipeline", "clients")
+        tally.event("pipeline: a client closed")
         tally.add("pipeline", "queries_sent", sent)
         tally.add("pipeline", "closed_by_server" if closed else "not_closed")
         await trio.sleep(0.5)
@@ -471,9 +510,10 @@ async def slowloris(t: Target, tally: Tally) -> None:
             nursery.start_soon(trickle, t, tally, t.http["health"], head, 1.0, "http")
 
 
-async def all_types(t: Target, tally: Tally, duration: float) -> None:
-    """A query of every type, 0 to 65535, paced to end within the run, 64 at most waiting."""
-    rate = min(TYPES_RATE, 65536 / max(duration * 0.9, 1.0))
+async def all_types(t: Target, tally: Tally) -> None:
+    """A query of every type, 0 to 65535, at ``query_rate``, 64 at most waiting."""
+    others = sorted(set(range(65536)) - set(SPECIAL_TYPES))
+    random.Random(3).shuffle(others)
     window = trio.Semaphore(64)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.connect(("127.0.0.1", t.port))
@@ -488,12 +528,12 @@ async def all_types(t: Target, tally: Tally, duration: float) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
             start = trio.current_time()
-            for qtype in range(65536):
+            for sent, qtype in enumerate([*SPECIAL_TYPES, *others]):
                 if not running(t):
                     break
                 with trio.move_on_after(2):
                     await window.acquire()
-                await trio.sleep_until(start + qtype / rate)
+                await trio.sleep_until(start + sent / t.query_rate)
                 with contextlib.suppress(OSError):
                     await sock.send(query_wire(f"t{qtype}.types.miss.bench.test", qtype, qtype))
                 tally.add("types", "sent")
@@ -518,7 +558,7 @@ async def scrapes(t: Target, tally: Tally, every: float = 2.0) -> None:
         await trio.sleep(every)
 
 
-async def loop_probes(t: Target, tally: Tally, query_log: Path) -> None:
+async def loop_probes(t: Target, tally: Tally) -> None:
     """Replays of the loop probes the server sends (read from the upstream's query log),
     three times each at once, and of random probe-shaped names."""
     seen: set[str] = set()
@@ -540,7 +580,7 @@ async def loop_probes(t: Target, tally: Tally, query_log: Path) -> None:
             nursery.start_soon(read)
             offset = 0
             while running(t):
-                with open(query_log, "rb") as f:
+                with open(t.query_log, "rb") as f:
                     f.seek(offset)
                     chunk = f.read(4 << 20)
                 cut = chunk.rfind(b"\n") + 1
@@ -559,8 +599,8 @@ async def loop_probes(t: Target, tally: Tally, query_log: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def malformed(t: Target, tally: Tally, rate: float = 200.0) -> None:
-    """Malformed datagrams at ``rate`` a second, and a malformed TCP stream every second."""
+async def malformed(t: Target, tally: Tally) -> None:
+    """Malformed datagrams at ``query_rate``, and a malformed TCP stream every second."""
     rng = random.Random(2)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.connect(("127.0.0.1", t.port))
@@ -596,7 +636,7 @@ async def malformed(t: Target, tally: Tally, rate: float = 200.0) -> None:
             nursery.start_soon(tcp)
             start, sent = trio.current_time(), 0
             while running(t) and sent < 10_000_000:
-                await trio.sleep_until(start + sent / rate)
+                await trio.sleep_until(start + sent / t.query_rate)
                 with contextlib.suppress(OSError):
                     await sock.send(malformed_packet(rng))
                 sent += 1
@@ -643,9 +683,9 @@ DAMAGED: dict[str, Callable[[int], str]] = {
 }
 
 
-async def mesh_rewrites(t: Target, tally: Tally, mesh_dir: Path, every: float = 1.5) -> None:
+async def mesh_rewrites(t: Target, tally: Tally) -> None:
     """The mesh directory's second file rewritten (atomically) damaged, good, damaged, ..."""
-    path, tmp = mesh_dir / "entries.yaml", mesh_dir / ".entries.yaml.tmp"
+    path, tmp = t.mesh_dir / "entries.yaml", t.mesh_dir / ".entries.yaml.tmp"
     kinds = list(DAMAGED)
     turn = 0
     while running(t) and turn < 100_000:
@@ -657,22 +697,66 @@ async def mesh_rewrites(t: Target, tally: Tally, mesh_dir: Path, every: float = 
         await trio.to_thread.run_sync(tmp.write_text, text)
         os.replace(tmp, path)
         tally.add("mesh_file", kind)
+        tally.event(f"mesh file: {kind}")
         turn += 1
-        await trio.sleep(every)
+        await trio.sleep(t.rewrite_every)
     path.write_text(entries_yaml(turn))  # good at the end, so the table is whole again
 
 
-async def reloads(t: Target, tally: Tally, proc: subprocess.Popen[bytes], every: float) -> None:
-    await trio.sleep(every / 2)
-    while running(t) and proc.poll() is None:
-        proc.send_signal(signal.SIGUSR1)
+async def reloads(t: Target, tally: Tally) -> None:
+    await trio.sleep(t.reload_every / 2)
+    while running(t) and t.proc.poll() is None:
+        t.proc.send_signal(signal.SIGUSR1)
         tally.add("sigusr1", "sent")
-        await trio.sleep(every)
+        tally.event("SIGUSR1")
+        await trio.sleep(t.reload_every)
 
 
-async def watch(t: Target, w: Watch, proc: subprocess.Popen[bytes]) -> None:
+@dataclass
+class Canary:
+    """A legitimate client of our own: a mesh name every 50 ms, each answer timed."""
+
+    rtts: list[tuple[float, float | None]] = field(default_factory=list)
+    """(trio time sent, seconds to the answer; None: none within 3 s)."""
+
+    async def run(self, t: Target) -> None:
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            await sock.connect(("127.0.0.1", t.port))
+            for qid in range(1_000_000):
+                if not running(t):
+                    return
+                wire = query_wire(MESH_NAME, qid=qid & 0xFFFF)
+                sent = trio.current_time()
+                await sock.send(wire)
+                rtt = None
+                with trio.move_on_after(3):
+                    while (await sock.recv(65535))[:2] != wire[:2]:
+                        pass
+                    rtt = trio.current_time() - sent
+                self.rtts.append((sent, rtt))
+                await trio.sleep(0.05)
+
+    def report(self, tally: Tally, start: float) -> dict[str, Any]:
+        answered = sorted(rtt for _, rtt in self.rtts if rtt is not None)
+        slowest = sorted(self.rtts, key=lambda s: math.inf if s[1] is None else s[1])[-5:]
+        return {
+            "sent": len(self.rtts),
+            "unanswered": len(self.rtts) - len(answered),
+            "p99_ms": round(answered[int(len(answered) * 0.99)] * 1e3, 1) if answered else 0,
+            "slowest": [
+                {
+                    "at_s": round(sent - start, 2),
+                    "ms": None if rtt is None else round(rtt * 1e3, 1),
+                    "after": tally.before(sent),
+                }
+                for sent, rtt in reversed(slowest)
+            ],
+        }
+
+
+async def watch(t: Target, w: Watch) -> None:
     while trio.current_time() < t.deadline + 5:
-        if proc.poll() is not None:
+        if t.proc.poll() is not None:
             w.died_at = w.died_at or time.monotonic()
             return
         with contextlib.suppress(OSError):
@@ -692,14 +776,11 @@ async def attack(
     t: Target,
     tally: Tally,
     w: Watch,
-    proc: subprocess.Popen[bytes],
+    canary: Canary,
     legit: Callable[[], DnsperfRun],
-    query_log: Path,
-    mesh_dir: Path,
-    duration: float,
-    reload_every: float,
     chosen: list[str],
 ) -> DnsperfRun:
+    """The legitimate load and the ``chosen`` attacks side by side; dnsperf's figures."""
     result: list[DnsperfRun] = []
 
     async def legit_load() -> None:
@@ -714,16 +795,17 @@ async def attack(
         "flood": lambda: budget_flood(t, tally),
         "pipeline": lambda: pipeliner(t, tally),
         "slowloris": lambda: slowloris(t, tally),
-        "types": lambda: all_types(t, tally, duration),
+        "types": lambda: all_types(t, tally),
         "scrapes": lambda: scrapes(t, tally),
-        "loop_probes": lambda: loop_probes(t, tally, query_log),
+        "loop_probes": lambda: loop_probes(t, tally),
         "malformed": lambda: malformed(t, tally),
-        "mesh_file": lambda: mesh_rewrites(t, tally, mesh_dir),
-        "sigusr1": lambda: reloads(t, tally, proc, reload_every),
+        "mesh_file": lambda: mesh_rewrites(t, tally),
+        "sigusr1": lambda: reloads(t, tally),
     }
     async with trio.open_nursery() as nursery:
         nursery.start_soon(legit_load)
-        nursery.start_soon(watch, t, w, proc)
+        nursery.start_soon(watch, t, w)
+        nursery.start_soon(canary.run, t)
         for name in chosen:
             nursery.start_soon(bounded, jobs[name])
     return result[0]
@@ -805,11 +887,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 data.dir / "Corefile", text, output=log, preexec_fn=file_limit(args.file_limit)
             ) as proc:
                 wait_answering(port, MESH_NAME, timeout=60)
-                dnsperf(port, queries, 2, clients=4, outstanding=500)  # warm up
+                dnsperf(port, queries, min(2, args.probe), clients=4, outstanding=500)  # warm up
                 saturated = dnsperf(port, queries, args.probe, clients=4, outstanding=500)
                 rate = saturated.qps * args.share
                 w = Watch(proc.pid, rss=[rss_mb(proc.pid)], fds=[open_fds(proc.pid)])
                 tally = Tally()
+                canary = Canary()
+                started: list[float] = []
 
                 def legit() -> DnsperfRun:
                     return dnsperf(
@@ -818,11 +902,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )  # fmt: skip
 
                 async def main() -> DnsperfRun:
-                    t = Target(port, http, budget, trio.current_time() + args.duration)
-                    return await attack(
-                        t, tally, w, proc, legit, query_log, mesh_dir, args.duration,
-                        args.reload_every, args.attacks,
+                    t = Target(
+                        port, http, proc, budget, trio.current_time() + args.duration,
+                        query_rate=saturated.qps * args.attack_share,
+                        reload_every=args.reload_every, rewrite_every=args.rewrite_every,
+                        mesh_dir=mesh_dir, query_log=query_log,
                     )  # fmt: skip
+                    started.append(trio.current_time())
+                    return await attack(t, tally, w, canary, legit, args.attacks)
 
                 load = trio.run(main)
                 alive = proc.poll() is None
@@ -837,6 +924,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "duration_s": args.duration,
         "share": args.share,
+        "attack_rate_qps": round(saturated.qps * args.attack_share),
         "load_average": {"before": load_before, "after": loadavg()},
         "file_limit": args.file_limit,
         "budget": {"dns": budget.dns.limit, "http": budget.http.limit},
@@ -867,6 +955,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "attacks_run": args.attacks,
         "attacks": tally.report(),
+        "canary": canary.report(tally, started[0]),
         "verdict": "pass" if ok else "FAIL",
     }
 
@@ -887,10 +976,19 @@ def summary(r: dict[str, Any]) -> str:
         f"{server['answering']}, clean exit on SIGTERM {server['clean_exit_on_sigterm']}; "
         f"{server['reloads_completed']} reloads completed, {server['reloads_refused']} refused, "
         f"{server['tracebacks']} tracebacks.",
-        "Attacks:",
+        f"Attacks (all-types queries and malformed packets at {r['attack_rate_qps']:,} a second "
+        f"each):",
     ]
     for name, counts in attacks.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+    canary = r["canary"]
+    lines.append(
+        f"Canary (a mesh name every 50 ms): {canary['sent']:,} sent, {canary['unanswered']} "
+        f"unanswered within 3 s, p99 {canary['p99_ms']} ms; slowest:"
+    )
+    for slow in canary["slowest"]:
+        after = "; ".join(slow["after"]) or "no burst attack in the 3 s before"
+        lines.append(f"- {slow['ms']} ms at {slow['at_s']} s ({after})")
     lines.append(f"Verdict: {r['verdict']}.")
     return "\n".join(lines)
 
@@ -910,6 +1008,15 @@ def main() -> int:
     parser.add_argument("--share", type=float, default=LEGIT_SHARE, help="legitimate rate share")
     parser.add_argument("--file-limit", type=int, default=1024)
     parser.add_argument("--reload-every", type=float, default=5.0, help="seconds between SIGUSR1")
+    parser.add_argument(
+        "--rewrite-every", type=float, default=2.0, help="seconds between mesh file rewrites"
+    )
+    parser.add_argument(
+        "--attack-share",
+        type=float,
+        default=ATTACK_SHARE,
+        help="all-types queries and malformed packets a second, each, as a share of saturation",
+    )
     parser.add_argument(
         "--attacks",
         type=attack_names,
