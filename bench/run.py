@@ -48,6 +48,7 @@ from common import (
     pycorefile_process,
     upstream,
     wait_answering,
+    write_between_markers,
 )
 from common import dnsperf as run_dnsperf
 
@@ -296,12 +297,7 @@ def table(results: list[Result]) -> str:
 
 
 def write_doc(text: str) -> None:
-    doc = ROOT / "docs" / "performance.md"
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    current = doc.read_text() if doc.exists() else f"# Performance\n\n{begin}\n{end}\n"
-    head, _, rest = current.partition(begin)
-    _, _, tail = rest.partition(end)
-    doc.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    write_between_markers(ROOT / "docs" / "performance.md", "results", text, "Results")
 
 
 def main() -> int:
