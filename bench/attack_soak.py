@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dns.rcode
 import trio
 import yaml
 
@@ -184,7 +185,8 @@ def frame(wire: bytes) -> bytes:
 
 
 def rcode_of(wire: bytes) -> str:
-    return str(wire[3] & 0x0F) if len(wire) >= 4 else "short"
+    """The reply's response code by name (a reply shorter than a header: "short")."""
+    return dns.rcode.to_text(dns.rcode.Rcode(wire[3] & 0x0F)) if len(wire) >= 4 else "short"
 
 
 def malformed_packet(r: random.Random) -> bytes:
@@ -961,35 +963,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(r: dict[str, Any]) -> str:
-    legit, server, attacks = r["legit"], r["server"], r["attacks"]
+    """The figures as a Markdown list."""
+    legit, server, attacks, canary = r["legit"], r["server"], r["attacks"], r["canary"]
     lines = [
-        f"Soak under attack, {r['duration_s']:g} s, open-file limit {r['file_limit']} "
-        f"(budget {r['budget']['dns']} DNS + {r['budget']['http']} HTTP connections); "
-        f"load average {r['load_average']['before']} before, {r['load_average']['after']} after.",
-        f"Legitimate load: {legit['rate_qps']:,} qps ({r['share']:.0%} of "
+        f"- Run: {r['duration_s']:g} s, open-file limit {r['file_limit']} (budget "
+        f"{r['budget']['dns']} DNS + {r['budget']['http']} HTTP connections); load average "
+        f"{r['load_average']['before']} before, {r['load_average']['after']} after.",
+        f"- Legitimate load: {legit['rate_qps']:,} qps ({r['share']:.0%} of "
         f"{r['saturation_qps']:,} qps at saturation): {legit['sent']:,} sent, "
-        f"{legit['answered']:,} answered, {legit['lost']:,} lost, {legit['failed']:,} failed; "
-        f"latency p50 {legit['p50_ms']} ms, p99 {legit['p99_ms']} ms, max {legit['max_ms']} ms.",
-        f"Server: RSS {server['rss_mb']['start']} MB at start, {server['rss_mb']['peak']} MB "
+        f"{legit['answered']:,} answered, **{legit['lost']:,} lost**, {legit['failed']:,} "
+        f"failed; latency p50 {legit['p50_ms']} ms, p99 {legit['p99_ms']} ms, "
+        f"max {legit['max_ms']} ms.",
+        f"- Server: RSS {server['rss_mb']['start']} MB at start, {server['rss_mb']['peak']} MB "
         f"peak, {server['rss_mb']['end']} MB at the end; open files peak "
         f"{server['open_fds_peak']}; alive {server['alive']}, answering UDP and TCP "
         f"{server['answering']}, clean exit on SIGTERM {server['clean_exit_on_sigterm']}; "
         f"{server['reloads_completed']} reloads completed, {server['reloads_refused']} refused, "
-        f"{server['tracebacks']} tracebacks.",
-        f"Attacks (all-types queries and malformed packets at {r['attack_rate_qps']:,} a second "
-        f"each):",
+        f"{server['mesh_loads_refused']} mesh loads refused; {server['tracebacks']} tracebacks.",
+        f"- Attacks (all-types queries and malformed packets at {r['attack_rate_qps']:,} a "
+        f"second each):",
     ]
     for name, counts in attacks.items():
-        lines.append(f"- {name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
-    canary = r["canary"]
+        lines.append(f"  - {name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
     lines.append(
-        f"Canary (a mesh name every 50 ms): {canary['sent']:,} sent, {canary['unanswered']} "
-        f"unanswered within 3 s, p99 {canary['p99_ms']} ms; slowest:"
+        f"- Canary (a mesh name every 50 ms): {canary['sent']:,} sent, "
+        f"{canary['unanswered']} unanswered within 3 s, p99 {canary['p99_ms']} ms; slowest:"
     )
     for slow in canary["slowest"]:
         after = "; ".join(slow["after"]) or "no burst attack in the 3 s before"
-        lines.append(f"- {slow['ms']} ms at {slow['at_s']} s ({after})")
-    lines.append(f"Verdict: {r['verdict']}.")
+        lines.append(f"  - {slow['ms']} ms at {slow['at_s']} s ({after})")
+    lines.append(f"- Verdict: **{r['verdict']}**.")
     return "\n".join(lines)
 
 
