@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,148 +28,31 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVER_CORE = "0"
-CLIENT_CORE = "1"
-MESH_SERVICES = 10_000
-UPSTREAM_NAMES = 1_000
-SEARCH = ["ns1.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-# -- Helpers -------------------------------------------------------------------------
-
-
-def need(tool: str, package: str) -> str:
-    """The path of ``tool``, installing its Debian package when it is missing."""
-    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-    if found:
-        return found
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", package],
-        check=True,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
-    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-    if not found:
-        raise SystemExit(f"cannot find {tool} after installing {package}")
-    return found
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def wait_answering(port: int, name: str = "name1.bench.test", timeout: float = 20) -> None:
-    """Wait until something answers DNS on 127.0.0.1:port."""
-    import dns.message
-    import dns.query
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.3)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing answers on port {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-@contextmanager
-def process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *args], **kwargs)  # type: ignore[call-overload]
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
+# Re-exported: the other benchmark scripts import these from here too.
+from common import (
+    CLIENT_CORE,
+    MESH_SERVICES,
+    ROOT,
+    SEARCH,
+    SERVER_CORE,
+    UPSTREAM_NAMES,
+    Data,
+    Upstream,
+    cpu_seconds,
+    free_port,
+    need,
+    peak_rss_mb,
+    process,
+    pycorefile_process,
+    upstream,
+    wait_answering,
+    write_between_markers,
+)
+from common import dnsperf as run_dnsperf
 
 # -- Test data -------------------------------------------------------------------------
-
-
-@dataclass
-class Data:
-    """Files shared by every scenario: hosts, mesh table, query streams."""
-
-    dir: Path
-    upstream_hosts: Path = field(init=False)
-    mesh_table: Path = field(init=False)
-    mesh_hosts: Path = field(init=False)
-    resolv: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        d = self.dir
-        self.upstream_hosts = d / "upstream.hosts"
-        self.upstream_hosts.write_text(
-            "".join(
-                f"10.1.{i // 250}.{i % 250 + 1} name{i}.bench.test\n" for i in range(UPSTREAM_NAMES)
-            )
-        )
-        table = {}
-        lines = []
-        for i in range(MESH_SERVICES):
-            ns = f"ns{i % 10 + 1}"
-            host = f"svc{i}.{ns}.svc.cluster.local"
-            ip = f"10.96.{i // 250}.{i % 250 + 1}"
-            table[host] = {
-                "ips": [ip],
-                "registry": "Kubernetes",
-                "shortname": f"svc{i}",
-                "namespace": ns,
-            }
-            lines.append(f"{ip} {host}\n")
-        self.mesh_table = d / "mesh.json"
-        self.mesh_table.write_text(json.dumps({"table": table}))
-        self.mesh_hosts = d / "mesh.hosts"
-        self.mesh_hosts.write_text("".join(lines))
-        self.resolv = d / "resolv.conf"
-        self.resolv.write_text(f"search {' '.join(SEARCH)}\noptions ndots:5\n")
-
-    def queries(self, name: str, lines: list[str]) -> Path:
-        path = self.dir / f"{name}.queries"
-        path.write_text("".join(line + "\n" for line in lines))
-        return path
-
-    def query_rounds(
-        self, scenario: str, make: Callable[[int], list[str]]
-    ) -> Callable[[int], Path]:
-        """The query file of each round, written once (``make(round)`` gives its lines)."""
-        files: dict[int, Path] = {}
-
-        def of_round(turn: int) -> Path:
-            if turn not in files:
-                files[turn] = self.queries(f"{scenario}.{turn}", make(turn))
-            return files[turn]
-
-        return of_round
 
 
 def cache_queries(turn: int = 0) -> list[str]:
@@ -216,47 +95,6 @@ def sidecar_queries(turn: int = 0) -> list[str]:
 # -- Servers ---------------------------------------------------------------------------
 
 
-@dataclass
-class Upstream:
-    port: int
-    proc: subprocess.Popen[bytes]
-
-
-@contextmanager
-def upstream(data: Data) -> Iterator[Upstream]:
-    """dnsmasq as the authoritative upstream (on the client core: it is not measured)."""
-    port = free_port()
-    args = [
-        need("dnsmasq", "dnsmasq-base"),
-        "--no-daemon",
-        "--no-resolv",
-        "--no-hosts",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        f"--port={port}",
-        f"--addn-hosts={data.upstream_hosts}",
-        "--local-ttl=3600",
-        "--neg-ttl=60",
-        "--address=/miss.bench.test/192.0.2.1",
-        "--address=/ext.bench.test/192.0.2.2",
-        # Since dnsmasq 2.86 --address answers only A; --local makes other types NODATA.
-        "--local=/miss.bench.test/",
-        "--local=/ext.bench.test/",
-        "--local=/cluster.local/",
-        "--cache-size=0",
-        "--log-facility=/dev/null",
-    ]
-    proc = subprocess.Popen(
-        ["taskset", "-c", CLIENT_CORE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_answering(port)
-        yield Upstream(port, proc)
-    finally:
-        proc.terminate()
-        proc.wait()
-
-
 def pycorefile_corefile(scenario: str, port: int, up: int, data: Data, metrics: int) -> str:
     # Authoritative for cluster.local, as the cluster DNS is: unknown names there
     # get NXDOMAIN with an SOA from the table; other names go to forward.
@@ -286,18 +124,6 @@ def run_pycorefile(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[in
     ) as proc:
         wait_answering(port)
         yield proc.pid, port
-
-
-@contextmanager
-def pycorefile_process(conf: Path, text: str) -> Iterator[subprocess.Popen[bytes]]:
-    """pycorefile serving ``text`` (written to ``conf``), on the server core."""
-    conf.write_text(text)
-    with process(
-        [sys.executable, "-m", "pycorefile", "-conf", str(conf), "-quiet"],
-        stdout=subprocess.DEVNULL,
-        cwd=str(ROOT),
-    ) as proc:
-        yield proc
 
 
 @contextmanager
@@ -396,46 +222,14 @@ class Tally:
 
 def dnsperf(port: int, queries: Path, seconds: float, tally: Tally | None = None) -> None:
     """Run dnsperf against ``port``; add what it measured to ``tally`` (None: warm-up)."""
-    args = [
-        "taskset",
-        "-c",
-        CLIENT_CORE,
-        need("dnsperf", "dnsperf"),
-        "-s",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-d",
-        str(queries),
-        "-l",
-        str(seconds),
-        "-c",
-        "1",
-        "-q",
-        "100",
-        "-t",
-        "2",
-    ]
-    if tally is not None:
-        args.append("-v")
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
+    run = run_dnsperf(port, queries, seconds, verbose=tally is not None)
     if tally is None:
         return
-    completed = qps = avg = 0.0
-    for line in out.splitlines():
-        if line.startswith("> "):
-            tally.latencies.append(float(line.rsplit(" ", 1)[1]))
-        elif "Queries completed:" in line:
-            completed = float(line.split()[2])
-        elif "Queries lost:" in line:
-            tally.lost += int(line.split()[2])
-        elif "Queries per second:" in line:
-            qps = float(line.split()[3])
-        elif "Average Latency (s):" in line:
-            avg = float(line.split()[3])
-    tally.completed += completed
-    tally.seconds += completed / qps if qps else 0.0
-    tally.latency_total += avg * completed
+    tally.latencies += run.latencies
+    tally.lost += run.lost
+    tally.completed += run.completed
+    tally.seconds += run.completed / run.qps if run.qps else 0.0
+    tally.latency_total += run.avg_latency * run.completed
 
 
 Starter = Callable[[str, "Data", "Upstream"], AbstractContextManager[tuple[int, int]]]
@@ -503,12 +297,7 @@ def table(results: list[Result]) -> str:
 
 
 def write_doc(text: str) -> None:
-    doc = ROOT / "docs" / "performance.md"
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    current = doc.read_text() if doc.exists() else f"# Performance\n\n{begin}\n{end}\n"
-    head, _, rest = current.partition(begin)
-    _, _, tail = rest.partition(end)
-    doc.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    write_between_markers(ROOT / "docs" / "performance.md", "results", text, "Results")
 
 
 def main() -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,78 +24,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (
-    CLIENT_CORE,
+from common import (
     ROOT,
     Data,
+    dnsperf,
     free_port,
-    need,
     peak_rss_mb,
     pycorefile_process,
+    rss_mb,
+    still_answers,
     upstream,
     wait_answering,
+    write_between_markers,
 )
 
 BELOW_SATURATION = 0.7
 """The second run's rate, as a share of the rate reached at saturation."""
 GROWTH_LIMIT = 5.0
 """Percent of resident memory the last third of the saturated run may add."""
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def run_dnsperf(port: int, queries: Path, seconds: float, qps: float | None) -> dict[str, float]:
-    """dnsperf's totals: completed, lost, qps and the count of each response code."""
-    args = ["taskset", "-c", CLIENT_CORE, need("dnsperf", "dnsperf"), "-s", "127.0.0.1",
-            "-p", str(port), "-d", str(queries), "-l", str(seconds), "-c", "4", "-q", "500",
-            "-t", "2"]  # fmt: skip
-    if qps:
-        args += ["-Q", str(int(qps))]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
-    stats: dict[str, float] = {}
-    for line in out.splitlines():
-        words = line.split()
-        if "Queries completed:" in line:
-            stats["completed"] = float(words[2])
-        elif "Queries lost:" in line:
-            stats["lost"] = float(words[2])
-        elif "Queries per second:" in line:
-            stats["qps"] = float(words[3])
-        elif "Response codes:" in line:
-            # "Response codes:  NOERROR 34 (34.00%), NXDOMAIN 33 (33.00%)"
-            for part in line.split(":", 1)[1].split(","):
-                rcode, count = part.split()[:2]
-                stats[rcode] = float(count)
-    if "completed" not in stats:
-        raise SystemExit(f"dnsperf gave no statistics:\n{out}")
-    return stats
-
-
-def still_answers(port: int) -> bool:
-    """A mesh name and an upstream name, each answered with its address."""
-    import dns.message
-    import dns.query
-
-    expected = {"svc1.ns2.svc.cluster.local": "10.96.0.2", "name5.bench.test": "10.1.0.6"}
-    for name, address in expected.items():
-        for _ in range(3):
-            try:
-                reply = dns.query.udp(
-                    dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=2
-                )
-            except Exception:
-                continue
-            if [r.to_text() for rrset in reply.answer for r in rrset] == [address]:
-                break
-        else:
-            return False
-    return True
 
 
 def growth_percent(samples: list[tuple[float, float]], duration: float) -> float:
@@ -146,12 +91,14 @@ def main() -> int:
 
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
-                saturated = run_dnsperf(port, queries, args.duration, None)
+                saturated = dnsperf(port, queries, args.duration, clients=4, outstanding=500)
                 stop.set()
                 sampler.join()
                 alive = proc.poll() is None
-                below_rate = saturated.get("qps", 0) * BELOW_SATURATION
-                below = run_dnsperf(port, queries, below_seconds, below_rate)
+                below_rate = saturated.qps * BELOW_SATURATION
+                below = dnsperf(
+                    port, queries, below_seconds, clients=4, outstanding=500, qps=below_rate
+                )
                 alive = alive and proc.poll() is None
                 answers = alive and still_answers(port)
                 peak = peak_rss_mb(proc.pid) if alive else 0.0
@@ -163,16 +110,16 @@ def main() -> int:
         and answers
         and clean_exit
         and growth < GROWTH_LIMIT
-        and below.get("lost", 1) == 0
-        and below.get("SERVFAIL", 0) == 0
+        and below.lost == 0
+        and below.rcodes.get("SERVFAIL", 0) == 0
     )
     report = (
         f"Soak, {args.duration:g} s at saturation (dnsperf `-c 4 -q 500`, half of the names "
-        f"new so the cache keeps evicting): {saturated.get('qps', 0):,.0f} qps, "
-        f"{saturated.get('lost', 0):,.0f} lost (loss is allowed at saturation), "
-        f"{saturated.get('SERVFAIL', 0):,.0f} SERVFAIL; then {below_seconds:g} s at "
-        f"{below_rate:,.0f} qps ({BELOW_SATURATION:.0%}): {below.get('lost', 0):,.0f} lost, "
-        f"{below.get('SERVFAIL', 0):,.0f} SERVFAIL. Resident memory: "
+        f"new so the cache keeps evicting): {saturated.qps:,.0f} qps, "
+        f"{saturated.lost:,} lost (loss is allowed at saturation), "
+        f"{saturated.rcodes.get('SERVFAIL', 0):,} SERVFAIL; then {below_seconds:g} s at "
+        f"{below_rate:,.0f} qps ({BELOW_SATURATION:.0%}): {below.lost:,} lost, "
+        f"{below.rcodes.get('SERVFAIL', 0):,} SERVFAIL. Resident memory: "
         f"{samples[0][1] if samples else 0:.0f} MB after 1 s, "
         f"{samples[-1][1] if samples else 0:.0f} MB at the end of the saturated run "
         f"({growth:+.1f} % over its last third), {final:.0f} MB after both, peak {peak:.0f} MB. "
@@ -187,17 +134,9 @@ def main() -> int:
 
 def write_report(report: str) -> None:
     """Put the report between the soak markers of docs/reliability.md."""
-    doc = ROOT / "docs" / "reliability.md"
-    text = doc.read_text()
-    begin, end = "<!-- soak:begin -->", "<!-- soak:end -->"
     stamp = time.strftime("%Y-%m-%d")
-    body = f"{begin}\n{report} ({stamp}, `python bench/soak.py --write`)\n{end}"
-    if begin in text:
-        head, _, rest = text.partition(begin)
-        _, _, tail = rest.partition(end)
-        doc.write_text(f"{head}{body}{tail}")
-    else:
-        doc.write_text(text + f"\n## Soak results\n\n{body}\n")
+    body = f"{report} ({stamp}, `python bench/soak.py --write`)"
+    write_between_markers(ROOT / "docs" / "reliability.md", "soak", body, "Soak results")
 
 
 if __name__ == "__main__":

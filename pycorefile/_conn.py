@@ -5,9 +5,10 @@
 - ``ConnectionBudget``: one count of connections for the whole process, split
   between the DNS listeners and the HTTP endpoints; beyond it a new connection
   is closed at once.
-- ``accept_connections``: the accept loop of every listener. Running out of
-  files or memory pauses accepting (logged once per burst); a connection's
-  handler that fails costs that connection only.
+- ``accept_connections``: the accept loop of every listener, taking a burst
+  of connections at once. Running out of files or memory pauses accepting
+  (logged once per burst); a connection's handler that fails costs that
+  connection only.
 - ``ReadClock``: when reading a connection gives up, per message and not per
   read (no slowloris).
 """
@@ -19,6 +20,7 @@ import errno
 import logging
 import math
 import resource
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -40,6 +42,17 @@ ACCEPT_LOG_INTERVAL = 10.0
 
 CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 """accept() errors that say "not now": out of files or memory."""
+CONNECTION_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ECONNABORTED", "ECONNRESET", "EPROTO", "EPERM", "ETIMEDOUT", "EHOSTUNREACH",
+                 "ENETUNREACH", "ENETDOWN", "EHOSTDOWN", "ENONET", "ENOPROTOOPT", "EOPNOTSUPP")
+    if hasattr(errno, name)
+)  # fmt: skip
+"""accept() errors of one connection (gone before it was taken): the next is taken."""
+ACCEPT_BATCH = 64
+"""Connections taken per wakeup of an accept loop. Taking one per turn of the event loop
+(as ``trio.SocketListener`` does) left a burst of connections waiting in the kernel's
+backlog for seconds while the UDP listener kept the loop busy."""
 
 
 def open_file_limit() -> int:
@@ -155,29 +168,42 @@ CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 async def accept_connections(
-    listener: trio.SocketListener,
+    sock: socket.socket,
     slots: Slots,
     handler: Handler,
     nursery: trio.Nursery,
     what: str,
 ) -> None:
-    """Accept connections for ``handler`` until the listener is closed or cancelled."""
+    """Accept connections on the listening ``sock`` for ``handler`` until cancelled or closed.
+
+    Each time the socket is readable, up to ``ACCEPT_BATCH`` connections are
+    taken without yielding to the event loop, as the UDP listener drains its
+    datagrams. A connection beyond ``slots`` is closed at once.
+    """
     pause = AcceptPause(what)
-    while True:
-        try:
-            stream = await listener.accept()
-        except trio.ClosedResourceError:
-            return
-        except OSError as exc:
-            if exc.errno not in CAPACITY_ERRNOS:
-                log.debug("%s: accept failed: %s", what, exc)
-            await trio.sleep(pause.failed(exc, trio.current_time()))
-            continue
-        pause.succeeded()
-        if not slots.take():
-            stream.socket.close()
-            continue
-        nursery.start_soon(_guarded, handler, stream, slots, what)
+    sock.setblocking(False)
+    while sock.fileno() != -1:
+        await trio.lowlevel.wait_readable(sock)
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _address = sock.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if sock.fileno() == -1:
+                    return
+                if exc.errno in CONNECTION_ERRNOS:
+                    continue
+                if exc.errno not in CAPACITY_ERRNOS:
+                    log.debug("%s: accept failed: %s", what, exc)
+                await trio.sleep(pause.failed(exc, trio.current_time()))
+                break
+            pause.succeeded()
+            if not slots.take():
+                conn.close()
+                continue
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+            nursery.start_soon(_guarded, handler, stream, slots, what)
 
 
 async def _guarded(handler: Handler, stream: trio.SocketStream, slots: Slots, what: str) -> None:

@@ -9,6 +9,7 @@ the process's connection budget (``_conn``) and have deadlines (``HttpLimits``).
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -111,7 +112,7 @@ class HttpListener:
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        sock: socket.socket,
         address: tuple[str, int],
         slots: Slots | None = None,
         limits: HttpLimits | None = None,
@@ -129,9 +130,8 @@ class HttpListener:
         what = f"http {host}:{port}" if port else f"http {host}"
         try:
             with self.scope:
-                listener = trio.SocketListener(self.sock)
                 async with trio.open_nursery() as nursery:
-                    await accept_connections(listener, self.slots, self._connection, nursery, what)
+                    await accept_connections(self.sock, self.slots, self._connection, nursery, what)
         finally:
             self.sock.close()
 

@@ -528,10 +528,9 @@ class DnsListener:
     # -- TCP --------------------------------------------------------------------
 
     async def _tcp_accept(self, sock: socket.socket, queries: trio.Nursery) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         transport, host, port = self.key
         what = f"{transport}://{host}:{port}"
-        await accept_connections(listener, self.budget.dns, self._tcp_connection, queries, what)
+        await accept_connections(sock, self.budget.dns, self._tcp_connection, queries, what)
 
     async def _tcp_connection(self, stream: trio.SocketStream) -> None:
         client = stream.socket.getpeername()[:2]
@@ -549,10 +548,9 @@ class DnsListener:
         return self.dispatcher.handle(data, client, "tcp", local)
 
 
-def bind_http_socket(host: str, port: int) -> trio.socket.SocketType:
+def bind_http_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = _bind(family, socket.SOCK_STREAM, host or "0.0.0.0", port, 0)
-    return trio.socket.from_stdlib_socket(sock)
+    return _bind(family, socket.SOCK_STREAM, host or "0.0.0.0", port, 0)
 
 
 class Server:
@@ -677,8 +675,7 @@ class Server:
             raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             raw.bind(address[0])
             raw.listen(64)
-            sock = trio.socket.from_stdlib_socket(raw)
-            return HttpListener(sock, address, self.budget.http, self.options.http)
+            return HttpListener(raw, address, self.budget.http, self.options.http)
         sock = bind_http_socket(*address)
         return HttpListener(sock, sock.getsockname()[:2], self.budget.http, self.options.http)
 

@@ -21,6 +21,13 @@ from .corefile import CorefileError, blocks_to_json, parse_corefile, parse_coref
 
 log = logging.getLogger("pycorefile")
 
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread holding the GIL runs before another thread waiting for it gets it
+(Python's default: 0.005). The event loop gives the GIL up at every socket call; while a
+worker thread computes (a mesh table or a configuration being built), each call then
+waits up to this long to get it back, so with the default a burst of 256 datagrams
+(512 calls) could stall answers for seconds."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -192,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print("-workers needs a number of 1 or more", file=sys.stderr)
         return 1
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         if args.workers > 1:
             argv = [a for a in (argv if argv is not None else sys.argv[1:])]

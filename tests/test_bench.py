@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pycorefile._conn import ConnectionBudget
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,3 +65,35 @@ def test_forward_miss_measures_both_ways() -> None:
         result = json.loads(out)
         assert set(result) == {"forward", "errors_cache_forward"}, out
         assert all(r["cpu"] > 0 and r["wall"] > 0 for r in result.values()), out
+
+
+def test_attack_soak_runs_every_attack_and_the_server_survives() -> None:
+    """A few seconds of every attack beside the legitimate load. Whether a legitimate query
+    was lost depends on the machine's load, so the verdict is not asserted here; that the
+    server is alive, answers over UDP and TCP, logged no traceback and exits cleanly is."""
+    done = subprocess.run(
+        [sys.executable, "bench/attack_soak.py", "-d", "3", "--probe", "1", "--reload-every", "2",
+         "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["verdict"] == ("pass" if done.returncode == 0 else "FAIL")
+    server = report["server"]
+    assert server["alive"] and server["answering"] and server["clean_exit_on_sigterm"], server
+    assert server["tracebacks"] == 0 and not server["loop_detected"], server
+    budget = ConnectionBudget.of(file_limit=1024)
+    assert report["budget"] == {"dns": budget.dns.limit, "http": budget.http.limit}
+    assert report["legit"]["sent"] > 0 and report["legit"]["answered"] > 0, report["legit"]
+    assert report["canary"]["sent"] > 0
+    attacks = report["attacks"]
+    assert set(attacks) == set(report["attacks_run"]) == {
+        "resets", "flood", "pipeline", "slowloris", "types", "scrapes", "loop_probes",
+        "malformed", "mesh_file", "sigusr1",
+    }  # fmt: skip
+    assert attacks["resets"]["idle"] > 0
+    assert attacks["flood"]["rounds"] > 0
+    assert attacks["pipeline"]["clients"] > 0 and attacks["pipeline"]["queries_sent"] > 0
+    assert attacks["types"]["sent"] > 0 and attacks["malformed"]["udp_sent"] > 0
+    assert attacks["loop_probes"]["sent"] > 0 and attacks["sigusr1"]["sent"] > 0
+    assert attacks["mesh_file"]["bad_date"] > 0  # the first rewrite is a damaged one

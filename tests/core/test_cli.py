@@ -269,3 +269,23 @@ def test_python_dash_m_and_console_script_agree() -> None:
     out = subprocess.run([script, "-version"], capture_output=True, text=True, timeout=30)
     assert out.stdout == run_cli("-version").stdout
     assert os.path.basename(script) == "pycorefile"
+
+
+def test_the_server_runs_with_a_short_thread_switch_interval(tmp_path: Path) -> None:
+    """While a worker thread computes (a mesh table, a configuration), the event loop gets
+    the GIL back after each socket call within the switch interval; Python's default of
+    5 ms stalled answers for seconds. Checked in a process of its own: the serving loop
+    is replaced by one that reports the interval in force."""
+    conf = write(tmp_path / "Corefile", ".:0 {\n  bind 127.0.0.1\n  whoami\n}\n")
+    program = (
+        "import sys, trio\n"
+        "from pycorefile import cli\n"
+        "trio.run = lambda *args, **kwargs: print(sys.getswitchinterval())\n"
+        f"sys.exit(cli.main(['-conf', {conf!r}, '-quiet']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    interval = float(done.stdout.split()[-1])
+    assert interval == 0.0005 < sys.getswitchinterval()

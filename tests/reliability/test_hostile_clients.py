@@ -24,7 +24,7 @@ import dns.message
 import trio
 
 from pycorefile import Server, ServerOptions
-from pycorefile._conn import ConnectionBudget
+from pycorefile._conn import ACCEPT_BATCH, ConnectionBudget, Slots, accept_connections
 from pycorefile._http import HttpLimits
 from pycorefile.testing import Upstream, make_query, query, serve
 from tests.process import ServerProcess, free_port
@@ -298,6 +298,72 @@ async def test_more_connections_than_the_file_limit_allows_are_refused_not_fatal
             await wait_until("TCP is served again", lambda: tcp_answered(port), timeout=20)
             still_running(server)
             assert "Traceback" not in "\n".join(server.drain())
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts how often one task runs: each run follows a yield to the event loop."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_burst_of_connections_is_taken_in_one_wakeup() -> None:
+    """Connections waiting in the backlog are accepted without a yield between them: taking
+    one per turn of the event loop left a burst waiting for seconds while the UDP listener
+    kept the loop busy. Beyond the slots, a connection is closed at once."""
+    count, slots = 50, Slots(40)
+    assert count <= ACCEPT_BATCH
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(128)
+        clients = [socket.create_connection(listening.getsockname()) for _ in range(count)]
+        handled: list[trio.SocketStream] = []
+        all_handled = trio.Event()
+
+        async def handler(stream: trio.SocketStream) -> None:
+            handled.append(stream)
+            if len(handled) == slots.limit:
+                all_handled.set()
+            await trio.sleep_forever()
+
+        steps = TaskSteps()
+        async with trio.open_nursery() as nursery:
+
+            async def accept_loop() -> None:
+                steps.task = trio.lowlevel.current_task()
+                await accept_connections(listening, slots, handler, nursery, "test")
+
+            trio.lowlevel.add_instrument(steps)
+            nursery.start_soon(accept_loop)
+            with trio.fail_after(20):
+                await all_handled.wait()
+            trio.lowlevel.remove_instrument(steps)
+            assert (slots.used, slots.refused) == (slots.limit, count - slots.limit)
+            states: list[str] = []
+            with trio.move_on_after(10):
+                while states.count("closed") < count - slots.limit:
+                    states = [peek_state(client) for client in clients]
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        for client in clients:
+            client.close()
+    assert steps.steps <= 3, f"the accept loop ran {steps.steps} times for {count} connections"
+    assert (states.count("open"), states.count("closed")) == (slots.limit, count - slots.limit)
+
+
+def peek_state(sock: socket.socket) -> str:
+    """Without waiting: "closed" when the server closed (or reset) the connection."""
+    try:
+        return "closed" if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" else "data"
+    except BlockingIOError:
+        return "open"
+    except ConnectionResetError:
+        return "closed"
 
 
 async def test_accept_out_of_files_pauses_logs_once_and_recovers(tmp_path: Path) -> None:
