@@ -27,21 +27,13 @@ import dns.rcode
 import trio
 
 from . import _wire
-from ._chain import STACKTRACE, plugin_of
-from ._config import (
-    Client,
-    Config,
-    FailureObserver,
-    KnownAnswer,
-    ListenerKey,
-    ReplyObserver,
-    Route,
-)
+from ._config import BlockRoute, Config
 from ._conn import MAX_CONNECTIONS, MAX_HTTP_CONNECTIONS, ConnectionBudget, accept_connections
-from ._contract import Pending, settle
-from ._http import HttpHandler, HttpLimits, HttpListener
-from ._request import Reply, Request, parse_question
+from ._contract import STACKTRACE, plugin_of, settle
+from ._http import HttpLimits, HttpListener
+from ._request import FailureObserver, ReplyObserver, Request, parse_question
 from ._tcp import Send, TcpConnection, TcpLimits
+from ._types import Client, HttpHandler, KnownAnswer, ListenerKey, Pending, Reply
 from .plugin import PluginError
 
 # Offsets into the fields ``parse_question`` reads (see ``_wire.QueryFields``).
@@ -97,7 +89,7 @@ class StartupError(Exception):
 class Dispatcher:
     """Checks a packet and routes it to a server block: the I/O-free front of serving."""
 
-    routes: dict[bytes, Route] = field(default_factory=dict)
+    routes: dict[bytes, BlockRoute] = field(default_factory=dict)
     observers: list[ReplyObserver] = field(default_factory=list)
     udp_cap: int = _wire.OUR_PAYLOAD
     failure_observers: list[FailureObserver] = field(default_factory=list)
@@ -118,7 +110,7 @@ class Dispatcher:
         except _wire.WireError:
             return None
         plain = fields[_SIMPLE] and not fields[_FLAGS] & 0xF800 and not fields[_VERSION]
-        route: Route | None = None
+        route: BlockRoute | None = None
         if plain:
             route = self._only_root or self.route(key, fields[_NAME_END] - 12)
             # The fast path: a query that the chain's first plugin answers from
@@ -157,7 +149,7 @@ class Dispatcher:
         proto: str,
         fields: _wire.QueryFields,
         key: bytes,
-        route: Route,
+        route: BlockRoute,
         known: KnownAnswer,
     ) -> bytes | None:
         """The fast path's reply, sized for the client and observed; None to take the chain."""
@@ -205,7 +197,7 @@ class Dispatcher:
         only = list(self.routes.values())
         self._only_root = only[0] if len(only) == 1 and b"\x00" in self.routes else None
 
-    def route(self, key: bytes, name_len: int) -> Route | None:
+    def route(self, key: bytes, name_len: int) -> BlockRoute | None:
         """The server block with the longest zone containing the (lowercased) name."""
         if self._only_root is not None:
             return self._only_root
