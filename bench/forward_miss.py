@@ -39,7 +39,7 @@ import trio
 from plugins.forward._plugin import Forwarder
 from pycorefile import Request
 from pycorefile._app import load_config
-from pycorefile._server import Dispatcher
+from pycorefile._dispatch import Dispatcher
 
 SCENARIOS = {
     "forward": " prometheus :0\n forward . {upstream}\n",

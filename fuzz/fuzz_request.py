@@ -10,8 +10,8 @@ with atheris.instrument_imports(include=["pycorefile", "plugins"]):
     import dns.message
 
     from pycorefile._app import load_config
+    from pycorefile._dispatch import Dispatcher
     from pycorefile._request import Request
-    from pycorefile._server import Dispatcher
 
 COREFILE = """\
 .:53 {

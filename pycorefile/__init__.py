@@ -7,9 +7,10 @@ an embedder or a test uses to serve a Corefile (``open_server``,
 """
 
 from ._app import load_config, open_server
-from ._contract import Handler, Pending, Result, pass_on, settle, then, within
-from ._request import DROP, Reply, Request
+from ._contract import pass_on, settle, then, within
+from ._request import DROP, Handler, Request
 from ._server import Server, ServerOptions
+from ._types import Pending, Reply, Result
 from ._version import __version__
 from .corefile import CorefileError, Directive, ServerBlock
 from .plugin import (

@@ -6,47 +6,18 @@ completely, and only a configuration that built without error is served.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import dns.rcode
 
-from ._chain import End
-from ._contract import Handler, compile_chain
-from ._http import HttpHandler, parse_address
+from ._chain import End, compile_chain
 from ._registry import Registry
-from ._request import Request
+from ._request import FailureObserver, Handler, ReplyObserver
+from ._types import HttpHandler, KnownAnswer, ListenerKey
 from ._zones import zone_wire
 from .corefile import CorefileError, Directive, ServerBlock, ZoneKey, normalize_keys
-from .plugin import Plugin, SetupContext, SetupError, TcpTimeouts
-
-Client = tuple[str, int] | tuple[str, int, int, int]
-"""A client's address as the socket gives it (IPv6 adds flow info and scope)."""
-
-
-class ReplyObserver(Protocol):
-    """Told of every reply sent (or dropped, ``b''``): the metrics plugin's hook."""
-
-    def observe(self, request: Request, wire: bytes) -> None:
-        """A reply to ``request``."""
-
-    def observe_known(
-        self, route: Route, proto: str, client: Client, qtype: int, do: bool,
-        answered_by: str, asked: int, wire: bytes, started: float,
-    ) -> None:  # fmt: skip
-        """A reply from the fast path (``Plugin.serve_known``): no Request was made.
-
-        ``asked`` is the query's size, ``started`` its ``time.perf_counter()``.
-        """
-
-
-KnownAnswer = Callable[[bytes, bytes, int, bool, bool, str], "bytes | None"]
-"""A first plugin's ``serve_known``."""
-FailureObserver = Callable[[Request, Exception], None]
-"""Told of every exception a plugin raised (answered SERVFAIL): CoreDNS's panics."""
-ListenerKey = tuple[str, str, int]
-"""(transport, host, port); host '' means every interface."""
+from .plugin import Plugin, SetupContext, SetupError, TcpTimeouts, parse_address
 
 SERVED_TRANSPORTS = ("dns",)
 
@@ -78,8 +49,9 @@ class BlockConfig:
 
 
 @dataclass(eq=False)
-class Route:
-    """Where queries for ``zone`` on one listener go (hashed by identity)."""
+class BlockRoute:
+    """Where queries for ``zone`` on one listener go (hashed by identity): a ``Route``
+    that knows its block's configuration."""
 
     zone: str
     config: BlockConfig
@@ -91,7 +63,7 @@ class Config:
     """A whole configuration, ready to serve."""
 
     blocks: list[BlockConfig]
-    routes: dict[ListenerKey, dict[bytes, Route]]
+    routes: dict[ListenerKey, dict[bytes, BlockRoute]]
     http_routes: dict[tuple[str, int], dict[str, HttpHandler]]
     observers: list[ReplyObserver]
     shared: dict[str, object]
@@ -184,7 +156,7 @@ def build_config(
             p.ctx.plugins[name] = plugin
 
     configs: list[BlockConfig] = []
-    routes: dict[ListenerKey, dict[bytes, Route]] = {}
+    routes: dict[ListenerKey, dict[bytes, BlockRoute]] = {}
     seen: dict[tuple[str, str, int, str], ServerBlock] = {}
     for p in pending:
         chain_plugins = [pl for pl in p.plugins if pl.serves_queries]
@@ -220,9 +192,8 @@ def build_config(
                     )
                 seen[ident] = p.block
                 label = f"{key.transport}://{host}:{key.port}"
-                routes.setdefault((key.transport, host, key.port), {})[zone_wire(key.zone)] = Route(
-                    key.zone, config, label
-                )
+                on_listener = routes.setdefault((key.transport, host, key.port), {})
+                on_listener[zone_wire(key.zone)] = BlockRoute(key.zone, config, label)
     _check_overlap(routes)
 
     http: dict[tuple[str, int], dict[str, HttpHandler]] = {}
@@ -247,7 +218,7 @@ def in_coredns_chain(plugin: Plugin) -> bool:
     return plugin.serves_queries or plugin.name == "prometheus"
 
 
-def _check_overlap(routes: dict[ListenerKey, dict[bytes, Route]]) -> None:
+def _check_overlap(routes: dict[ListenerKey, dict[bytes, BlockRoute]]) -> None:
     """A zone served on one port both bound and unbound is ambiguous: refuse it."""
     for (transport, host, port), zones in routes.items():
         if not host:

@@ -16,49 +16,21 @@ A plugin that only looks before and after the rest of the chain subclasses
 ``handle`` is derived from the hooks it overrides (a wrapper that overrides
 neither ``on_query`` nor ``on_reply`` is transparent on success, so the server's
 known-answer path may skip it).
+
+Here: ``settle`` (the server's one await), ``then``, ``pass_on``, ``within``,
+and the naming of an exception after the plugin it came out of (``tag``,
+``plugin_of``). ``Pending`` itself is a shared type (``_types``), ``Wrapper``
+is in ``plugin``, and linking the plugins into a chain is ``_chain``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import Any
 
 import trio
 
-if TYPE_CHECKING:
-    from ._request import Reply, Request
-    from .plugin import Plugin
-
-
-class Pending:
-    """A plugin must wait: the coroutine that waits, and what to do with its result.
-
-    The coroutine (an ``async def`` returning a Reply or another Pending) is
-    awaited once, by the server. ``then`` does not wrap it in another
-    coroutine: it appends a continuation, so a wait costs one coroutine
-    however many plugins look at its reply on the way back. Continuations run
-    innermost first; one that returns a Pending hands the rest over to it.
-
-    A Pending is returned or awaited, never dropped (an un-awaited coroutine
-    is a bug Python warns about); ``discard`` closes one that will not be.
-    """
-
-    __slots__ = ("coroutine", "steps")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Result]) -> None:
-        self.coroutine = coroutine
-        self.steps: list[tuple[OnReply | None, OnError | None, OnCancel | None]] = []
-
-    def discard(self) -> None:
-        self.coroutine.close()
-
-
-Result: TypeAlias = "Reply | Pending"
-"""What ``handle`` returns: a reply now, or the promise of one."""
-
-OnReply = Callable[["Reply"], Result]
-OnError = Callable[[Exception], Result]
-OnCancel = Callable[[], None]
+from ._request import Handler, Request
+from ._types import OnCancel, OnError, OnReply, Pending, Reply, Result
 
 
 async def settle(result: Result) -> Reply:
@@ -144,10 +116,7 @@ async def _within(pending: Pending, seconds: float) -> Reply:
     # (A bounded wait is a new coroutine: the inner continuations run inside the bound.)
 
 
-class Handler(Protocol):
-    """What a plugin calls as ``self.next``."""
-
-    def handle(self, request: Request) -> Result: ...
+# -- Which plugin an exception came out of ---------------------------------------------
 
 
 def tag(exc: BaseException, name: str) -> None:
@@ -156,71 +125,11 @@ def tag(exc: BaseException, name: str) -> None:
         exc.pycorefile_plugin = name  # type: ignore[attr-defined]
 
 
-# -- The chain -------------------------------------------------------------------------
+def plugin_of(exc: BaseException) -> str:
+    """The name of the plugin an exception came out of ('' when unknown)."""
+    return getattr(exc, "pycorefile_plugin", "")
 
 
-class Step:
-    """A plugin that answers (not a Wrapper): credits its replies and names its exceptions.
-
-    ``answered_by`` is set once, by the innermost plugin that returned a reply
-    or started waiting; a plugin whose continuation answers something other
-    than what it waited for sets ``request.answered_by`` itself (autopath).
-    """
-
-    __slots__ = ("_handle", "_tag_step", "name", "plugin")
-
-    def __init__(self, plugin: Plugin) -> None:
-        self.plugin = plugin
-        self.name = plugin.name
-        self._handle = plugin.handle
-        self._tag_step = (None, self._tag, None)
-
-    def _tag(self, exc: Exception) -> Result:
-        tag(exc, self.name)
-        raise exc
-
-    def handle(self, request: Request) -> Result:
-        try:
-            result = self._handle(request)
-        except Exception as exc:
-            tag(exc, self.name)
-            raise
-        if not request.answered_by:
-            request.answered_by = self.name
-        if type(result) is Pending:
-            # What fails while it waits (or in its continuations) is named after it.
-            result.steps.append(self._tag_step)
-        return result
-
-
-def is_wrapper(plugin: Plugin) -> bool:
-    from .plugin import Wrapper
-
-    return isinstance(plugin, Wrapper)
-
-
-def has_known(plugin: Plugin) -> bool:
-    from .plugin import Plugin as Base
-
-    return type(plugin).serve_known is not Base.serve_known
-
-
-def compile_chain(plugins: Sequence[Plugin], end: Handler) -> tuple[Handler, Plugin | None]:
-    """Link plugins (outermost first); return the entry and the known-answer plugin.
-
-    The known-answer plugin is the first one with ``serve_known`` when every
-    plugin before it is a wrapper transparent on success (errors): the server
-    may then ask it before making a Request, and fall back to the chain.
-    """
-    handler: Handler = end
-    for plugin in reversed(plugins):
-        plugin.next = handler
-        handler = plugin if is_wrapper(plugin) else Step(plugin)
-    known: Plugin | None = None
-    for plugin in plugins:
-        if has_known(plugin):
-            known = plugin
-            break
-        if not (is_wrapper(plugin) and type(plugin).transparent_on_success()):  # type: ignore[attr-defined]
-            break
-    return handler, known
+STACKTRACE = "pycorefile_stacktrace"
+"""Set (True) on an exception by ``errors { stacktrace }``: the server logs the
+panic with its traceback, as CoreDNS's ``stacktrace`` does on panic recovery."""

@@ -1,6 +1,7 @@
 """A small HTTP/1.1 responder for the operational endpoints (metrics, health, ready).
 
-One listener per address; plugins add routes to it at setup. It reads one
+One listener per address; plugins add routes to it at setup (``HttpHandler``,
+in ``_types``). It reads one
 request per connection turn, answers, and keeps the connection for the next
 request until the client closes or goes idle. Its connections count against
 the process's connection budget (``_conn``) and have deadlines (``HttpLimits``).
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 
 from ._conn import ConnectionBudget, ReadClock, Slots, accept_connections
+from ._types import HttpHandler, HttpRequest, HttpResponse
 
 log = logging.getLogger("pycorefile")
 
@@ -43,38 +44,6 @@ _REASONS = {
     503: "Service Unavailable",
     400: "Bad Request",
 }
-
-
-@dataclass
-class HttpRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-
-
-@dataclass
-class HttpResponse:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-
-
-def parse_address(address: str, default_port: int) -> tuple[str, int]:
-    """``host:port``, ``:port``, ``[::1]:port`` or ``host`` to ``(host, port)``."""
-    host, sep, port = address.rpartition(":")
-    if not sep or "]" in port:
-        host, port = address, str(default_port)
-    host = host.strip("[]")
-    if host == "localhost":
-        host = "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"invalid port in address {address!r}")
-    return host, int(port)
 
 
 def parse_head(data: bytes) -> HttpRequest:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .plugin import Plugin
+from .plugin import Plugin
 
 ENTRY_POINT_GROUP = "pycorefile.plugins"
 
@@ -51,8 +49,6 @@ class PluginEntry:
                 raise RegistryError(
                     f"plugin {self.name} ({self.value}, from {self.package}) failed to load: {exc}"
                 ) from exc
-            from .plugin import Plugin
-
             if not (isinstance(loaded, type) and issubclass(loaded, Plugin)):
                 raise RegistryError(f"plugin {self.name} ({self.value}) is not a Plugin subclass")
             loaded.name = self.name
@@ -94,8 +90,6 @@ class Registry:
         installed third-party plugin; a name that is already registered is
         replaced (keeping a built-in's place in ``ORDER``).
         """
-        from .plugin import Plugin
-
         entries = dict(self.entries)
         for name, plugin_cls in classes.items():
             if not (isinstance(plugin_cls, type) and issubclass(plugin_cls, Plugin)):

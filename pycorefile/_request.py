@@ -1,12 +1,19 @@
-"""The request a plugin sees: read lazily from the query's bytes."""
+"""The request a plugin sees, read lazily from the query's bytes, and who is given one.
+
+``Request`` is one query on its way through a chain. The protocols that take a
+Request are here too: ``Handler`` (what a plugin calls as ``self.next``),
+``ReplyObserver`` and ``FailureObserver`` (what the server tells of every reply
+and every plugin failure). The other shared types are in ``_types``.
+"""
 
 from __future__ import annotations
 
 import socket
 import struct
 import time
+from collections.abc import Callable
 from itertools import islice
-from typing import TYPE_CHECKING, TypeAlias
+from typing import Protocol
 
 import dns.flags
 import dns.message
@@ -15,11 +22,8 @@ import dns.rcode
 import dns.rdatatype
 
 from . import _wire
+from ._types import Client, Pending, Reply, Result, Route
 from ._wire import QueryInfo
-
-if TYPE_CHECKING:
-    from ._config import Route
-    from ._contract import Pending
 
 _KEY_SUFFIX = (b"\x00\x00", b"\x00\x01", b"\x01\x00", b"\x01\x01")
 """The DO and CD bits as the last two bytes of a request key."""
@@ -72,10 +76,7 @@ class _Unrouted:
     server = ""
 
 
-_NO_ROUTE: Route = _Unrouted()  # type: ignore[assignment]
-
-Reply: TypeAlias = bytes | dns.message.Message
-"""What a handler returns: finished wire bytes or a dnspython message."""
+_NO_ROUTE: Route = _Unrouted()
 
 DROP = b""
 """A reply of no bytes: the server sends nothing (the acl plugin's ``drop``)."""
@@ -98,7 +99,7 @@ class Request(QueryInfo):
     def __init__(
         self,
         wire: bytes,
-        client: tuple[str, int] | tuple[str, int, int, int] = ("127.0.0.1", 0),
+        client: Client = ("127.0.0.1", 0),
         proto: str = "udp",
         local: tuple[str, int] | None = None,
         server_cap: int = _wire.OUR_PAYLOAD,
@@ -174,7 +175,7 @@ class Request(QueryInfo):
     def from_wire(
         cls,
         wire: bytes,
-        client: tuple[str, int] | tuple[str, int, int, int] = ("127.0.0.1", 0),
+        client: Client = ("127.0.0.1", 0),
         proto: str = "udp",
     ) -> Request:
         """Read a query (raises ``_wire.WireError`` when it is unreadable)."""
@@ -184,7 +185,7 @@ class Request(QueryInfo):
     def from_message(
         cls,
         msg: dns.message.Message,
-        client: tuple[str, int] | tuple[str, int, int, int] = ("127.0.0.1", 0),
+        client: Client = ("127.0.0.1", 0),
         proto: str = "udp",
     ) -> Request:
         """A request for a dnspython query (tests and plugins that ask the chain)."""
@@ -310,3 +311,32 @@ class Request(QueryInfo):
 
     def __repr__(self) -> str:
         return f"<Request {self.name} {self.type_name} from {self.client[0]} over {self.proto}>"
+
+
+# -- Who is given a Request ----------------------------------------------------------
+
+
+class Handler(Protocol):
+    """What a plugin calls as ``self.next``."""
+
+    def handle(self, request: Request) -> Result: ...
+
+
+class ReplyObserver(Protocol):
+    """Told of every reply sent (or dropped, ``b''``): the metrics plugin's hook."""
+
+    def observe(self, request: Request, wire: bytes) -> None:
+        """A reply to ``request``."""
+
+    def observe_known(
+        self, route: Route, proto: str, client: Client, qtype: int, do: bool,
+        answered_by: str, asked: int, wire: bytes, started: float,
+    ) -> None:  # fmt: skip
+        """A reply from the fast path (``Plugin.serve_known``): no Request was made.
+
+        ``asked`` is the query's size, ``started`` its ``time.perf_counter()``.
+        """
+
+
+FailureObserver = Callable[[Request, Exception], None]
+"""Told of every exception a plugin raised (answered SERVFAIL): CoreDNS's panics."""

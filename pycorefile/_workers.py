@@ -26,8 +26,9 @@ import trio
 
 from ._app import Runner, user_facing, version_lines, write_pidfile
 from ._config import Config
-from ._http import HttpListener, HttpRequest, HttpResponse
+from ._http import HttpListener
 from ._server import bind_http_socket
+from ._types import HttpRequest, HttpResponse
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

@@ -12,7 +12,7 @@ from functools import partial
 import trio
 
 from ._app import Runner, Source, default_registry, user_facing, version_lines
-from ._config import describe
+from ._config import Config, describe
 from ._conn import MAX_CONNECTIONS, raise_open_file_limit
 from ._registry import RegistryError
 from ._server import MAX_IN_FLIGHT, ServerOptions
@@ -238,8 +238,6 @@ def _without_workers(argv: list[str]) -> list[str]:
 
 
 async def _serve(runner: Runner, config: object, quiet: bool, pidfile: str | None) -> None:
-    from ._config import Config
-
     assert isinstance(config, Config)
     await runner.run(config, quiet=quiet, pidfile=pidfile)
 

@@ -4,7 +4,7 @@ A plugin is a class registered under the entry-point group
 ``pycorefile.plugins``; the entry-point name is its Corefile directive. The
 server calls ``setup`` with the block's directives of that name (a pure
 function of the parsed Corefile, testable without sockets), links the returned
-instance into the chain, and then calls ``serve`` for each query.
+instance into the chain, and then calls ``handle`` for each query.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._contract import Handler, OnReply, Pending, Result, tag
-from ._request import Reply, Request
+from ._contract import tag
+from ._request import Handler, Request
+from ._types import HttpHandler, OnReply, Pending, Reply, Result
 from ._zones import ZoneError, in_zone, normalize_zones
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
-
-    from ._http import HttpHandler
 
 __all__ = [
     "Fallthrough",
@@ -388,6 +387,24 @@ def check_args(directive: Directive, minimum: int = 0, maximum: int | None = Non
             directive,
             min(n, maximum) if maximum is not None and n > maximum else None,
         )
+
+
+def parse_address(address: str, default_port: int) -> tuple[str, int]:
+    """An HTTP listener's address, ``host:port``, ``:port``, ``[::1]:port`` or ``host``,
+    as ``(host, port)`` (``localhost`` is 127.0.0.1); ``ValueError`` for a bad port.
+
+    The configuration groups plugins' HTTP routes by it (``SetupContext.http_route``);
+    health and ready check their address with it. Not part of the public API.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        host, port = address, str(default_port)
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid port in address {address!r}")
+    return host, int(port)
 
 
 def parse_zones(

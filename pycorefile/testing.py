@@ -39,10 +39,11 @@ import trio
 from dns._asyncbackend import Backend
 
 from ._app import load_config, open_server
-from ._chain import End
-from ._contract import Handler, Pending, Result, compile_chain, settle
-from ._request import Reply, Request
+from ._chain import End, compile_chain
+from ._contract import settle
+from ._request import Handler, Request
 from ._server import Server
+from ._types import Pending, Reply, Result
 from .plugin import Plugin
 
 __all__ = [

@@ -21,8 +21,8 @@ from plugins.autoalloc import AllocationState, Pool, Record
 from plugins.autoalloc._state import StateError, decode, encode
 from plugins.meshhosts._sources import SourceError, parse_text
 from pycorefile import load_config
+from pycorefile._dispatch import Dispatcher
 from pycorefile._request import Request
-from pycorefile._server import Dispatcher
 
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
 

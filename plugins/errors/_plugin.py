@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import trio
 
 from pycorefile import Directive, PluginError, Reply, Request, SetupContext, Wrapper
-from pycorefile._chain import STACKTRACE
+from pycorefile._contract import STACKTRACE
 
 from ._parse import Consolidate, ErrorsConfig, parse_errors
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pycorefile import Directive, SetupError
-from pycorefile._http import parse_address
+from pycorefile.plugin import parse_address
 
 
 def parse_http_address(directive: Directive, index: int) -> str:

@@ -17,7 +17,7 @@ from pycorefile import (
     check_args,
     parse_duration,
 )
-from pycorefile._http import HttpRequest, HttpResponse
+from pycorefile._types import HttpRequest, HttpResponse
 
 from ._address import parse_http_address
 

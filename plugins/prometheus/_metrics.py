@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 
 from pycorefile import Request, SetupContext, __version__
-from pycorefile._config import Client, Route
+from pycorefile._types import Client, Route
 from pycorefile.metrics import TIME_BUCKETS, bucket_labels
 
 DURATION_BUCKETS = TIME_BUCKETS

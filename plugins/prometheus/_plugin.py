@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 
 from plugins.health import parse_http_address
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args
-from pycorefile._http import HttpRequest, HttpResponse
+from pycorefile._types import HttpRequest, HttpResponse
 from pycorefile.metrics import openmetrics_float
 
 from ._metrics import Counters, Observer, core_families

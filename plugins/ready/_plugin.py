@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from plugins.health import STOPPING_KEY, parse_http_address
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args
-from pycorefile._http import HttpRequest, HttpResponse, parse_address
+from pycorefile._types import HttpRequest, HttpResponse
+from pycorefile.plugin import parse_address
 
 log = logging.getLogger("pycorefile")
 

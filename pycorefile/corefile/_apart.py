@@ -46,16 +46,3 @@ def parse_corefile_apart(
         raise result
     assert isinstance(result, list)
     return result
-
-
-def child_main() -> int:
-    """The child's side: (text, filename, env) pickled on stdin, the outcome on stdout."""
-    from . import parse_corefile
-
-    text, filename, env = pickle.load(sys.stdin.buffer)
-    try:
-        outcome: object = parse_corefile(text, filename, env=env)
-    except CorefileError as exc:
-        outcome = exc
-    sys.stdout.buffer.write(pickle.dumps(outcome))
-    return 0

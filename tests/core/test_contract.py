@@ -35,8 +35,8 @@ from pycorefile import (
     then,
     within,
 )
-from pycorefile._chain import End, plugin_of
-from pycorefile._contract import Step, compile_chain
+from pycorefile._chain import End, Step, compile_chain
+from pycorefile._contract import plugin_of
 from pycorefile.testing import make_query
 
 

@@ -38,7 +38,7 @@ from pycorefile import (
     load_config,
     then,
 )
-from pycorefile._chain import plugin_of
+from pycorefile._contract import plugin_of
 from pycorefile._registry import RegistryError
 from pycorefile.testing import (
     Dropped,

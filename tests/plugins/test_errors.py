@@ -33,8 +33,8 @@ from pycorefile import (
     load_config,
     open_server,
 )
-from pycorefile._config import Client, Route
 from pycorefile._registry import Registry
+from pycorefile._types import Client, Route
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import Upstream, query, serve
 from tests.logcapture import collect_logs
