@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 
 
@@ -109,6 +110,36 @@ class ServerProcess:
             if line is None:
                 return self.lines
             self.lines.append(line)
+
+    def read_to_end(self, timeout: float = 15) -> list[str]:
+        """Every line printed, up to the end of the output (the process has exited or is
+        exiting): not a pause, which a loaded machine can make anywhere."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                output = "\n".join(self.lines)
+                raise AssertionError(f"the output did not end; so far:\n{output}") from None
+            if line is None:
+                self._queue.put(None)  # a later call ends at once too
+                return self.lines
+            self.lines.append(line)
+
+    def wait_for_file(self, path: Path, timeout: float = 30) -> str:
+        """The text of ``path`` once it exists; fail with the output if the process exits
+        first or it does not appear within ``timeout``."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.proc.poll() is not None:
+                output = "\n".join(self.read_to_end())
+                raise AssertionError(f"exited {self.proc.returncode} before {path}:\n{output}")
+            if time.monotonic() > deadline:
+                output = "\n".join(self.drain())
+                raise AssertionError(f"no {path} after {timeout:g}s; output so far:\n{output}")
+            time.sleep(0.05)
+        return path.read_text()
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

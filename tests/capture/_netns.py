@@ -2,14 +2,16 @@
 
 A holder process made by ``unshare --net --mount`` keeps the namespaces alive; every
 command of the test enters them with ``nsenter``. Inside, ``lo`` is up, ``/run`` is a fresh
-tmpfs and ``/etc/resolv.conf`` is a file of the test (bind-mounted), so nothing the test
-does is seen outside.
+tmpfs, ``/etc/resolv.conf`` is a file of the test (bind-mounted), and the directories the
+dedicated user needs to run Python but may not pass through on the host (a private home
+holding the interpreter) are opened to it, so nothing the test does is seen outside.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -41,30 +43,69 @@ def require_namespaces() -> None:
         pytest.fail(f"missing tools for the capture tests: {', '.join(missing)}")
 
 
-def _interpreter_is_private() -> bool:
-    """Whether some directory above the interpreter is closed to other users."""
-    for parent in Path(sys.prefix).resolve().parents:
-        if not parent.stat().st_mode & stat.S_IXOTH:
-            return True
-    return False
+def _paths_the_proxy_user_reads() -> tuple[list[Path], list[Path]]:
+    """What a Python run as the dedicated user needs: directories it must list (the import
+    path, the repository) and files and directories it must reach (the interpreter, the
+    prefixes of the virtualenv and of its base installation)."""
+    listed = [Path(p) for p in [*sys.path, str(REPO)] if p and Path(p).is_dir()]
+    reached = [
+        Path(sys.executable),
+        *(Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)),
+    ]
+    return listed, reached
+
+
+def opened_for_the_proxy_user() -> dict[Path, int]:
+    """The directories closed to other users that the dedicated user must pass through
+    (or list), each with the mode it gets in the namespace, outermost first.
+
+    A virtualenv (or an interpreter) whose base installation lives under a private home,
+    such as root's 0700 one, cannot run as another user. The namespace shows such a
+    directory with the missing permission bits for others added (an overlay whose upper
+    directory has that mode), so the dedicated user runs the very interpreter of the tests
+    with no privilege at all; the host's directories are not changed.
+    """
+    needs: dict[Path, int] = {}
+    listed, reached = _paths_the_proxy_user_reads()
+    for path, own_bits in [
+        *((p, stat.S_IROTH | stat.S_IXOTH) for p in listed),
+        *((p, 0) for p in reached),
+    ]:
+        real = path.resolve()
+        for directory, bits in [*((d, stat.S_IXOTH) for d in real.parents), (real, own_bits)]:
+            if bits and directory.is_dir():
+                needs[directory] = needs.get(directory, 0) | bits
+    opened: dict[Path, int] = {}
+    for directory in sorted(needs, key=lambda d: len(d.parts)):
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if mode & needs[directory] != needs[directory]:
+            opened[directory] = mode | needs[directory]
+    return opened
+
+
+def _open_for_the_proxy_user_script() -> str:
+    """Shell commands, run in the new mount namespace, that open those directories."""
+    lines = []
+    for i, (directory, mode) in enumerate(opened_for_the_proxy_user().items()):
+        if any(c in str(directory) for c in ",:\\"):
+            raise RuntimeError(f"cannot overlay {directory}: a comma, colon or backslash")
+        info = directory.stat()
+        upper, work = f"/run/opened/{i}/upper", f"/run/opened/{i}/work"
+        options = shlex.quote(f"lowerdir={directory},upperdir={upper},workdir={work}")
+        lines += [
+            f"mkdir -p {upper} {work}",
+            f"chown {info.st_uid}:{info.st_gid} {upper}",
+            f"chmod {mode:o} {upper}",
+            f"mount -t overlay overlay -o {options} {shlex.quote(str(directory))}",
+        ]
+    return "".join(f"{line}; " for line in lines)
 
 
 def as_proxy_user(cmd: Sequence[str]) -> list[str]:
-    """``cmd`` run as the dedicated uid and gid, with no supplementary groups.
-
-    When the interpreter lives under a private home (root's), the process also gets
-    CAP_DAC_READ_SEARCH so it can read it; that grants no network privilege and changes
-    nothing capture looks at (uid and gid).
-    """
-    prefix = [
-        "setpriv",
-        f"--reuid={PROXY_UID}",
-        f"--regid={PROXY_GID}",
-        "--clear-groups",
-    ]
-    if _interpreter_is_private():
-        prefix += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-    return [*prefix, *cmd]
+    """``cmd`` run as the dedicated uid and gid, with no supplementary groups and no
+    capability (what it must read is opened in the namespace: see
+    ``opened_for_the_proxy_user``)."""
+    return ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_GID}", "--clear-groups", *cmd]
 
 
 class NetNS:
@@ -85,7 +126,8 @@ class NetNS:
     def __enter__(self) -> NetNS:
         setup = (
             "set -e; ip link set lo up; mount -t tmpfs tmpfs /run; "
-            f"mount --bind {self.resolv} /etc/resolv.conf; echo ready; exec sleep 600"
+            f"mount --bind {self.resolv} /etc/resolv.conf; {_open_for_the_proxy_user_script()}"
+            "echo ready; exec sleep 600"
         )
         self.holder = subprocess.Popen(
             # pdeathsig: the namespace goes away with the test run, even if it is killed.

@@ -70,6 +70,21 @@ def srv_transport(dig_output: str) -> str | None:
     return None
 
 
+def test_the_proxy_user_runs_the_tests_python_with_no_privilege(ns: NetNS) -> None:
+    # The same interpreter and packages as the tests (even from a virtualenv whose base
+    # lives in a private home), as the dedicated uid and gid, with no capability at all.
+    script = (
+        "import os, sys, trio; print(sys.version); print(os.getuid(), os.getgid(), "
+        "os.getgroups()); print(open('/proc/self/status').read())"
+    )
+    done = ns.run(*as_proxy_user([sys.executable, "-c", script]))
+    version, ids, status = done.stdout.split("\n", 2)
+    assert version == sys.version
+    assert ids == f"{PROXY_UID} {PROXY_GID} []"
+    caps = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapAmb"] == "0" * 16
+
+
 def test_stub_resolver_gets_pycorefile_answers_once_captured(ns: NetNS) -> None:
     ns.start_dnsmasq()
     ns.start_pycorefile(FORWARDING_COREFILE)

@@ -141,15 +141,14 @@ def test_quiet_pidfile_and_sigterm(tmp_path: Path) -> None:
     conf = write(tmp_path / "Corefile", f".:{port} {{\n bind 127.0.0.1\n whoami\n}}\n")
     pidfile = tmp_path / "pycorefile.pid"
     with ServerProcess(["-conf", conf, "-quiet", "-pidfile", str(pidfile)]) as srv:
-        deadline = time.monotonic() + 15
-        while not pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # Written (whole, by a rename) once the listeners are up.
+        written = srv.wait_for_file(pidfile)
         assert srv.proc is not None
-        assert int(pidfile.read_text()) == srv.proc.pid
+        assert written == f"{srv.proc.pid}\n"
         assert ask(port, "example.org", tcp=True).rcode() == dns.rcode.NOERROR
         srv.signal(signal.SIGTERM)
         assert srv.wait() == 0
-        output = srv.drain()
+        output = srv.read_to_end()
         assert not any(line.startswith("pycorefile-") or line.startswith(".:") for line in output)
         assert any("SIGTERM: Shutting down servers then terminating" in line for line in output)
     assert not pidfile.exists()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +27,7 @@ import pytest
 import trio
 
 from plugins.forward import ForwardPlugin
-from plugins.forward._proxy import UDP_CHANNELS
+from plugins.forward._proxy import UDP_CHANNELS, Proxy, _UdpChannel
 from pycorefile import Server, load_config
 from pycorefile.testing import Upstream, make_query, query, query_wire, serve
 
@@ -94,6 +95,25 @@ def answer_only_the_loop_probe(q: dns.message.Message) -> dns.message.Message | 
     if q.question[0].rdtype == dns.rdatatype.HINFO:
         return dns.message.make_response(q)
     return None
+
+
+def live(proxy: Proxy) -> list[_UdpChannel]:
+    """The UDP channels a proxy hands queries to now."""
+    return [channel for channel in proxy.channels if channel is not None]
+
+
+def waited_on(proxy: Proxy) -> bool:
+    """Whether a query waits for its reply on one of the proxy's UDP channels."""
+    return any(channel.pending for channel in live(proxy))
+
+
+async def wait_until(what: str, condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds; fail after ``seconds``."""
+    with trio.move_on_after(seconds):
+        while not condition():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out after {seconds:g}s waiting until {what}")
 
 
 def elapsed_since(start: float) -> float:
@@ -168,17 +188,24 @@ async def test_a_replaced_socket_closes_once_its_last_query_times_out(
     monkeypatch.setattr("plugins.forward._proxy.Proxy.sweep", lambda self: None)
     # Silent, except to the loop probe: answered at start, it sends no more.
     silent = Upstream(host="127.0.0.2", handler=answer_only_the_loop_probe)
-    body = "forward . {0} {{\n expire 200ms\n read_timeout 600ms\n max_fails 0\n}}"
+    # One try per query, and a try timeout far past expire: the second query
+    # must replace the socket while the first still waits on it, however slowly
+    # a loaded machine gets the second query there.
+    body = (
+        "forward . {0} {{\n expire 100ms\n read_timeout 3s\n"
+        " max_connect_attempts 1\n max_fails 0\n}}"
+    )
     async with serving(body, silent) as server:
         proxy = plugin(server).forwarders[0].proxies[0]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(query, server, "first.example", "A")
-            await trio.sleep(0.3)  # the first query waits on a socket now past expire
-            (old,) = proxy.channels
-            assert old is not None and old.pending
-            nursery.start_soon(query, server, "second.example", "A")
-            await trio.sleep(0.1)
-            assert proxy.channels[0] is not old  # replaced, but still awaited
+            nursery.start_soon(partial(query, server, "first.example", "A", timeout=10))
+            await wait_until("the first query waits on a socket", lambda: waited_on(proxy))
+            (old,) = live(proxy)
+            await trio.sleep_until(old.retire_at)  # the socket is past expire now
+            nursery.start_soon(partial(query, server, "second.example", "A", timeout=10))
+            await wait_until("the second query replaced the socket", lambda: live(proxy) != [old])
+            assert old.retired
+            assert old.pending  # the first query still waits on it
             assert not old.closed
         # Both queries timed out: nothing waits on the old socket any more.
         assert old.closed
