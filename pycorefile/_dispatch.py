@@ -63,7 +63,7 @@ class Dispatcher:
         call per query, the common case first.
         """
         try:
-            fields, key = parse_question(data)
+            parsed = fields, key = parse_question(data)
         except _wire.QuestionError:
             return _wire.error_reply(data, None, dns.rcode.FORMERR)
         except _wire.WireError:
@@ -80,7 +80,7 @@ class Dispatcher:
                     fast = self._known(data, client, proto, fields, key, route, known)
                     if fast is not None:
                         return fast
-        request = Request(data, client, proto, local, self.udp_cap)
+        request = Request(data, client, proto, local, self.udp_cap, parsed)
         if not plain:
             refusal = self._unusual(data, request)
             if refusal is not None:

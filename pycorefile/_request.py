@@ -103,9 +103,14 @@ class Request(QueryInfo):
         proto: str = "udp",
         local: tuple[str, int] | None = None,
         server_cap: int = _wire.OUR_PAYLOAD,
+        parsed: tuple[_wire.QueryFields, bytes] | None = None,
     ) -> None:
-        """Read a query; raises ``_wire.WireError`` (drop) or ``QuestionError`` (FORMERR)."""
-        fields, self.key = parse_question(wire)
+        """Read a query; raises ``_wire.WireError`` (drop) or ``QuestionError`` (FORMERR).
+
+        ``parsed`` is what ``parse_question(wire)`` gave when the caller has it
+        already (the server's dispatcher): it is not looked up again.
+        """
+        fields, self.key = parse_question(wire) if parsed is None else parsed
         (
             self.id, self.flags, self.opcode, self.qdcount, self.name_end, self.qtype,
             self.qclass, self.edns, self.edns_payload, self.edns_version, self.do, self.simple,
