@@ -425,7 +425,7 @@ class AutopathPlugin(Plugin):
             out = stored.render(request, time.monotonic())
             if out is None:
                 del self._stored[key]
-            elif self.admitted(request, stored.names):
+            elif not self._gates or self.admitted(request, stored.names):
                 if stored.success:
                     server = request.server
                     self._success[server] = self._success.get(server, 0) + 1
