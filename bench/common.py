@@ -192,12 +192,55 @@ class Upstream:
 def upstream(data: Data, query_log: Path | None = None) -> Iterator[Upstream]:
     """dnsmasq as the authoritative upstream (on the client core: it is not measured).
 
-    With ``query_log``, every query it receives is logged to that file. It runs
-    in the foreground but not in debug mode (``--no-daemon``): in debug mode it
-    serves a TCP connection in its main process, so a forwarder keeping one
-    open (as *forward* does, for ``expire``) would stop it answering anything.
+    cluster.local goes on to a second dnsmasq, authoritative for it, that
+    knows the mesh's names as the cluster DNS a sidecar forwards to does: a
+    chain whose meshhosts falls through (Corefile.example) asks it the names
+    and types the table has not, and gets NXDOMAIN or NODATA with an SOA
+    whose TTL is 30 s (the Kubernetes default Corefile's ``ttl 30``), so the
+    answers are cached for as long as they would be in a cluster.
+
+    With ``query_log``, every query the first dnsmasq receives is logged to
+    that file.
     """
-    port = free_port()
+    cluster_port = free_port()
+    with dnsmasq_upstream(
+        f"--port={cluster_port}",
+        f"--addn-hosts={data.mesh_hosts}",
+        # Authoritative mode: an SOA in negative answers (dnsmasq's --local gives none).
+        "--auth-server=ns.cluster.local,127.0.0.1",
+        "--auth-zone=cluster.local",
+        "--auth-ttl=30",
+        check="svc1.ns2.svc.cluster.local",
+    ):
+        port = free_port()
+        options = [
+            f"--port={port}",
+            f"--addn-hosts={data.upstream_hosts}",
+            "--local-ttl=3600",
+            "--neg-ttl=60",
+            "--address=/miss.bench.test/192.0.2.1",
+            "--address=/ext.bench.test/192.0.2.2",
+            # Since dnsmasq 2.86 --address answers only A; --local makes other types NODATA.
+            "--local=/miss.bench.test/",
+            "--local=/ext.bench.test/",
+            f"--server=/cluster.local/127.0.0.1#{cluster_port}",
+        ]
+        with dnsmasq_upstream(*options, query_log=query_log) as proc:
+            yield Upstream(port, proc)
+
+
+@contextmanager
+def dnsmasq_upstream(
+    *options: str, check: str = "name1.bench.test", query_log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """dnsmasq on 127.0.0.1 with ``options`` (its --port among them), on the client core.
+
+    It runs in the foreground but not in debug mode (``--no-daemon``): in
+    debug mode it serves a TCP connection in its main process, so a forwarder
+    keeping one open (as *forward* does, for ``expire``) would stop it
+    answering anything. ``check`` is the name asked to know it answers; with
+    ``query_log``, every query it receives is logged to that file.
+    """
     args = [
         need("dnsmasq", "dnsmasq-base"),
         "--keep-in-foreground",
@@ -206,27 +249,19 @@ def upstream(data: Data, query_log: Path | None = None) -> Iterator[Upstream]:
         "--no-hosts",
         "--listen-address=127.0.0.1",
         "--bind-interfaces",
-        f"--port={port}",
-        f"--addn-hosts={data.upstream_hosts}",
-        "--local-ttl=3600",
-        "--neg-ttl=60",
-        "--address=/miss.bench.test/192.0.2.1",
-        "--address=/ext.bench.test/192.0.2.2",
-        # Since dnsmasq 2.86 --address answers only A; --local makes other types NODATA.
-        "--local=/miss.bench.test/",
-        "--local=/ext.bench.test/",
-        "--local=/cluster.local/",
         "--cache-size=0",
         f"--log-facility={query_log or '/dev/null'}",
+        *options,
     ]
     if query_log:
         args.append("--log-queries")
+    port = int(next(o for o in options if o.startswith("--port=")).split("=")[1])
     proc = subprocess.Popen(
         ["taskset", "-c", CLIENT_CORE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_answering(port)
-        yield Upstream(port, proc)
+        wait_answering(port, check)
+        yield proc
     finally:
         proc.terminate()
         proc.wait()
@@ -312,11 +347,13 @@ def dnsperf(
     outstanding: int = 100,
     qps: float | None = None,
     verbose: bool = False,
+    once: bool = False,
 ) -> DnsperfRun:
     """Run dnsperf against 127.0.0.1:``port`` on the client core (2 s timeout per query).
 
     ``qps`` paces it (``-Q``: an open loop below saturation); ``verbose``
-    collects every answered query's latency.
+    collects every answered query's latency; ``once`` sends the query file
+    once through (``-n 1``), stopping early at ``seconds``.
     """
     args = ["taskset", "-c", CLIENT_CORE, need("dnsperf", "dnsperf"), "-s", "127.0.0.1",
             "-p", str(port), "-d", str(queries), "-l", str(seconds), "-c", str(clients),
@@ -325,6 +362,8 @@ def dnsperf(
         args += ["-Q", str(int(qps))]
     if verbose:
         args.append("-v")
+    if once:
+        args += ["-n", "1"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
     run = DnsperfRun()
     statistics_seen = False

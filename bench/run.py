@@ -52,6 +52,9 @@ from common import (
 )
 from common import dnsperf as run_dnsperf
 
+WARM_UP_LIMIT = 60.0
+"""Seconds a warm-up (the query file once through) may take at most."""
+
 # -- Test data -------------------------------------------------------------------------
 
 
@@ -106,13 +109,59 @@ def pycorefile_corefile(scenario: str, port: int, up: int, data: Data, metrics: 
     forward = f"    forward . 127.0.0.1:{up}\n"
     body = {
         "cache": common + "    cache\n" + forward,
+        "deployed": deployed_body(up, metrics),
         "cache+log": common + "    log\n    cache\n" + forward,
         "mesh": common + mesh,
         "autopath": common + f"    autopath {data.resolv}\n    cache\n" + mesh,
         "miss": common + "    cache\n" + forward,
-        "sidecar": common + f"    autopath {data.resolv}\n    cache\n" + mesh + forward,
+        "sidecar": example_body(up, data, metrics, log=False),
+        "sidecar+log": example_body(up, data, metrics, log=True),
     }[scenario]
     return f".:{port} {{\n{body}}}\n"
+
+
+def deployed_body(up: int, metrics: int) -> str:
+    """The Kubernetes addon's default Corefile, less kubernetes, loop and loadbalance.
+
+    Its plugins and options as the addon writes them (cluster/addons/dns/coredns
+    in kubernetes/kubernetes), on loopback ports; the upstream replaces
+    /etc/resolv.conf.
+    """
+    return (
+        "    bind 127.0.0.1\n"
+        "    errors\n"
+        f"    health 127.0.0.1:{free_port()} {{\n        lameduck 5s\n    }}\n"
+        f"    ready 127.0.0.1:{free_port()}\n"
+        f"    prometheus 127.0.0.1:{metrics}\n"
+        f"    forward . 127.0.0.1:{up} {{\n        max_concurrent 1000\n    }}\n"
+        "    cache 30\n"
+        "    reload\n"
+    )
+
+
+def example_body(up: int, data: Data, metrics: int, log: bool) -> str:
+    """Corefile.example's plugins and options (``log`` only when asked), on the bench's data.
+
+    The mesh table replaces examples/mesh (namespace ns1; the search path is
+    the bench's resolv.conf, not the host's), the upstream replaces
+    /etc/resolv.conf, and autoalloc's endpoint shares the metrics address as
+    it does in the example.
+    """
+    log_line = "    log\n" if log else ""
+    return (
+        "    bind 127.0.0.1\n"
+        "    errors\n"
+        f"{log_line}"
+        f"    health 127.0.0.1:{free_port()}\n"
+        f"    ready 127.0.0.1:{free_port()}\n"
+        f"    prometheus 127.0.0.1:{metrics}\n"
+        "    autopath @meshhosts\n"
+        "    cache\n"
+        f"    autoalloc {{\n        http 127.0.0.1:{metrics}\n    }}\n"
+        f"    meshhosts {{\n        file {data.mesh_table}\n        namespace ns1\n"
+        f"        resolv_conf {data.resolv}\n        fallthrough\n    }}\n"
+        f"    forward . 127.0.0.1:{up}\n"
+    )
 
 
 @contextmanager
@@ -140,11 +189,11 @@ def run_dnsmasq(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, 
         "--cache-size=10000",
         "--log-facility=/dev/null",
     ]
-    if scenario in ("mesh", "autopath", "sidecar"):
+    if scenario in ("mesh", "autopath", "sidecar", "sidecar+log"):
         args += [f"--addn-hosts={data.mesh_hosts}", "--local-ttl=30", "--local=/cluster.local/"]
-    if scenario in ("cache", "cache+log", "miss", "sidecar"):
+    if scenario in ("cache", "deployed", "cache+log", "miss", "sidecar", "sidecar+log"):
         args += [f"--server=127.0.0.1#{up.port}"]
-    if scenario == "cache+log":
+    if scenario.endswith("+log"):
         args += ["--log-queries"]
     with process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         wait_answering(
@@ -221,8 +270,13 @@ class Tally:
 
 
 def dnsperf(port: int, queries: Path, seconds: float, tally: Tally | None = None) -> None:
-    """Run dnsperf against ``port``; add what it measured to ``tally`` (None: warm-up)."""
-    run = run_dnsperf(port, queries, seconds, verbose=tally is not None)
+    """Run dnsperf against ``port``; add what it measured to ``tally``.
+
+    Without a tally it is a warm-up: the query file is sent once through (at
+    most ``seconds``), so that every name of it has been asked before the
+    measured turns, however slowly the first answers come.
+    """
+    run = run_dnsperf(port, queries, seconds, verbose=tally is not None, once=tally is None)
     if tally is None:
         return
     tally.latencies += run.latencies
@@ -256,7 +310,7 @@ def measure(
         for name, starter, seconds in servers:
             pid, port = running.enter_context(starter(scenario, data, up))
             if warm:
-                dnsperf(port, queries(0), min(seconds, 3))
+                dnsperf(port, queries(0), WARM_UP_LIMIT)
             started.append((name, pid, port, seconds, Tally()))
         for turn in range(rounds):
             for _name, pid, port, seconds, tally in started:
@@ -271,10 +325,12 @@ def measure(
 SCENARIOS = {
     # name: (description, queries, warm-up first, dnslib can run it)
     "cache": ("cache hits", cache_queries, True, True),
+    "deployed": ("cache hits, Kubernetes default Corefile shape", cache_queries, True, False),
     "mesh": ("meshhosts answers, 10,000 Services", mesh_queries, False, False),
     "autopath": ("autopath answers for search-expanded mesh names", autopath_queries, True, False),
     "miss": ("cache misses forwarded to the upstream", miss_queries, False, True),
     "sidecar": ("sidecar mix: ndots:5 client, mesh and external", sidecar_queries, True, False),
+    "sidecar+log": ("the sidecar mix with the log plugin on", sidecar_queries, True, False),
     "cache+log": ("cache hits with the log plugin on", cache_queries, True, False),
 }
 

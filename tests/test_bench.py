@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+from pycorefile._app import load_config
 from pycorefile._conn import ConnectionBudget
+from pycorefile.corefile import parse_corefile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +26,10 @@ def run(*args: str) -> str:
 
 
 def test_run_measures_pycorefile_beside_dnsmasq() -> None:
-    out = run("bench/run.py", "-s", "cache", "-s", "miss", "-d", "2", "-r", "2", "--no-dnslib")
+    out = run(
+        "bench/run.py", "-s", "cache", "-s", "deployed", "-s", "miss", "-d", "2", "-r", "2",
+        "--no-dnslib",
+    )  # fmt: skip
     rows = {
         (cells[0], cells[1]): cells
         for line in out.splitlines()
@@ -32,6 +39,8 @@ def test_run_measures_pycorefile_beside_dnsmasq() -> None:
     assert set(rows) == {
         ("cache", "pycorefile"),
         ("cache", "dnsmasq"),
+        ("deployed", "pycorefile"),
+        ("deployed", "dnsmasq"),
         ("miss", "pycorefile"),
         ("miss", "dnsmasq"),
     }
@@ -40,6 +49,48 @@ def test_run_measures_pycorefile_beside_dnsmasq() -> None:
         assert qps > 100, (scenario, server, cells)
         assert float(cells[8]) > 0, cells  # CPU per query was measured
     assert re.fullmatch(r"\d+\.\d\dx", rows[("cache", "pycorefile")][3])
+    assert re.fullmatch(r"\d+\.\d\dx", rows[("deployed", "pycorefile")][3])
+
+
+def bench_run() -> ModuleType:
+    """bench/run.py as a module (the bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def directives(corefile: str) -> list[str]:
+    (block,) = parse_corefile(corefile)
+    return [d.name for d in block.directives]
+
+
+def test_the_sidecar_scenarios_run_the_example_corefile_s_plugins(tmp_path: Path) -> None:
+    bench = bench_run()
+    data = bench.Data(tmp_path)
+    example = directives((ROOT / "Corefile.example").read_text())
+    with_log = bench.pycorefile_corefile("sidecar+log", 1053, 1054, data, 1055)
+    without_log = bench.pycorefile_corefile("sidecar", 1053, 1054, data, 1055)
+    assert directives(with_log) == example
+    assert directives(without_log) == [name for name in example if name != "log"]
+    for text in (with_log, without_log):
+        load_config(text, dns_port=1053)  # the bench's data and options set up
+
+
+def test_the_deployed_scenario_is_the_kubernetes_default_and_takes_the_fast_path(
+    tmp_path: Path,
+) -> None:
+    bench = bench_run()
+    text = bench.pycorefile_corefile("deployed", 1053, 1054, bench.Data(tmp_path), 1055)
+    # The addon's Corefile less kubernetes, loop and loadbalance (bind keeps it on loopback).
+    assert directives(text) == [
+        "bind", "errors", "health", "ready", "prometheus", "forward", "cache", "reload",
+    ]  # fmt: skip
+    config = load_config(text, dns_port=1053)
+    (block,) = config.blocks
+    assert block.known_by == "cache"  # errors before the cache keeps the byte-level path
 
 
 def test_memory_fills_the_cache_and_reports() -> None:
