@@ -36,10 +36,10 @@ from collections.abc import Iterator
 import dns.message
 import trio
 
-from plugins.forward._plugin import Forwarder
 from pycorefile import Request
 from pycorefile._app import load_config
 from pycorefile._dispatch import Dispatcher
+from pycorefile_plugins.forward._plugin import Forwarder
 
 SCENARIOS = {
     "forward": " prometheus :0\n forward . {upstream}\n",

@@ -47,8 +47,8 @@ def peak_rss_mb() -> float:
 def measure(count: int, fmt: str) -> dict[str, float | int | str]:
     """One measurement, in this process (the child)."""
     sys.path.insert(0, str(ROOT))
-    from plugins.meshhosts._parse import MeshHostsConfig
-    from plugins.meshhosts._plugin import load_sources, prepare_table
+    from pycorefile_plugins.meshhosts._parse import MeshHostsConfig
+    from pycorefile_plugins.meshhosts._plugin import load_sources, prepare_table
     from tests.plugins.test_meshhosts_scale import write_services
 
     with tempfile.TemporaryDirectory() as tmp:

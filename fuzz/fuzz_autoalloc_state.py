@@ -7,8 +7,8 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports(include=["plugins.autoalloc"]):
-    from plugins.autoalloc._state import StateError, decode
+with atheris.instrument_imports(include=["pycorefile_plugins.autoalloc"]):
+    from pycorefile_plugins.autoalloc._state import StateError, decode
 
 
 def test_one_input(data: bytes) -> None:

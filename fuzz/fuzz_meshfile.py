@@ -7,8 +7,8 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports(include=["plugins.meshhosts", "yaml"]):
-    from plugins.meshhosts._sources import SourceError, parse_text
+with atheris.instrument_imports(include=["pycorefile_plugins.meshhosts", "yaml"]):
+    from pycorefile_plugins.meshhosts._sources import SourceError, parse_text
 
 NAMES = ("fuzz.json", "fuzz.yaml", "fuzz")
 """The first byte picks the file name: JSON, YAML, or told by the content."""

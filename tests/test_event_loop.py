@@ -32,8 +32,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pycorefile", "plugins")
+# src/ holds the packages under their import names (links to pycorefile/ and plugins/).
+ROOT = Path(__file__).resolve().parents[1] / "src"
+PACKAGES = ("pycorefile", "pycorefile_plugins")
 
 BLOCKING = {
     "open": "opens a file",
@@ -97,7 +98,7 @@ ALLOW = re.compile(r"#\s*blocking-ok:\s*\S")
 
 
 Target = tuple[str, str]
-"""A function of the project: (module, qualified name), e.g. ``("plugins.x._state", "write")``."""
+"""A function of the project: (module, qualified name), e.g. ``("pycorefile.x", "f")``."""
 
 
 @dataclass

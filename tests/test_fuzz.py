@@ -17,12 +17,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plugins.autoalloc import AllocationState, Pool, Record
-from plugins.autoalloc._state import StateError, decode, encode
-from plugins.meshhosts._sources import SourceError, parse_text
 from pycorefile import load_config
 from pycorefile._dispatch import Dispatcher
 from pycorefile._request import Request
+from pycorefile_plugins.autoalloc import AllocationState, Pool, Record
+from pycorefile_plugins.autoalloc._state import StateError, decode, encode
+from pycorefile_plugins.meshhosts._sources import SourceError, parse_text
 
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
 

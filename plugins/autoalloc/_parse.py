@@ -7,8 +7,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from plugins.health._address import parse_http_address
 from pycorefile import Directive, SetupError, check_args, parse_duration
+from pycorefile_plugins.health._address import parse_http_address
 
 from ._allocator import Pool
 

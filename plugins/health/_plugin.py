@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import trio
 
-from plugins.errors import go_duration
 from pycorefile import (
     Directive,
     Plugin,
@@ -18,6 +17,7 @@ from pycorefile import (
     parse_duration,
 )
 from pycorefile._types import HttpRequest, HttpResponse
+from pycorefile_plugins.errors import go_duration
 
 from ._address import parse_http_address
 

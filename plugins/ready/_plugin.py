@@ -6,10 +6,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from plugins.health import STOPPING_KEY, parse_http_address
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args
 from pycorefile._types import HttpRequest, HttpResponse
 from pycorefile.plugin import parse_address
+from pycorefile_plugins.health import STOPPING_KEY, parse_http_address
 
 log = logging.getLogger("pycorefile")
 

@@ -8,10 +8,10 @@ import dns.rdatatype
 import dns.rrset
 import trio
 
-from plugins.bind import BindPlugin
-from plugins.whoami import WhoamiPlugin
 from pycorefile import Directive, Pending, Plugin, Reply, Request, Result, SetupContext
 from pycorefile._registry import Registry
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.whoami import WhoamiPlugin
 
 
 class BigTxtPlugin(Plugin):

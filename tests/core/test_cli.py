@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import dns.exception
@@ -44,7 +45,13 @@ def test_plugins_lists_every_registered_plugin_in_chain_order() -> None:
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert "whoami" in names and "bind" in names
     assert names.index("bind") < names.index("whoami")
-    assert all(line.split()[1] == "pycorefile" for line in out.stdout.splitlines())
+    package_of = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()}
+    built_in = {
+        ep.name
+        for ep in entry_points(group="pycorefile.plugins")
+        if ep.dist is not None and ep.dist.name == "pycorefile"
+    }
+    assert built_in and all(package_of[name] == "pycorefile" for name in built_in)
 
 
 def test_validate_prints_normalised_keys_and_chain(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from plugins.acl import AclConfig, AclPlugin, Action, Policy, Rule, parse_acl
 from pycorefile import CorefileError, Directive, Server, SetupContext, load_config
 from pycorefile.corefile import ServerBlock, ZoneKey
 from pycorefile.testing import Upstream, make_query, query, serve
+from pycorefile_plugins.acl import AclConfig, AclPlugin, Action, Policy, Rule, parse_acl
 
 ALLOWED_CLIENT = "127.0.0.2"
 OTHER_CLIENT = "127.0.0.3"

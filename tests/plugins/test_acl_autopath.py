@@ -16,10 +16,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from plugins.autopath import AutopathPlugin
 from pycorefile import Request, Server
 from pycorefile._contract import settle
 from pycorefile.testing import Upstream, make_query, serve
+from pycorefile_plugins.autopath import AutopathPlugin
 from tests.plugins.test_acl import ask, extended_errors
 from tests.plugins.test_autopath import DB, EXT, PP, S0, UPSTREAM_RECORDS, cname, records
 

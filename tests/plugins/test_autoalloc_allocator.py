@@ -9,7 +9,14 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from plugins.autoalloc import ENABLE_LABEL, AllocationState, Allocator, Pool, Record, ineligibility
+from pycorefile_plugins.autoalloc import (
+    ENABLE_LABEL,
+    AllocationState,
+    Allocator,
+    Pool,
+    Record,
+    ineligibility,
+)
 
 
 @dataclass(frozen=True)

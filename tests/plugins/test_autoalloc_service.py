@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from plugins.autoalloc import MISSING_MESHHOSTS, AllocationService, AutoAllocPlugin, Pool
-from plugins.autoalloc._parse import AutoAllocConfig
-from plugins.autoalloc._state import backup_path, load
 from pycorefile import Directive, SetupContext, SetupError
 from pycorefile.corefile import ServerBlock, ZoneKey
+from pycorefile_plugins.autoalloc import MISSING_MESHHOSTS, AllocationService, AutoAllocPlugin, Pool
+from pycorefile_plugins.autoalloc._parse import AutoAllocConfig
+from pycorefile_plugins.autoalloc._state import backup_path, load
 
 POOL = Pool(ipaddress.IPv4Network("240.240.0.0/16"), ipaddress.IPv6Network("2001:2::/48"))
 
@@ -133,9 +133,9 @@ DISK_FULL = textwrap.dedent(
     """
     import errno, json, os, sys, ipaddress
     from dataclasses import dataclass, field
-    from plugins.autoalloc import AllocationService, Pool
-    from plugins.autoalloc._parse import AutoAllocConfig
-    from plugins.autoalloc._state import load
+    from pycorefile_plugins.autoalloc import AllocationService, Pool
+    from pycorefile_plugins.autoalloc._parse import AutoAllocConfig
+    from pycorefile_plugins.autoalloc._state import load
 
     @dataclass(frozen=True)
     class SE:

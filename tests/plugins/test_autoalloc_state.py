@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from plugins.autoalloc import (
+from pycorefile import Directive, SetupError
+from pycorefile_plugins.autoalloc import (
     AllocationState,
     Pool,
     Record,
     StateError,
     parse_autoalloc,
 )
-from plugins.autoalloc._state import backup_path, decode, encode, load, write
-from pycorefile import Directive, SetupError
+from pycorefile_plugins.autoalloc._state import backup_path, decode, encode, load, write
 
 POOL = Pool(ipaddress.IPv4Network("240.240.0.0/16"), ipaddress.IPv6Network("2001:2::/48"))
 

@@ -21,8 +21,6 @@ import dns.rrset
 import pytest
 import trio
 
-from plugins.autopath import AutopathPlugin
-from plugins.bind import BindPlugin
 from pycorefile import (
     Directive,
     Pending,
@@ -40,6 +38,8 @@ from pycorefile._contract import settle
 from pycorefile._registry import Registry
 from pycorefile._wire import PreparedReply
 from pycorefile.testing import Upstream, make_query, query, serve
+from pycorefile_plugins.autopath import AutopathPlugin
+from pycorefile_plugins.bind import BindPlugin
 
 SEARCH = "ns1.svc.cluster.local svc.cluster.local cluster.local example.internal corp.test"
 TABLE_TTL = 30

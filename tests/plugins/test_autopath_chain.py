@@ -16,9 +16,9 @@ import dns.rdatatype
 import pytest
 import trio
 
-from plugins.autopath import AutopathPlugin
 from pycorefile import Pending, Request, Server
 from pycorefile.testing import Upstream, make_query, query, serve
+from pycorefile_plugins.autopath import AutopathPlugin
 from tests.plugins.test_autopath import (
     DB,
     EXT,

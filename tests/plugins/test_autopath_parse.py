@@ -6,16 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from plugins.autopath import (
+from pycorefile import CorefileError, Directive, SetupContext, SetupError, load_config
+from pycorefile.corefile import ServerBlock, ZoneKey
+from pycorefile_plugins.autopath import (
     AutopathConfig,
     SearchPath,
     normalize_search,
     parse_autopath,
     resolv_conf_search,
 )
-from plugins.autopath._plugin import reply_facts, reply_lifetime, suffix_start, wire_labels
-from pycorefile import CorefileError, Directive, SetupContext, SetupError, load_config
-from pycorefile.corefile import ServerBlock, ZoneKey
+from pycorefile_plugins.autopath._plugin import (
+    reply_facts,
+    reply_lifetime,
+    suffix_start,
+    wire_labels,
+)
 
 SEARCH = ("ns1.svc.cluster.local.", "svc.cluster.local.", "cluster.local.")
 

@@ -24,10 +24,6 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from plugins.bind import BindPlugin
-from plugins.cache import CachePlugin, Entry
-from plugins.errors import ErrorsPlugin
-from plugins.prometheus import PrometheusPlugin
 from pycorefile import (
     Directive,
     Pending,
@@ -41,6 +37,10 @@ from pycorefile import (
 )
 from pycorefile._registry import Registry
 from pycorefile.testing import Upstream, make_query, query, query_wire, serve
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.cache import CachePlugin, Entry
+from pycorefile_plugins.errors import ErrorsPlugin
+from pycorefile_plugins.prometheus import PrometheusPlugin
 
 
 class RelayPlugin(Plugin):

@@ -19,8 +19,6 @@ import dns.rrset
 import pytest
 import trio
 
-from plugins.bind import BindPlugin
-from plugins.cache import CachePlugin, Entry
 from pycorefile import (
     CorefileError,
     Directive,
@@ -32,6 +30,8 @@ from pycorefile import (
 )
 from pycorefile._registry import Registry
 from pycorefile.testing import make_query, query, query_wire, serve
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.cache import CachePlugin, Entry
 
 from .test_cache import RelayPlugin, cache_of, cached, ttls, wait_for
 

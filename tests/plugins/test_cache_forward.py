@@ -12,9 +12,9 @@ import pytest
 import trio
 from dns.message import Message
 
-from plugins.cache import CachePlugin
 from pycorefile import Server
 from pycorefile.testing import Upstream, make_query, query, serve
+from pycorefile_plugins.cache import CachePlugin
 
 RECORDS = {("a.example.org.", "A"): ["192.0.2.1"], ("b.example.org.", "AAAA"): ["2001:db8::b"]}
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.bind import BindPlugin
-from plugins.cache import (
+from pycorefile import CorefileError, Directive, SetupContext, SetupError, load_config
+from pycorefile._registry import Registry
+from pycorefile.corefile import ServerBlock, ZoneKey
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.cache import (
     CacheConfig,
     CachePlugin,
     KindSettings,
@@ -13,9 +16,6 @@ from plugins.cache import (
     StaleSettings,
     parse_cache,
 )
-from pycorefile import CorefileError, Directive, SetupContext, SetupError, load_config
-from pycorefile._registry import Registry
-from pycorefile.corefile import ServerBlock, ZoneKey
 
 
 def ctx(*zones: str) -> SetupContext:

@@ -10,7 +10,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from plugins.cache._classify import Category, classify, quick_classify
+from pycorefile_plugins.cache._classify import Category, classify, quick_classify
 
 SOA = "ns.test. host.test. 1 3600 600 86400 60"
 

@@ -13,7 +13,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from plugins.cache import (
+from pycorefile import Pending, Plugin, Reply, Request, Result
+from pycorefile._wire import ttl_offsets
+from pycorefile_plugins.cache import (
     CacheConfig,
     CachePlugin,
     Category,
@@ -23,8 +25,6 @@ from plugins.cache import (
     classify,
     stored_form,
 )
-from pycorefile import Pending, Plugin, Reply, Request, Result
-from pycorefile._wire import ttl_offsets
 
 NOW = 1_700_000_000.0
 SOA = "ns.x. host.x. 1 3600 600 86400 60"

@@ -17,9 +17,6 @@ import dns.rrset
 import pytest
 import trio
 
-from plugins.bind import BindPlugin
-from plugins.errors import Consolidate, ErrorsConfig, ErrorsPlugin, go_duration, parse_errors
-from plugins.log import LogPlugin
 from pycorefile import (
     CorefileError,
     Directive,
@@ -37,6 +34,15 @@ from pycorefile._registry import Registry
 from pycorefile._types import Client, Route
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import Upstream, query, serve
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.errors import (
+    Consolidate,
+    ErrorsConfig,
+    ErrorsPlugin,
+    go_duration,
+    parse_errors,
+)
+from pycorefile_plugins.log import LogPlugin
 from tests.logcapture import collect_logs
 from tests.plugins.test_prometheus import scrape, value
 

@@ -26,10 +26,10 @@ import dns.rrset
 import pytest
 import trio
 
-from plugins.forward import ForwardPlugin
-from plugins.forward._proxy import UDP_CHANNELS, Proxy, _UdpChannel
 from pycorefile import Server, load_config
 from pycorefile.testing import Upstream, make_query, query, query_wire, serve
+from pycorefile_plugins.forward import ForwardPlugin
+from pycorefile_plugins.forward._proxy import UDP_CHANNELS, Proxy, _UdpChannel
 
 from .test_prometheus import scrape
 
@@ -183,9 +183,9 @@ async def test_udp_sockets_are_shared_then_replaced_after_expire() -> None:
 async def test_a_replaced_socket_closes_once_its_last_query_times_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("plugins.forward._proxy.UDP_CHANNELS", 1)
+    monkeypatch.setattr("pycorefile_plugins.forward._proxy.UDP_CHANNELS", 1)
     # Only a query replaces the expired socket here, not the periodic sweep.
-    monkeypatch.setattr("plugins.forward._proxy.Proxy.sweep", lambda self: None)
+    monkeypatch.setattr("pycorefile_plugins.forward._proxy.Proxy.sweep", lambda self: None)
     # Silent, except to the loop probe: answered at start, it sends no more.
     silent = Upstream(host="127.0.0.2", handler=answer_only_the_loop_probe)
     # One try per query, and a try timeout far past expire: the second query
@@ -350,7 +350,7 @@ async def test_refusal_fails_every_query_in_flight_on_a_shared_socket(
     # One shared socket: an ICMP "port unreachable" is reported to whichever
     # call comes next on it, not to the query that caused it; every query in
     # flight there must fail at once, none may wait for its try timeout.
-    monkeypatch.setattr("plugins.forward._proxy.UDP_CHANNELS", 1)
+    monkeypatch.setattr("pycorefile_plugins.forward._proxy.UDP_CHANNELS", 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.2", 0))
         closed = f"127.0.0.2:{s.getsockname()[1]}"

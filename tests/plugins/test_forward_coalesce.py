@@ -20,10 +20,10 @@ import dns.rrset
 import pytest
 import trio
 
-from plugins.forward import Forwarder, ForwardPlugin, ForwardStats, parse_forward
 from pycorefile import PluginError, Request, Server
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import Upstream, make_query, query, serve
+from pycorefile_plugins.forward import Forwarder, ForwardPlugin, ForwardStats, parse_forward
 
 RECORDS = {("hot.example.", "A"): ["192.0.2.7"]}
 
@@ -163,7 +163,7 @@ async def test_a_tcp_waiter_gets_the_whole_answer_a_udp_one_truncated() -> None:
 async def test_waiters_per_upstream_query_are_bounded(
     limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("plugins.forward._plugin.MAX_FOLLOWERS", limit)
+    monkeypatch.setattr("pycorefile_plugins.forward._plugin.MAX_FOLLOWERS", limit)
     up = Upstream(records=dict(RECORDS), host="127.0.0.2", delay=0.5)
     queries: list[dns.message.Message] = []
     for qid in range(1, 11):

@@ -15,10 +15,10 @@ import dns.rdatatype
 import pytest
 import trio
 
-from plugins.forward import ForwardPlugin, Proxy
 from pycorefile import Server
 from pycorefile._server import StartupError
 from pycorefile.testing import Upstream, query, serve
+from pycorefile_plugins.forward import ForwardPlugin, Proxy
 
 RECORDS = {("a.example.", "A"): ["192.0.2.1"]}
 FAST = "read_timeout 200ms\n health_check 100ms\n policy sequential"
@@ -319,8 +319,8 @@ async def test_an_unanswered_probe_is_sent_again_then_disarmed_after_the_window(
 ) -> None:
     # CoreDNS tries its probe every second for 30 s (here: 1.5 s), then
     # disarms it: replaying the name later does not stop the server either.
-    monkeypatch.setattr("plugins.forward._loop.WINDOW", 1.5)
-    monkeypatch.setattr("plugins.forward._loop.RETRY", 0.2)
+    monkeypatch.setattr("pycorefile_plugins.forward._loop.WINDOW", 1.5)
+    monkeypatch.setattr("pycorefile_plugins.forward._loop.RETRY", 0.2)
     silent = Upstream(host="127.0.0.2", mode="silent")
     good = Upstream(records=dict(RECORDS), host="127.0.0.3")
     body = "forward . {0} {{\n read_timeout 200ms\n max_fails 0\n}}\n forward example {1}"

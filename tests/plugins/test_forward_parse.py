@@ -7,7 +7,9 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from plugins.forward import (
+from pycorefile import CorefileError, Directive, SetupError, load_config
+from pycorefile.corefile import parse_corefile
+from pycorefile_plugins.forward import (
     ForwardConfig,
     HealthSettings,
     TlsSettings,
@@ -16,8 +18,6 @@ from plugins.forward import (
     parse_forward,
     parse_resolv_conf,
 )
-from pycorefile import CorefileError, Directive, SetupError, load_config
-from pycorefile.corefile import parse_corefile
 
 
 def directives(body: str) -> list[Directive]:

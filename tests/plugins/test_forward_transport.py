@@ -16,9 +16,9 @@ import dns.rcode
 import pytest
 import trio
 
-from plugins.forward import ForwardPlugin
 from pycorefile import Server
 from pycorefile.testing import Upstream, query, serve
+from pycorefile_plugins.forward import ForwardPlugin
 
 BIG = [f"192.0.2.{i}" for i in range(1, 101)]
 """100 A records: about 1.6 KB, more than any UDP client takes without TCP."""

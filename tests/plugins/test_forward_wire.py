@@ -9,7 +9,9 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from plugins.forward._message import (
+from pycorefile._wire import read_query
+from pycorefile.testing import make_query
+from pycorefile_plugins.forward._message import (
     Question,
     check_reply,
     client_reply,
@@ -17,8 +19,6 @@ from plugins.forward._message import (
     rcode_label,
     with_id,
 )
-from pycorefile._wire import read_query
-from pycorefile.testing import make_query
 
 QID = 0x4242
 

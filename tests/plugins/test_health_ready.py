@@ -9,10 +9,6 @@ import dns.rcode
 import pytest
 import trio
 
-from plugins.bind import BindPlugin
-from plugins.health import HealthConfig, HealthPlugin, parse_health
-from plugins.ready import ReadyConfig, ReadyPlugin, parse_ready
-from plugins.whoami import WhoamiPlugin
 from pycorefile import (
     CorefileError,
     Directive,
@@ -25,6 +21,10 @@ from pycorefile import (
 from pycorefile._registry import Registry
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import query
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.health import HealthConfig, HealthPlugin, parse_health
+from pycorefile_plugins.ready import ReadyConfig, ReadyPlugin, parse_ready
+from pycorefile_plugins.whoami import WhoamiPlugin
 
 
 class GatePlugin(Plugin):

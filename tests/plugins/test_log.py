@@ -15,11 +15,6 @@ import dns.rrset
 import pytest
 import trio
 
-from plugins.bind import BindPlugin
-from plugins.cache import CachePlugin
-from plugins.errors import ErrorsPlugin
-from plugins.log import COMMON_FORMAT, LogPlugin, LogRule, compile_format, parse_format, parse_log
-from plugins.whoami import WhoamiPlugin
 from pycorefile import (
     CorefileError,
     Directive,
@@ -35,6 +30,18 @@ from pycorefile import (
 from pycorefile._registry import Registry
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import make_query, query, query_wire
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.cache import CachePlugin
+from pycorefile_plugins.errors import ErrorsPlugin
+from pycorefile_plugins.log import (
+    COMMON_FORMAT,
+    LogPlugin,
+    LogRule,
+    compile_format,
+    parse_format,
+    parse_log,
+)
+from pycorefile_plugins.whoami import WhoamiPlugin
 
 # -- A plugin answering with every kind of reply ------------------------------------
 

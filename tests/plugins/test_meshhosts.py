@@ -22,15 +22,15 @@ import dns.reversename
 import pytest
 import trio
 
-from plugins.bind import BindPlugin
-from plugins.forward import ForwardPlugin
-from plugins.meshhosts import MeshHostsPlugin, ServiceEntryHost
-from plugins.prometheus import PrometheusPlugin
 from pycorefile import Directive, Plugin, Server, SetupContext
 from pycorefile._app import user_facing
 from pycorefile._registry import Registry
 from pycorefile._server import StartupError
 from pycorefile.testing import Upstream, make_query, query, serve
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.forward import ForwardPlugin
+from pycorefile_plugins.meshhosts import MeshHostsPlugin, ServiceEntryHost
+from pycorefile_plugins.prometheus import PrometheusPlugin
 
 from .test_prometheus import scrape
 

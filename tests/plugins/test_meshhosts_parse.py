@@ -9,8 +9,11 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from plugins.meshhosts import InlineEntry, MeshHostsConfig, parse_meshhosts
-from plugins.meshhosts._answers import (
+from pycorefile import CorefileError, Directive, Fallthrough, Request, SetupContext, load_config
+from pycorefile.corefile import ServerBlock, ZoneKey
+from pycorefile.testing import make_query
+from pycorefile_plugins.meshhosts import InlineEntry, MeshHostsConfig, parse_meshhosts
+from pycorefile_plugins.meshhosts._answers import (
     MAX_ROTATIONS,
     Answer,
     Chase,
@@ -20,10 +23,7 @@ from plugins.meshhosts._answers import (
     Settings,
     name_wire,
 )
-from plugins.meshhosts._table import KUBERNETES, HostEntry, MeshTable
-from pycorefile import CorefileError, Directive, Fallthrough, Request, SetupContext, load_config
-from pycorefile.corefile import ServerBlock, ZoneKey
-from pycorefile.testing import make_query
+from pycorefile_plugins.meshhosts._table import KUBERNETES, HostEntry, MeshTable
 
 
 def ctx() -> SetupContext:

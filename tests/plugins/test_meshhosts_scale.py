@@ -12,11 +12,11 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from plugins.meshhosts._answers import Answer, PreparedTable, Rotation, Settings
-from plugins.meshhosts._sources import read_sources
-from plugins.meshhosts._table import build_table
 from pycorefile import Request
 from pycorefile.testing import make_query
+from pycorefile_plugins.meshhosts._answers import Answer, PreparedTable, Rotation, Settings
+from pycorefile_plugins.meshhosts._sources import read_sources
+from pycorefile_plugins.meshhosts._table import build_table
 
 NAMESPACES = 100
 FORMATS = ("nametable-json", "manifests-json", "manifests-yaml")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.meshhosts._sources import (
+from pycorefile_plugins.meshhosts._sources import (
     MAX_DEPTH,
     ServiceEntryHost,
     SourceError,
@@ -21,7 +21,7 @@ from plugins.meshhosts._sources import (
     read_sources,
     snapshot,
 )
-from plugins.meshhosts._table import (
+from pycorefile_plugins.meshhosts._table import (
     EXTERNAL,
     KUBERNETES,
     HostEntry,

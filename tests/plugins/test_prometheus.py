@@ -21,11 +21,6 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from plugins.bind import BindPlugin
-from plugins.errors import ErrorsPlugin
-from plugins.forward import ForwardPlugin
-from plugins.prometheus import DEFAULT_ADDRESS, MetricsState, PrometheusPlugin, parse_prometheus
-from plugins.whoami import WhoamiPlugin
 from pycorefile import (
     CorefileError,
     Directive,
@@ -40,6 +35,16 @@ from pycorefile import (
 from pycorefile._registry import Registry
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import Upstream, make_query, query, query_wire
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.errors import ErrorsPlugin
+from pycorefile_plugins.forward import ForwardPlugin
+from pycorefile_plugins.prometheus import (
+    DEFAULT_ADDRESS,
+    MetricsState,
+    PrometheusPlugin,
+    parse_prometheus,
+)
+from pycorefile_plugins.whoami import WhoamiPlugin
 
 from ..process import ServerProcess, free_port
 
@@ -294,7 +299,7 @@ async def test_core_series_after_known_queries() -> None:
 
 async def test_size_histograms_stay_exact_across_folds(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows keyed by exact sizes are folded when there are too many: nothing is lost.
-    monkeypatch.setattr("plugins.prometheus._metrics.HOT_ROWS_MAX", 3)
+    monkeypatch.setattr("pycorefile_plugins.prometheus._metrics.HOT_ROWS_MAX", 3)
     async with open_server(COREFILE, registry=registry()) as server:
         asked = answered = 0
         for i in range(12):

@@ -18,11 +18,11 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from plugins.reload import ReloadConfig, ReloadPlugin, blocks_digest, parse_reload
 from pycorefile import CorefileError, load_config
 from pycorefile._registry import Registry
 from pycorefile.corefile import parse_corefile
 from pycorefile.testing import make_query
+from pycorefile_plugins.reload import ReloadConfig, ReloadPlugin, blocks_digest, parse_reload
 
 from ..process import ServerProcess, free_port
 

@@ -10,15 +10,15 @@ import dns.message
 import pytest
 import trio
 
-from plugins.bind import BindPlugin
-from plugins.timeouts import TimeoutsPlugin, parse_timeouts
-from plugins.whoami import WhoamiPlugin
 from pycorefile import CorefileError, load_config, open_server
 from pycorefile._registry import ORDER, Registry
 from pycorefile._tcp import TcpLimits
 from pycorefile.corefile import parse_corefile
 from pycorefile.plugin import TcpTimeouts
 from pycorefile.testing import make_query
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.timeouts import TimeoutsPlugin, parse_timeouts
+from pycorefile_plugins.whoami import WhoamiPlugin
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_setup_errors(text: str, message: str) -> None:
 def test_registered_as_a_setup_only_plugin_in_coredns_order() -> None:
     with open(ROOT / "pyproject.toml", "rb") as f:
         entry_points = tomllib.load(f)["project"]["entry-points"]["pycorefile.plugins"]
-    assert entry_points["timeouts"] == "plugins.timeouts:TimeoutsPlugin"
+    assert entry_points["timeouts"] == "pycorefile_plugins.timeouts:TimeoutsPlugin"
     assert TimeoutsPlugin.serves_queries is False
     # plugin.cfg: right after metadata, before reload and bind.
     assert ORDER.index("metadata") < ORDER.index("timeouts") < ORDER.index("reload")

@@ -25,9 +25,9 @@ import dns.rdatatype
 import trio
 import yaml
 
-from plugins.meshhosts import MeshHostsPlugin
 from pycorefile import Server
 from pycorefile.testing import Upstream, make_query, query
+from pycorefile_plugins.meshhosts import MeshHostsPlugin
 from tests.process import ServerProcess
 
 NOERROR, NXDOMAIN, SERVFAIL, REFUSED = (

@@ -26,12 +26,6 @@ import pytest
 import trio
 import yaml
 
-from plugins.bind import BindPlugin
-from plugins.cache import CachePlugin
-from plugins.errors import ErrorsPlugin
-from plugins.forward import ForwardPlugin
-from plugins.log import LogPlugin
-from plugins.meshhosts import MeshHostsPlugin
 from pycorefile import (
     Directive,
     Pending,
@@ -45,6 +39,12 @@ from pycorefile import (
 )
 from pycorefile._registry import Registry
 from pycorefile.testing import Upstream, query, serve
+from pycorefile_plugins.bind import BindPlugin
+from pycorefile_plugins.cache import CachePlugin
+from pycorefile_plugins.errors import ErrorsPlugin
+from pycorefile_plugins.forward import ForwardPlugin
+from pycorefile_plugins.log import LogPlugin
+from pycorefile_plugins.meshhosts import MeshHostsPlugin
 from tests.process import ServerProcess, free_port
 
 from ._support import (
