@@ -32,7 +32,9 @@ __all__ = [
     "TcpTimeouts",
     "Wrapper",
     "check_args",
+    "go_duration",
     "parse_duration",
+    "parse_http_address",
     "parse_zones",
 ]
 
@@ -437,3 +439,48 @@ class Fallthrough:
     def through(self, name: str) -> bool:
         """True when ``name`` (lowercased FQDN) should go to the next plugin."""
         return any(in_zone(name, zone) for zone in self.zones)
+
+
+def parse_http_address(directive: Directive, index: int) -> str:
+    """Check ``HOST:PORT`` (``:8080``, ``localhost:9153``, ``[::1]:8181``); return it as given.
+
+    As CoreDNS, the port is required: ``localhost`` alone is an error.
+    """
+    text = directive.args[index]
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port or (host.startswith("[") != host.endswith("]")):
+        raise SetupError(f"address {text}: missing port in address", directive, index)
+    if ":" in host and not host.startswith("["):
+        raise SetupError(f"address {text}: too many colons in address", directive, index)
+    try:
+        parse_address(text, 0)
+    except ValueError as exc:
+        raise SetupError(str(exc), directive, index) from None
+    return text
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go's ``time.Duration.String`` prints it (``30s``, ``5m0s``, ``500ms``)."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return _decimal(ns, size) + unit
+    hours, rest = divmod(ns, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    secs = _decimal(rest, 1_000_000_000) + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    if minutes:
+        return f"{minutes}m{secs}"
+    return secs
+
+
+def _decimal(value: int, unit: int) -> str:
+    whole, frac = divmod(value, unit)
+    if not frac:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")

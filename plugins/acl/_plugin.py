@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import dns.rcode
 
 from pycorefile import DROP, Directive, Reply, Request, SetupContext, Wrapper
-from pycorefile._wire import extended_error, with_edns_options
+from pycorefile.wire import extended_error, with_edns_options
 
 from ._rules import AclConfig, Action, Verdicts, parse_acl
 

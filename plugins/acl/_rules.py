@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import dns.rdatatype
 
 from pycorefile import Directive, SetupContext, SetupError, parse_zones
-from pycorefile._zones import match_zone
+from pycorefile.zones import match_zone
 
 log = logging.getLogger("pycorefile.acl")
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pycorefile import Directive, SetupError, check_args, parse_duration
-from pycorefile_plugins.health._address import parse_http_address
+from pycorefile.plugin import parse_http_address
 
 from ._allocator import Pool
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pycorefile import CorefileError, Directive, Plugin, SetupContext, SetupError
-from pycorefile._types import HttpRequest, HttpResponse
+from pycorefile.http import HttpRequest, HttpResponse
 
 from ._allocator import Allocator, HostEntry, Outcome, Pair
 from ._parse import AutoAllocConfig, parse_autoalloc

@@ -19,7 +19,7 @@ import dns.rdtypes.ANY.CNAME
 import dns.rrset
 
 from pycorefile import Directive, Pending, Plugin, Reply, Request, Result, SetupContext, then
-from pycorefile._wire import (
+from pycorefile.wire import (
     PreparedReply,
     WireError,
     extended_errors,

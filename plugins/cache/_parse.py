@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from pycorefile import Directive, SetupContext, SetupError, check_args, parse_duration
-from pycorefile._zones import ZoneError, normalize_zones
+from pycorefile.zones import ZoneError, normalize_zones
 
 DEFAULT_CAPACITY = 9984
 """Entries per kind: CoreDNS's 256 shards of 39 entries."""

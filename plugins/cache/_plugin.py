@@ -42,8 +42,8 @@ from pycorefile import (
     settle,
     then,
 )
-from pycorefile._wire import FLAG_AD, HEADER_LEN, MAX_TCP
-from pycorefile._zones import in_zone
+from pycorefile.wire import FLAG_AD, HEADER_LEN, MAX_TCP
+from pycorefile.zones import in_zone
 
 from ._classify import Category, classify, parse_reply, quick_classify, stored_form
 from ._parse import CacheConfig, StaleSettings, parse_cache

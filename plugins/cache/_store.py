@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from pycorefile._wire import PreparedReply
+from pycorefile.wire import PreparedReply
 
 from ._classify import Category
 

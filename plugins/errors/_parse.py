@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pycorefile import Directive, SetupError, check_args, parse_duration
+from pycorefile.plugin import go_duration
 
 MAX_REGEXP = 10000
 LEVELS = {
@@ -79,30 +80,3 @@ def _parse_consolidate(option: Directive) -> Consolidate:
         else:
             raise SetupError(f"unknown log level argument in consolidate: {extra}", option, i)
     return Consolidate(period, pattern, level, show_first)
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as Go's ``time.Duration.String`` prints it (``30s``, ``5m0s``, ``500ms``)."""
-    ns = round(seconds * 1e9)
-    if ns == 0:
-        return "0s"
-    if ns < 1_000_000_000:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                return _decimal(ns, size) + unit
-    hours, rest = divmod(ns, 3_600_000_000_000)
-    minutes, rest = divmod(rest, 60_000_000_000)
-    secs = _decimal(rest, 1_000_000_000) + "s"
-    if hours:
-        return f"{hours}h{minutes}m{secs}"
-    if minutes:
-        return f"{minutes}m{secs}"
-    return secs
-
-
-def _decimal(value: int, unit: int) -> str:
-    whole, frac = divmod(value, unit)
-    if not frac:
-        return str(whole)
-    digits = len(str(unit)) - 1
-    return f"{whole}.{frac:0{digits}d}".rstrip("0")

@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from pycorefile._wire import HEADER_LEN, OUR_PAYLOAD, TYPE_OPT, WireError, read_query, skip_name
+from pycorefile.wire import HEADER_LEN, OUR_PAYLOAD, TYPE_OPT, WireError, read_query, skip_name
 
 _U16 = struct.Struct(">H")
 _HEADER_COUNTS = struct.Struct(">HHHH")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import dns.rcode
 
 from pycorefile import Directive, SetupError, check_args, parse_duration
-from pycorefile._zones import ZoneError, in_zone, normalize_zone, normalize_zones
+from pycorefile.zones import ZoneError, in_zone, normalize_zone, normalize_zones
 
 MAX_UPSTREAMS = 15
 DNS_PORT = 53

@@ -16,10 +16,8 @@ from pycorefile import (
     check_args,
     parse_duration,
 )
-from pycorefile._types import HttpRequest, HttpResponse
-from pycorefile_plugins.errors import go_duration
-
-from ._address import parse_http_address
+from pycorefile.http import HttpRequest, HttpResponse
+from pycorefile.plugin import go_duration, parse_http_address
 
 log = logging.getLogger("pycorefile")
 

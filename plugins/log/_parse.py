@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pycorefile import Directive, SetupError, check_args
-from pycorefile._zones import ZoneError, normalize_zone
+from pycorefile.zones import ZoneError, normalize_zone
 
 from ._classify import CLASSES
 from ._format import COMMON_FORMAT, expand_format

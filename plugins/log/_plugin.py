@@ -9,7 +9,7 @@ from time import perf_counter
 import dns.rcode
 
 from pycorefile import Directive, PluginError, Reply, Request, SetupContext, Wrapper
-from pycorefile._zones import in_zone
+from pycorefile.zones import in_zone
 
 from ._classify import class_of, typify
 from ._format import Render, compile_format

@@ -26,7 +26,7 @@ import dns.rdatatype
 import dns.rrset
 
 from pycorefile import Fallthrough, Reply, Request
-from pycorefile._wire import PreparedReply, name_to_text
+from pycorefile.wire import PreparedReply, name_to_text
 
 from ._table import HostEntry, MeshTable, names_of
 

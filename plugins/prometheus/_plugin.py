@@ -18,9 +18,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args
-from pycorefile._types import HttpRequest, HttpResponse
+from pycorefile.http import HttpRequest, HttpResponse
 from pycorefile.metrics import openmetrics_float
-from pycorefile_plugins.health import parse_http_address
+from pycorefile.plugin import parse_http_address
 
 from ._metrics import Counters, Observer, core_families
 

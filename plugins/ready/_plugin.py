@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args
-from pycorefile._types import HttpRequest, HttpResponse
-from pycorefile.plugin import parse_address
-from pycorefile_plugins.health import STOPPING_KEY, parse_http_address
+from pycorefile.http import HttpRequest, HttpResponse
+from pycorefile.plugin import parse_address, parse_http_address
+from pycorefile_plugins.health import STOPPING_KEY
 
 log = logging.getLogger("pycorefile")
 

@@ -26,8 +26,8 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_version", "metrics", "corefile", "capture"),
     ("_wire", "_zones"),
-    ("_types",),
-    ("_request",),
+    ("_types", "wire", "zones"),
+    ("_request", "http"),
     ("_contract",),
     ("plugin",),
     ("_chain", "_registry"),

@@ -33,13 +33,13 @@ from pycorefile import (
 from pycorefile._registry import Registry
 from pycorefile._types import Client, Route
 from pycorefile.corefile import parse_corefile
+from pycorefile.plugin import go_duration
 from pycorefile.testing import Upstream, query, serve
 from pycorefile_plugins.bind import BindPlugin
 from pycorefile_plugins.errors import (
     Consolidate,
     ErrorsConfig,
     ErrorsPlugin,
-    go_duration,
     parse_errors,
 )
 from pycorefile_plugins.log import LogPlugin
