@@ -198,6 +198,7 @@ class ZoneSet:
             return False
         if current is not None and zone.serial == current.serial and not by_mtime:
             source.stamp = stamp
+            log.debug("plugin/%s: zone %r: no change in SOA serial %d", self.plugin, origin, zone.serial)
             return False
         if self.sources.get(origin) is not source:
             return False  # removed (auto) while reading

@@ -141,20 +141,52 @@ def load_zone(path: str, origin: str) -> Zone:
     return parse_zone(read_zone_file(path), origin, path)
 
 
+class _LineTokenizer(dns.tokenizer.Tokenizer):
+    """A tokenizer that knows the line of the last token it read.
+
+    dnspython reports an error in a record's data with the line *after* the
+    record (the end of line is read first); this gives the record's own line.
+    """
+
+    token_line = 1
+
+    def get(self, want_leading: bool = False, want_comment: bool = False) -> dns.tokenizer.Token:
+        line = self.line_number
+        again = self.ungotten_token is not None  # read before, its line already noted
+        token = super().get(want_leading, want_comment)
+        if not again and not token.is_eol_or_eof():
+            self.token_line = line
+        return token
+
+
+def _where(tokenizer: dns.tokenizer.Tokenizer) -> tuple[str, int]:
+    if isinstance(tokenizer, _LineTokenizer):
+        return tokenizer.filename, tokenizer.token_line
+    return tokenizer.filename, tokenizer.line_number
+
+
 def parse_zone(text: str, origin: str, filename: str) -> Zone:
     """Parse zone-file text for ``origin`` (``$INCLUDE`` allowed, as CoreDNS)."""
     origin_name = dns.name.from_text(origin).canonicalize()
     zone = dns.zone.Zone(origin_name, relativize=False)
-    tokenizer = dns.tokenizer.Tokenizer(text, filename)
+    tokenizer = _LineTokenizer(text, filename)
     try:
         with zone.writer(replacement=True) as txn:
             reader = dns.zonefile.Reader(tokenizer, dns.rdataclass.IN, txn, allow_include=True)
             try:
                 reader.read()
             except dns.zonefile.CNAMEAndOtherData as exc:
-                where = f"{reader.tok.filename}:{reader.tok.line_number}"
+                file, line = _where(reader.tok)
                 raise ZoneFileError(
-                    f"{where}: {exc} (a name with a CNAME may hold no other data)"
+                    f"{file}:{line}: {exc} (a name with a CNAME may hold no other data)"
+                ) from None
+            except dns.exception.SyntaxError as exc:
+                # dnspython's "FILE:LINE: detail", with the line of the record at fault.
+                file, line = _where(reader.tok)
+                detail = str(exc).removeprefix(f"{file}:{reader.tok.line_number}: ")
+                raise ZoneFileError(
+                    f"failed to parse file {filename!r} for origin {origin_name} with error "
+                    f"{file}:{line}: {detail}"
                 ) from None
     except ZoneFileError:
         raise
