@@ -83,7 +83,7 @@ def parse_auto(directives: Sequence[Directive], ctx: SetupContext) -> AutoConfig
 def _check_directory(directory: str, option: Directive) -> None:
     """A missing directory only warns (it may appear later); one that cannot be read fails."""
     try:
-        os.stat(directory)  # blocking-ok: setup runs off the event loop
+        os.stat(directory)
     except FileNotFoundError:
         log.warning("plugin/auto: Directory does not exist: %s", directory)
     except OSError as exc:

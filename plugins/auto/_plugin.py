@@ -88,7 +88,9 @@ class AutoPlugin(Plugin):
                 source.path = path
                 await self.zones.reload(origin)
                 continue
-            stamp, loaded = await trio.to_thread.run_sync(_read, path, origin, abandon_on_cancel=True)
+            stamp, loaded = await trio.to_thread.run_sync(
+                _read, path, origin, abandon_on_cancel=True
+            )
             if isinstance(loaded, ZoneFileError):
                 log.warning("plugin/auto: Parse zone %r: %s", origin, loaded)
                 continue

@@ -41,7 +41,7 @@ Stamp = tuple[int, int, int] | None
 
 def file_stamp(path: str) -> Stamp:
     try:
-        st = os.stat(path)  # blocking-ok: called through trio.to_thread or at setup
+        st = os.stat(path)
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -126,7 +126,9 @@ class ZoneSet:
             return found.render(request.wire, request.name_end, request.edns, request.do)
         zone = self.zones.get(origin)
         if zone is None:
-            raise PluginError(f"plugin/{self.plugin}: zone {origin} is not loaded", dns.rcode.SERVFAIL)
+            raise PluginError(
+                f"plugin/{self.plugin}: zone {origin} is not loaded", dns.rcode.SERVFAIL
+            )
         if request.qtype in _TRANSFERS:
             return request.error(dns.rcode.REFUSED)
         qname = dns.name.from_text(request.name)
@@ -189,7 +191,12 @@ class ZoneSet:
             )
         except ZoneFileError as exc:
             if stamp != source.stamp:
-                log.error("plugin/%s: parsing zone %r: %s; the last good zone keeps serving", self.plugin, origin, exc)
+                log.error(
+                    "plugin/%s: parsing zone %r: %s; the last good zone keeps serving",
+                    self.plugin,
+                    origin,
+                    exc,
+                )
             source.stamp = stamp
             return False
         except Exception:
@@ -198,7 +205,9 @@ class ZoneSet:
             return False
         if current is not None and zone.serial == current.serial and not by_mtime:
             source.stamp = stamp
-            log.debug("plugin/%s: zone %r: no change in SOA serial %d", self.plugin, origin, zone.serial)
+            log.debug(
+                "plugin/%s: zone %r: no change in SOA serial %d", self.plugin, origin, zone.serial
+            )
             return False
         if self.sources.get(origin) is not source:
             return False  # removed (auto) while reading

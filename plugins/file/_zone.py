@@ -130,10 +130,12 @@ class Answer:
 def read_zone_file(path: str) -> str:
     """The text of a zone file (I/O: call it off the event loop)."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:  # blocking-ok: callers run it in a thread or at setup
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             return f.read()
     except OSError as exc:
-        raise ZoneFileUnreadable(f"failed to open zone file {path!r}: {exc.strerror or exc}") from None
+        raise ZoneFileUnreadable(
+            f"failed to open zone file {path!r}: {exc.strerror or exc}"
+        ) from None
 
 
 def load_zone(path: str, origin: str) -> Zone:
@@ -225,6 +227,14 @@ def _lowered(rdataset: dns.rdataset.Rdataset) -> dns.rdataset.Rdataset:
     return out
 
 
+def _rrset(owner: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
+    """``rdataset``'s records owned by ``owner``."""
+    out = dns.rrset.RRset(owner, rdataset.rdclass, rdataset.rdtype, rdataset.covers)
+    for rdata in rdataset:
+        out.add(rdata, rdataset.ttl)
+    return out
+
+
 def build_zone(zone: dns.zone.Zone, filename: str) -> Zone:
     """The servable form of a parsed dnspython zone: SOA checked, names lowercased."""
     origin = zone.origin
@@ -243,9 +253,7 @@ def build_zone(zone: dns.zone.Zone, filename: str) -> Zone:
             if rdtype == SOA and owner != origin:
                 raise ZoneFileError(f"SOA record for {owner} is not at the origin {origin}")
             has_nsec = has_nsec or rdtype == NSEC
-            rrset = dns.rrset.RRset(owner, rdataset.rdclass, rdtype, rdataset.covers)
-            rrset.update(_lowered(rdataset))
-            sets[(rdtype, rdataset.covers)] = rrset
+            sets[(rdtype, rdataset.covers)] = _rrset(owner, _lowered(rdataset))
         if sets:
             nodes[owner] = sets
     apex = nodes.get(origin, {})
@@ -259,7 +267,7 @@ def build_zone(zone: dns.zone.Zone, filename: str) -> Zone:
             if name == origin or len(name) <= len(origin):
                 break
             name = name.parent()
-    serial = soa[0].serial  # type: ignore[attr-defined]
+    serial = soa[0].serial
     names = sorted(nodes) if has_nsec else []
     return Zone(origin, filename, int(serial), nodes, frozenset(existing), names)
 
@@ -319,9 +327,7 @@ def _owned(rrsets: list[dns.rrset.RRset], owner: dns.name.Name) -> list[dns.rrse
         if rrset.name == owner:
             out.append(rrset)
             continue
-        copy = dns.rrset.RRset(owner, rrset.rdclass, rrset.rdtype, rrset.covers)
-        copy.update(rrset)
-        out.append(copy)
+        out.append(_rrset(owner, rrset))
     return out
 
 
@@ -379,7 +385,7 @@ def _nsec_before(zone: Zone, name: dns.name.Name, do: bool) -> list[dns.rrset.RR
 def _delegation(
     zone: Zone, name: dns.name.Name, qname: dns.name.Name, qtype: int, do: bool
 ) -> Answer | None:
-    """A referral when ``name`` (below the apex) is a zone cut; a DS query at the cut is answered."""
+    """A referral when ``name`` (below the apex) is a zone cut; DS at the cut is answered."""
     if name == zone.origin:
         return None
     ns = zone.rrset(name, NS)
@@ -395,7 +401,7 @@ def _glue(zone: Zone, ns: dns.rrset.RRset, do: bool) -> list[dns.rrset.RRset]:
     """A and AAAA of the NS targets below the NS owner (CoreDNS's ``Tree.Glue``)."""
     out: list[dns.rrset.RRset] = []
     for rdata in ns:
-        target = rdata.target  # type: ignore[attr-defined]
+        target = rdata.target
         if target.is_subdomain(ns.name):
             out += zone.with_sigs(target, A, do)
             out += zone.with_sigs(target, AAAA, do)
@@ -408,9 +414,9 @@ def _additional(zone: Zone, rrsets: list[dns.rrset.RRset], do: bool) -> list[dns
     seen: set[dns.name.Name] = set()
     for rrset in rrsets:
         if rrset.rdtype == MX:
-            targets = [rdata.exchange for rdata in rrset]  # type: ignore[attr-defined]
+            targets = [rdata.exchange for rdata in rrset]
         elif rrset.rdtype in (SRV, SVCB, HTTPS):
-            targets = [rdata.target for rdata in rrset]  # type: ignore[attr-defined]
+            targets = [rdata.target for rdata in rrset]
         else:
             continue
         for target in targets:
@@ -432,7 +438,7 @@ def _dname(
     dname: dns.rrset.RRset,
 ) -> Answer:
     """RFC 6672: the DNAME, a CNAME synthesised from it, and the chase of its target."""
-    target_base = dname[0].target  # type: ignore[attr-defined]
+    target_base = dname[0].target
     try:
         target = qname.relativize(owner).concatenate(target_base)
     except dns.name.NameTooLong:
@@ -448,15 +454,15 @@ def _dname(
     return chased
 
 
-def _chase(
-    zone: Zone, chain: list[dns.rrset.RRset], qtype: int, do: bool, depth: int
-) -> Answer:
+def _chase(zone: Zone, chain: list[dns.rrset.RRset], qtype: int, do: bool, depth: int) -> Answer:
     """Follow the CNAME at the end of ``chain`` inside the zone (CoreDNS's externalLookup)."""
     rrsets = list(chain)
     for _ in range(MAX_CHASE + 1):
         target = _cname_target(rrsets)
         if not target.is_subdomain(zone.origin):
-            return Answer(Result.SUCCESS, rrsets, zone.apex_ns(do), _additional(zone, rrsets, do), target)
+            return Answer(
+                Result.SUCCESS, rrsets, zone.apex_ns(do), _additional(zone, rrsets, do), target
+            )
         referral = _cut_above(zone, target, qtype, do)
         if referral is not None:
             referral.answer = rrsets
@@ -476,7 +482,7 @@ def _chase(
 def _cname_target(rrsets: list[dns.rrset.RRset]) -> dns.name.Name:
     for rrset in reversed(rrsets):
         if rrset.rdtype == CNAME:
-            target: dns.name.Name = rrset[0].target  # type: ignore[attr-defined]
+            target: dns.name.Name = rrset[0].target
             return target.canonicalize()
     raise ValueError("no CNAME in the chain")
 
@@ -500,5 +506,7 @@ def joined(zone: Zone, chain: list[dns.rrset.RRset], found: Answer, do: bool) ->
     elif result is Result.DELEGATION:
         result = Result.NODATA if not found.answer else Result.SUCCESS
     rrsets = chain + found.answer
-    authority = zone.apex_soa(do) if result in (Result.NXDOMAIN, Result.NODATA) else zone.apex_ns(do)
+    authority = (
+        zone.apex_soa(do) if result in (Result.NXDOMAIN, Result.NODATA) else zone.apex_ns(do)
+    )
     return Answer(result, rrsets, authority, _additional(zone, rrsets, do), found.external)

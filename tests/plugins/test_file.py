@@ -26,9 +26,15 @@ from pycorefile.testing import query, serve
 from tests.logcapture import collect_logs
 
 ZONE = Path(__file__).parent / "data" / "file" / "db.example.org"
-SOA = "example.org. 3600 SOA ns1.example.org. hostmaster.example.org. 2024010101 7200 3600 1209600 300"
+SOA = (
+    "example.org. 3600 SOA ns1.example.org. hostmaster.example.org. "
+    "2024010101 7200 3600 1209600 300"
+)
 APEX_NS = ["example.org. 3600 NS ns1.example.org.", "example.org. 3600 NS ns2.example.org."]
-SUB_NS = ["sub.example.org. 3600 NS ns.elsewhere.net.", "sub.example.org. 3600 NS ns.sub.example.org."]
+SUB_NS = [
+    "sub.example.org. 3600 NS ns.elsewhere.net.",
+    "sub.example.org. 3600 NS ns.sub.example.org.",
+]
 WWW_A = "www.example.org. 300 A 192.0.2.80"
 
 
@@ -38,7 +44,7 @@ def rrs(section: list[dns.rrset.RRset]) -> list[str]:
     Lowercased: a name compressed against the question takes the question's letter case.
     """
     return sorted(
-        f"{rrset.name.to_text()} {rrset.ttl} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}".lower()
+        f"{rrset.name} {rrset.ttl} {dns.rdatatype.to_text(rrset.rdtype)} {rd}".lower()
         for rrset in section
         for rd in rrset
     )
@@ -63,27 +69,36 @@ NXDOMAIN = dns.rcode.NXDOMAIN
 CASES = [
     Case("example.org.", "SOA", answer=[SOA], authority=APEX_NS),
     Case(
-        "example.org.", "NS", answer=APEX_NS,
+        "example.org.",
+        "NS",
+        answer=APEX_NS,
         additional=[
-            "ns1.example.org. 3600 A 192.0.2.53", "ns2.example.org. 3600 A 192.0.2.54",
+            "ns1.example.org. 3600 A 192.0.2.53",
+            "ns2.example.org. 3600 A 192.0.2.54",
             "ns2.example.org. 3600 AAAA 2001:db8::54",
         ],
     ),
     Case("example.org.", "A", answer=["example.org. 3600 A 192.0.2.1"], authority=APEX_NS),
     Case(
-        "example.org.", "MX", answer=["example.org. 3600 MX 10 mail.example.org."],
-        authority=APEX_NS, additional=["mail.example.org. 3600 A 192.0.2.25"],
+        "example.org.",
+        "MX",
+        answer=["example.org. 3600 MX 10 mail.example.org."],
+        authority=APEX_NS,
+        additional=["mail.example.org. 3600 A 192.0.2.25"],
     ),
     Case("example.org.", "ANY", authority=[SOA]),  # CoreDNS: NODATA for ANY (#3405)
     Case("www.example.org.", "A", answer=[WWW_A], authority=APEX_NS),
     Case("WwW.ExAmPlE.oRg.", "A", answer=[WWW_A], authority=APEX_NS),
     Case("www.example.org.", "MX", authority=[SOA]),
     Case(
-        "alias.example.org.", "A",
-        answer=["alias.example.org. 3600 CNAME www.example.org.", WWW_A], authority=APEX_NS,
+        "alias.example.org.",
+        "A",
+        answer=["alias.example.org. 3600 CNAME www.example.org.", WWW_A],
+        authority=APEX_NS,
     ),
     Case(
-        "alias2.example.org.", "AAAA",
+        "alias2.example.org.",
+        "AAAA",
         answer=[
             "alias.example.org. 3600 CNAME www.example.org.",
             "alias2.example.org. 3600 CNAME alias.example.org.",
@@ -91,26 +106,53 @@ CASES = [
         ],
         authority=APEX_NS,
     ),
-    Case("alias.example.org.", "CNAME", answer=["alias.example.org. 3600 CNAME www.example.org."], authority=APEX_NS),
+    Case(
+        "alias.example.org.",
+        "CNAME",
+        answer=["alias.example.org. 3600 CNAME www.example.org."],
+        authority=APEX_NS,
+    ),
     # The target's NXDOMAIN is the reply's rcode, the CNAME kept (RFC 6604).
     Case(
-        "dangling.example.org.", "A", NXDOMAIN,
-        answer=["dangling.example.org. 3600 CNAME missing.example.org."], authority=[SOA],
+        "dangling.example.org.",
+        "A",
+        NXDOMAIN,
+        answer=["dangling.example.org. 3600 CNAME missing.example.org."],
+        authority=[SOA],
     ),
     # Out of the zone: left for the client's resolver to follow (no server re-query yet).
-    Case("outside.example.org.", "A", answer=["outside.example.org. 3600 CNAME www.example.net."], authority=APEX_NS),
+    Case(
+        "outside.example.org.",
+        "A",
+        answer=["outside.example.org. 3600 CNAME www.example.net."],
+        authority=APEX_NS,
+    ),
     # Wildcards: the owner is the name asked, one or more labels deep.
-    Case("foo.wild.example.org.", "A", answer=["foo.wild.example.org. 3600 A 192.0.2.99"], authority=APEX_NS),
-    Case("a.b.wild.example.org.", "TXT", answer=['a.b.wild.example.org. 3600 TXT "wildcard"'], authority=APEX_NS),
+    Case(
+        "foo.wild.example.org.",
+        "A",
+        answer=["foo.wild.example.org. 3600 A 192.0.2.99"],
+        authority=APEX_NS,
+    ),
+    Case(
+        "a.b.wild.example.org.",
+        "TXT",
+        answer=['a.b.wild.example.org. 3600 TXT "wildcard"'],
+        authority=APEX_NS,
+    ),
     Case("foo.wild.example.org.", "MX", authority=[SOA]),
     Case("wild.example.org.", "A", authority=[SOA]),  # the wildcard's parent is an ENT
     Case(
-        "cname.wild.example.org.", "A",
-        answer=["cname.wild.example.org. 3600 CNAME www.example.org.", WWW_A], authority=APEX_NS,
+        "cname.wild.example.org.",
+        "A",
+        answer=["cname.wild.example.org. 3600 CNAME www.example.org.", WWW_A],
+        authority=APEX_NS,
     ),
     Case(
-        "q.cw.example.org.", "A",
-        answer=["q.cw.example.org. 3600 CNAME www.example.org.", WWW_A], authority=APEX_NS,
+        "q.cw.example.org.",
+        "A",
+        answer=["q.cw.example.org. 3600 CNAME www.example.org.", WWW_A],
+        authority=APEX_NS,
     ),
     # Closest encloser (RFC 4592): deep.e is an ENT, so *.e does not reach below it.
     Case("y.e.example.org.", "A", answer=["y.e.example.org. 3600 A 192.0.2.8"], authority=APEX_NS),
@@ -119,21 +161,48 @@ CASES = [
     # Empty non-terminals: NODATA, not NXDOMAIN.
     Case("ent.example.org.", "A", authority=[SOA]),
     Case("b.ent.example.org.", "A", authority=[SOA]),
-    Case("a.b.ent.example.org.", "A", answer=["a.b.ent.example.org. 3600 A 192.0.2.7"], authority=APEX_NS),
+    Case(
+        "a.b.ent.example.org.",
+        "A",
+        answer=["a.b.ent.example.org. 3600 A 192.0.2.7"],
+        authority=APEX_NS,
+    ),
     Case("nx.example.org.", "A", NXDOMAIN, authority=[SOA]),
     Case("no.such.name.example.org.", "AAAA", NXDOMAIN, authority=[SOA]),
     # A delegation: referral without AA, the cut's NS in authority, glue below the cut.
-    Case("x.sub.example.org.", "A", aa=False, authority=SUB_NS, additional=["ns.sub.example.org. 3600 A 192.0.2.100"]),
-    Case("sub.example.org.", "NS", aa=False, authority=SUB_NS, additional=["ns.sub.example.org. 3600 A 192.0.2.100"]),
-    Case("ns.sub.example.org.", "A", aa=False, authority=SUB_NS, additional=["ns.sub.example.org. 3600 A 192.0.2.100"]),
+    Case(
+        "x.sub.example.org.",
+        "A",
+        aa=False,
+        authority=SUB_NS,
+        additional=["ns.sub.example.org. 3600 A 192.0.2.100"],
+    ),
+    Case(
+        "sub.example.org.",
+        "NS",
+        aa=False,
+        authority=SUB_NS,
+        additional=["ns.sub.example.org. 3600 A 192.0.2.100"],
+    ),
+    Case(
+        "ns.sub.example.org.",
+        "A",
+        aa=False,
+        authority=SUB_NS,
+        additional=["ns.sub.example.org. 3600 A 192.0.2.100"],
+    ),
     Case("sub.example.org.", "DS", authority=[SOA]),  # the parent answers DS at the cut
     Case(
-        "_sip._tcp.example.org.", "SRV", answer=["_sip._tcp.example.org. 3600 SRV 0 5 5060 mail.example.org."],
-        authority=APEX_NS, additional=["mail.example.org. 3600 A 192.0.2.25"],
+        "_sip._tcp.example.org.",
+        "SRV",
+        answer=["_sip._tcp.example.org. 3600 SRV 0 5 5060 mail.example.org."],
+        authority=APEX_NS,
+        additional=["mail.example.org. 3600 A 192.0.2.25"],
     ),
     # DNAME: the record, a synthesised CNAME, and the target's answer (or its rcode).
     Case(
-        "x.dn.example.org.", "A",
+        "x.dn.example.org.",
+        "A",
         answer=[
             "dn.example.org. 3600 DNAME other.example.org.",
             "x.dn.example.org. 3600 CNAME x.other.example.org.",
@@ -142,11 +211,16 @@ CASES = [
         authority=APEX_NS,
     ),
     Case(
-        "y.dn.example.org.", "A", NXDOMAIN,
-        answer=["dn.example.org. 3600 DNAME other.example.org.", "y.dn.example.org. 3600 CNAME y.other.example.org."],
+        "y.dn.example.org.",
+        "A",
+        NXDOMAIN,
+        answer=[
+            "dn.example.org. 3600 DNAME other.example.org.",
+            "y.dn.example.org. 3600 CNAME y.other.example.org.",
+        ],
         authority=[SOA],
     ),
-]  # fmt: skip
+]
 
 
 @pytest.fixture
@@ -203,7 +277,9 @@ async def test_an_unknown_name_with_fallthrough_goes_to_the_next_plugin(tmp_path
     assert missing.rcode() == dns.rcode.NOERROR and not missing.authority
     assert any(r.rdtype == dns.rdatatype.A for r in missing.additional)
     assert not ent.authority and ent.additional
-    assert [r.rdtype for r in nodata.authority] == [dns.rdatatype.SOA]  # a known name: no fallthrough
+    assert [r.rdtype for r in nodata.authority] == [
+        dns.rdatatype.SOA
+    ]  # a known name: no fallthrough
 
 
 async def test_a_cname_into_another_zone_of_the_plugin_is_followed(tmp_path: Path) -> None:
@@ -256,16 +332,24 @@ def test_cname_and_other_data_is_refused_with_its_line(tmp_path: Path) -> None:
     ("block", "expected"),
     [
         ("file", "Corefile:2:5 - plugin/file: Wrong argument count"),
-        ("file {zone} {{\n  reload\n }}", "Corefile:3:3 - plugin/file: reload duration value is expected"),
+        (
+            "file {zone} {{\n  reload\n }}",
+            "Corefile:3:3 - plugin/file: reload duration value is expected",
+        ),
         ("file {zone} {{\n  reload soon\n }}", "Corefile:3:10 - plugin/file: invalid duration"),
         ("file {zone} {{\n  nope\n }}", "Corefile:3:3 - plugin/file: unknown property 'nope'"),
-        ("file {zone} {{\n  reload 0\n }}\n file /nonexistent/db", "Corefile:5:7 - plugin/file: failed to open"),
+        (
+            "file {zone} {{\n  reload 0\n }}\n file /nonexistent/db",
+            "Corefile:5:7 - plugin/file: failed to open",
+        ),
     ],
 )
 def test_setup_errors_point_at_the_argument(tmp_path: Path, block: str, expected: str) -> None:
     zone = tmp_path / "db.example.org"
     shutil.copy(ZONE, zone)
-    message = _setup_error(f"example.org {{\n    {block.format(zone=zone)}\n}}\n".replace("\n }}", "\n }"))
+    message = _setup_error(
+        f"example.org {{\n    {block.format(zone=zone)}\n}}\n".replace("\n }}", "\n }")
+    )
     assert message.startswith(expected), message
 
 

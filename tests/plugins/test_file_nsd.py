@@ -107,7 +107,9 @@ async def _wait_ready(address: tuple[str, int]) -> None:
 
 
 @pytest.fixture
-async def both(nsd: tuple[str, int], tmp_path: Path) -> AsyncIterator[tuple[Server, tuple[str, int]]]:
+async def both(
+    nsd: tuple[str, int], tmp_path: Path
+) -> AsyncIterator[tuple[Server, tuple[str, int]]]:
     await _wait_ready(nsd)
     zone = tmp_path / "ours.db"
     shutil.copy(ZONE, zone)
