@@ -422,3 +422,36 @@ async def test_a_broken_file_keeps_the_last_good_zone(tmp_path: Path) -> None:
             assert reply.rcode() == dns.rcode.NOERROR and _address(reply) == "192.0.2.1"
             zone.write_text(_zone_text(3, "192.0.2.3"))
             await _until(server, "www.example.org", lambda r: _address(r) == "192.0.2.3")
+
+
+SIGNED = """$TTL 60
+@ SOA ns hm 1 1 1 1 1
+@ RRSIG SOA 8 2 60 20300101000000 20200101000000 1 example.org. AAAA
+@ NS ns
+@ NSEC a.example.org. SOA NS RRSIG NSEC
+a NSEC ns.example.org. A RRSIG NSEC
+a RRSIG NSEC 8 3 60 20300101000000 20200101000000 1 example.org. AAAA
+a A 192.0.2.1
+ns NSEC example.org. A RRSIG NSEC
+ns A 192.0.2.53
+"""
+
+
+async def test_denials_carry_the_nsec_records_with_do(tmp_path: Path) -> None:
+    zone = tmp_path / "db.signed"
+    zone.write_text(SIGNED)
+    async with serve(f"example.org:0 {{\n bind 127.0.0.1\n file {zone}\n}}\n") as server:
+        nodata = await query(server, "a.example.org", "TXT", do=True)
+        missing = await query(server, "b.example.org", "A", do=True)
+        plain = await query(server, "b.example.org", "A", edns=True)
+    assert nodata.rcode() == dns.rcode.NOERROR
+    assert [(r.name.to_text(), r.rdtype) for r in nodata.authority] == [
+        ("example.org.", dns.rdatatype.SOA),
+        ("example.org.", dns.rdatatype.RRSIG),
+        ("a.example.org.", dns.rdatatype.NSEC),
+        ("a.example.org.", dns.rdatatype.RRSIG),
+    ]
+    assert missing.rcode() == dns.rcode.NXDOMAIN
+    nsecs = [r.name.to_text() for r in missing.authority if r.rdtype == dns.rdatatype.NSEC]
+    assert nsecs == ["a.example.org.", "example.org."]  # covers b, and the wildcard *.example.org
+    assert [r.rdtype for r in plain.authority] == [dns.rdatatype.SOA]
