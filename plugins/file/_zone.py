@@ -288,7 +288,7 @@ def lookup(zone: Zone, qname: dns.name.Name, qtype: int, do: bool, depth: int = 
             return Answer(Result.SUCCESS, ns, [], _glue(zone, ns[0], do) if ns else [])
 
     # From the apex down towards qname: a DNAME or a zone cut on the way decides.
-    for depth_labels in range(len(origin) + 1, len(qname) + 1):
+    for depth_labels in range(len(origin), len(qname) + 1):
         name = qname.split(depth_labels)[1]
         node = zone.nodes.get(name)
         if node is None:
