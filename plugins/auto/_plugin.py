@@ -51,6 +51,9 @@ class AutoPlugin(Plugin):
         return self.zones.known(wire, key, name_end, edns, do)
 
     def handle(self, request: Request) -> Result:
+        known = self.zones.known_reply(request)
+        if known is not None:
+            return known
         name = request.name
         if match_zone(name, self.config.zones) is None:
             return self.next.handle(request)

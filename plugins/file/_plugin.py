@@ -41,6 +41,9 @@ class FilePlugin(Plugin):
         return self.zones.known(wire, key, name_end, edns, do)
 
     def handle(self, request: Request) -> Result:
+        known = self.zones.known_reply(request)
+        if known is not None:
+            return known
         origin = self.zones.serves(request.name)
         if origin is None:
             return self.next.handle(request)
