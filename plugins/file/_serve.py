@@ -14,10 +14,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import trio
 
 from pycorefile import Handler, PluginError, Request, Result
@@ -152,7 +155,7 @@ class ZoneSet:
                 "loop, or too many of them)",
                 dns.rcode.SERVFAIL,
             )
-        prepared = PreparedReply.from_message(reply_message(request, answer))
+        prepared = PreparedReply.from_message(reply_message(request, qname, answer))
         if len(self._memo) >= MEMO_MAX:
             self._memo = {}
         self._memo[memo_key] = prepared
@@ -224,16 +227,24 @@ class ZoneSet:
         return True
 
 
-def reply_message(request: Request, answer: Answer) -> dns.message.Message:
-    """The reply CoreDNS's file writes for ``answer``: AA unless a bare referral; RA never."""
+def reply_message(request: Request, qname: dns.name.Name, answer: Answer) -> dns.message.Message:
+    """The reply CoreDNS's file writes for ``answer``: AA unless a bare referral; RA never.
+
+    Built without parsing the query: the server adds the client's ID, RD/CD
+    bits, question letter case and OPT record when it renders the prepared bytes.
+    """
     if answer.result is Found.NXDOMAIN:
         rcode = dns.rcode.NXDOMAIN
     elif answer.result is Found.SERVFAIL:
         rcode = dns.rcode.SERVFAIL
     else:
         rcode = dns.rcode.NOERROR
-    referral = answer.result is Found.DELEGATION and not answer.answer
-    msg = request.reply(rcode, authoritative=not referral)
+    msg = dns.message.Message(request.id)
+    msg.flags = dns.flags.QR
+    if not (answer.result is Found.DELEGATION and not answer.answer):
+        msg.flags |= dns.flags.AA
+    msg.set_rcode(rcode)
+    msg.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, request.qtype)]
     msg.answer = list(answer.answer)
     msg.authority = list(answer.authority)
     msg.additional = list(answer.additional)
