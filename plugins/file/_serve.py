@@ -244,7 +244,8 @@ def reply_message(request: Request, qname: dns.name.Name, answer: Answer) -> dns
     if not (answer.result is Found.DELEGATION and not answer.answer):
         msg.flags |= dns.flags.AA
     msg.set_rcode(rcode)
-    msg.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, request.qtype)]
+    qtype = dns.rdatatype.RdataType.make(request.qtype)
+    msg.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, qtype)]
     msg.answer = list(answer.answer)
     msg.authority = list(answer.authority)
     msg.additional = list(answer.additional)
