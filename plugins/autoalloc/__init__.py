@@ -2,6 +2,9 @@
 
 from ._allocator import (
     ENABLE_LABEL,
+    HASHED,
+    SCHEMES,
+    SEQUENTIAL,
     AllocationState,
     Allocator,
     HostEntry,
@@ -16,7 +19,10 @@ from ._state import StateError
 
 __all__ = [
     "ENABLE_LABEL",
+    "HASHED",
     "MISSING_MESHHOSTS",
+    "SCHEMES",
+    "SEQUENTIAL",
     "AllocationService",
     "AllocationState",
     "Allocator",

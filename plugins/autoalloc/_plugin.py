@@ -58,7 +58,7 @@ class AllocationService:
 
     def __init__(self, config: AutoAllocConfig) -> None:
         self.config = config
-        self.allocator = Allocator(config.pool, hold=config.hold)
+        self.allocator = Allocator(config.pool, hold=config.hold, scheme=config.scheme)
         self.lock = threading.RLock()
         self.file_lock = threading.Lock()
         self.dirty = False
@@ -274,6 +274,7 @@ class AllocationService:
             clone = Allocator(
                 self.config.pool,
                 hold=self.allocator.hold,
+                scheme=self.allocator.scheme,
                 state=copy.deepcopy(self.allocator.state),
             )
         clone.allocate(entries, explicit)
@@ -342,6 +343,7 @@ def _service(
         same_place = old.state == config.state and (config.state is not None or plugin.keys == keys)
         if same_place and old.pool == config.pool:
             plugin.service.allocator.hold = config.hold
+            plugin.service.allocator.scheme = config.scheme
             return plugin.service, None
     try:
         service = AllocationService(config)

@@ -146,6 +146,21 @@ class ServiceEntryRecord:
     resolution: str
     endpoint_ips: tuple[str, ...]
     export_to: tuple[str, ...]
+    status_addresses: tuple[tuple[str, str], ...] = ()
+    """``status.addresses`` as (host, IP): what the control plane (istiod) allocated.
+    An entry without a ``host`` is given to the entry's only host (dropped if it has several)."""
+
+    def allocated_by_control_plane(self) -> dict[str, tuple[str, ...]]:
+        """Host → the status addresses it answers: only for an entry that has no
+        ``spec.addresses`` and a resolution other than NONE (the entries istiod allocates
+        for), and only for hosts the entry still lists. Empty otherwise."""
+        if self.has_addresses or self.resolution == "NONE" or not self.status_addresses:
+            return {}
+        out: dict[str, dict[str, None]] = {}
+        for host, ip in self.status_addresses:
+            if host in self.hosts:
+                out.setdefault(host, {})[ip] = None
+        return {host: tuple(ips) for host, ips in out.items()}
 
 
 @dataclass
@@ -654,6 +669,7 @@ def _read_service_entry(doc: Mapping[str, Any], path: _Path) -> ServiceEntryReco
     labels = _mapping(meta.get("labels"), (*path, "metadata", "labels"))
     export = spec.get("exportTo") or []
     created = meta.get("creationTimestamp") or ""
+    status = _read_status_addresses(doc, path, hosts)
     return ServiceEntryRecord(
         name=name,
         namespace=namespace,
@@ -665,7 +681,42 @@ def _read_service_entry(doc: Mapping[str, Any], path: _Path) -> ServiceEntryReco
         resolution=_string(spec.get("resolution") or "NONE", (*spath, "resolution")).upper(),
         endpoint_ips=tuple(dict.fromkeys(endpoint_ips)),
         export_to=tuple(str(x) for x in export) if isinstance(export, list) else (),
+        status_addresses=status,
     )
+
+
+def _read_status_addresses(
+    doc: Mapping[str, Any], path: _Path, hosts: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """``status.addresses`` ({value, host} each) as (host FQDN, IP) pairs.
+
+    istiod writes them (its address allocator); a file exported from the
+    cluster carries them too. A value that is not an IP is refused like any
+    other wrong field; a CIDR of one address becomes that address.
+    """
+    spath = (*path, "status")
+    status = _mapping(doc.get("status"), spath)
+    raw = status.get("addresses") or []
+    apath = (*spath, "addresses")
+    if not isinstance(raw, list):
+        raise _Invalid(apath, f"expected a list, got {_kind(raw)}")
+    out: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        ipath = (*apath, i)
+        item = _mapping(item, ipath)
+        value = _string(item.get("value") or "", (*ipath, "value"))
+        ip = _address_or_cidr(value, (*ipath, "value")) if value else None
+        if ip is None:
+            continue
+        host_value = item.get("host")
+        if host_value:
+            host = _host(host_value, (*ipath, "host"))
+        elif len(hosts) == 1:
+            host = hosts[0]
+        else:
+            continue  # several hosts and no saying which: nobody's address
+        out.append((host, ip))
+    return tuple(dict.fromkeys(out))
 
 
 # -- Field helpers ------------------------------------------------------------------

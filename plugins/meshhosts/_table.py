@@ -84,13 +84,19 @@ def service_entry_hosts(sources: Sources) -> list[ServiceEntryHost]:
     """Every host of every ServiceEntry without ``spec.addresses``: the allocator's input.
 
     All of them, visible here or not, so the allocator's decisions do not
-    depend on the namespace of the workload it runs beside.
+    depend on the namespace of the workload it runs beside. Hosts the control
+    plane has allocated for (``status.addresses``, in any entry) are left out:
+    they answer istiod's addresses, and a second allocator must not give them
+    another pair.
     """
+    controlled = control_plane_hosts(sources)
     out: list[ServiceEntryHost] = []
     for se in sources.service_entries:
         if se.has_addresses:
             continue
         for host in se.hosts:
+            if host in controlled:
+                continue
             out.append(
                 ServiceEntryHost(
                     host=host_key(host),
@@ -106,8 +112,21 @@ def service_entry_hosts(sources: Sources) -> list[ServiceEntryHost]:
     return out
 
 
+def control_plane_hosts(sources: Sources) -> set[str]:
+    """Hosts (FQDN form) that answer addresses the control plane allocated (``status``)."""
+    out: set[str] = set()
+    for se in sources.service_entries:
+        if se.status_addresses:
+            out.update(se.allocated_by_control_plane())
+    return out
+
+
 def explicit_addresses(sources: Sources, inline: Iterable[InlineEntry] = ()) -> set[str]:
-    """Every address the sources name explicitly (the allocator never hands these out)."""
+    """Every address the sources name explicitly (the allocator never hands these out).
+
+    ServiceEntry ``status.addresses`` count, all of them, used or stale: an
+    address the control plane gave any host is never handed to another.
+    """
     out: set[str] = set()
     for rec in sources.names:
         out.update(rec.ips)
@@ -119,6 +138,7 @@ def explicit_addresses(sources: Sources, inline: Iterable[InlineEntry] = ()) -> 
     for se in sources.service_entries:
         out.update(se.addresses)
         out.update(se.endpoint_ips)
+        out.update(ip for _, ip in se.status_addresses)
     for entry in inline:
         out.add(entry.address)
     return out
@@ -170,14 +190,18 @@ def build_table(
                 )
         elif rec.ips:
             add_other(rec.host, rec.ips, rec.alt_hosts)
+    controlled = control_plane_hosts(sources)
     for se in sources.service_entries:
         if not visible(se.export_to, se.namespace, namespace):
             continue
+        by_control_plane = se.allocated_by_control_plane() if se.status_addresses else {}
         for host in se.hosts:
             addresses: list[str] = list(se.addresses)
             if not addresses and se.resolution == "NONE":
                 addresses = list(se.endpoint_ips)
-            if not se.has_addresses:
+            if host in by_control_plane:
+                addresses.extend(by_control_plane[host])
+            elif not se.has_addresses and host not in controlled:
                 pair = pairs.get(host_key(host))
                 if pair is not None:
                     addresses.extend(a for a in pair if a)
