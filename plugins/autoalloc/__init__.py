@@ -3,6 +3,7 @@
 from ._allocator import (
     ENABLE_LABEL,
     HASHED,
+    NO_NEW,
     SCHEMES,
     SEQUENTIAL,
     AllocationState,
@@ -21,6 +22,7 @@ __all__ = [
     "ENABLE_LABEL",
     "HASHED",
     "MISSING_MESHHOSTS",
+    "NO_NEW",
     "SCHEMES",
     "SEQUENTIAL",
     "AllocationService",

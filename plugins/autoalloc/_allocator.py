@@ -28,7 +28,9 @@ HASHED = "hashed"
 """A new host's pair is found from a hash of its name (the default): see ``probe_offsets``."""
 SEQUENTIAL = "sequential"
 """A new host takes the next free pair after the last one handed out (Istio's v2 order)."""
-SCHEMES = (HASHED, SEQUENTIAL)
+NO_NEW = "none"
+"""No new host gets a pair: the control plane (istiod) allocates; pairs held stay."""
+SCHEMES = (HASHED, SEQUENTIAL, NO_NEW)
 
 
 class HostEntry(Protocol):
@@ -228,7 +230,8 @@ class Allocator:
     (the default) walks the host's own probe sequence (``Pool.probe_offsets``),
     so its pair depends on its name and on the few hosts that collide with
     it, not on how many hosts came before; ``sequential`` takes the next free
-    offset after the last one handed out. Either way an assigned pair stays.
+    offset after the last one handed out; ``none`` gives no new host a pair
+    (the control plane allocates). Whatever the scheme, an assigned pair stays.
     """
 
     def __init__(
@@ -315,6 +318,8 @@ class Allocator:
 
         used = self._used_offsets(claimed)
         pending = sorted((o for k, o in owners.items() if k not in records), key=lambda o: o.order)
+        if self.scheme == NO_NEW:
+            pending = []  # the control plane allocates; its hosts never reach us
         for owner in pending:
             pair = self._fresh_pair(used, owner.host)
             if pair is None:

@@ -29,7 +29,13 @@ from ._sources import (
     read_sources,
     snapshot,
 )
-from ._table import build_table, explicit_addresses, host_key, service_entry_hosts
+from ._table import (
+    build_table,
+    control_plane_rows,
+    explicit_addresses,
+    host_key,
+    service_entry_hosts,
+)
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -328,6 +334,11 @@ class MeshHostsPlugin(Plugin):
             self._sources = read_sources(files, self.config.max_file_size) if files else Sources()
             self._explicit = explicit_addresses(self._sources, self.config.inline)
         return service_entry_hosts(self._sources)
+
+    def control_plane_allocations(self) -> list[dict[str, str]]:
+        """Addresses the control plane allocated (ServiceEntry ``status.addresses``), one row
+        per entry and host (``host, namespace, entry, ipv4, ipv6``), from the serving sources."""
+        return control_plane_rows(self._sources) if self._sources is not None else []
 
     def search_path(self) -> list[str]:
         """``NAMESPACE.svc.DOMAIN``, ``svc.DOMAIN``, ``DOMAIN``, then resolv.conf's search list.

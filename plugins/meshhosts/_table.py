@@ -121,6 +121,28 @@ def control_plane_hosts(sources: Sources) -> set[str]:
     return out
 
 
+def control_plane_rows(sources: Sources) -> list[dict[str, str]]:
+    """The control plane's allocations, one row per entry and host, as autoalloc shows its own:
+    ``host, namespace, entry, ipv4, ipv6`` (first address of each family; empty if none)."""
+    rows: list[dict[str, str]] = []
+    for se in sources.service_entries:
+        if not se.status_addresses:
+            continue
+        for host, ips in se.allocated_by_control_plane().items():
+            v4 = next((ip for ip in ips if ":" not in ip), "")
+            v6 = next((ip for ip in ips if ":" in ip), "")
+            rows.append(
+                {
+                    "host": host_key(host),
+                    "namespace": se.namespace,
+                    "entry": se.name,
+                    "ipv4": v4,
+                    "ipv6": v6,
+                }
+            )
+    return rows
+
+
 def explicit_addresses(sources: Sources, inline: Iterable[InlineEntry] = ()) -> set[str]:
     """Every address the sources name explicitly (the allocator never hands these out).
 

@@ -24,7 +24,7 @@ import trio
 import yaml
 
 from pycorefile.testing import query, serve
-from pycorefile_plugins.autoalloc import HASHED, Allocator, Pool
+from pycorefile_plugins.autoalloc import HASHED, NO_NEW, Allocator, Pool
 from pycorefile_plugins.meshhosts._sources import parse_text
 from pycorefile_plugins.meshhosts._table import (
     build_table,
@@ -32,7 +32,7 @@ from pycorefile_plugins.meshhosts._table import (
     service_entry_hosts,
 )
 
-from ..process import ServerProcess, free_port
+from ..process import ServerProcess, free_port, run_cli
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,16 @@ def test_what_can_still_differ_between_two_histories() -> None:
     assert on_b[rival] == p.pair(next(p.probe_offsets(gone)))  # B gives it the free home
 
 
+def test_assign_none_gives_no_new_host_a_pair_and_keeps_those_held() -> None:
+    p = pool()
+    before = Allocator(p)
+    held = before.allocate([SE("old.example")]).assigned
+    after = Allocator(p, scheme=NO_NEW, state=before.state)
+    out = after.allocate([SE("old.example"), SE("new.example", created=stamp(5))])
+    assert out.assigned == held
+    assert not out.exhausted and not after.unallocated
+
+
 # -- Status addresses, through meshhosts' table (pure) ------------------------------------
 
 
@@ -319,8 +329,45 @@ async def test_server_answers_status_addresses_and_allocates_around_them(tmp_pat
         mine_v4 = [r.to_text() for rr in mine.answer for r in rr]
         assert len(mine_v4) == 1 and mine_v4[0] != home[0]
         assert ipaddress.ip_address(mine_v4[0]) in p.ipv4
+        status, body = await _http_get(server, "/allocations")
+        rows = json.loads(body)
+        assert status == 200
+        assert [(r["host"], r["status"], r["ipv4"]) for r in rows if r["ipv4"] == home[0]] == [
+            ("theirs.partner.example", "control-plane", home[0])
+        ]
+        assert {r["host"]: r["status"] for r in rows} == {
+            "theirs.partner.example": "control-plane",
+            "mine.partner.example": "allocated",
+        }
     saved = json.loads((tmp_path / "alloc.json").read_text())
     assert [h["host"] for h in saved["hosts"]] == ["mine.partner.example"]
+    # The same table without a server, and with `assign none` nothing of ours is added.
+    conf = tmp_path / "Corefile"
+    conf.write_text(
+        _corefile(manifests, tmp_path / "other.json").replace(
+            "        http", "        assign none\n        http"
+        )
+    )
+    done = run_cli("-conf", str(conf), "-allocations")
+    assert done.returncode == 0, done.stderr
+    offline = json.loads(done.stdout)
+    assert [(r["host"], r["status"], r["ipv6"]) for r in offline] == [
+        ("theirs.partner.example", "control-plane", home[1])
+    ]
+
+
+async def _http_get(server: Any, path: str) -> tuple[int, bytes]:
+    """GET ``path`` from the block's HTTP listener (127.0.0.1:0): status and body."""
+    stream = await trio.open_tcp_stream(*server.http_address("127.0.0.1", 0))
+    async with stream:
+        request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        await stream.send_all(request.encode())
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
 
 
 def _get_json(port: int, path: str) -> Any:
