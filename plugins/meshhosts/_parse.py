@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pycorefile import (
@@ -23,6 +24,8 @@ DEFAULT_TTL = 30
 DEFAULT_RELOAD = 5.0
 DEFAULT_DOMAIN = "cluster.local."
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
+CLIENT_NAMESPACE = "@client"
+"""``namespace @client``: each client's namespace, from the pod that has its address."""
 _ONCE = ("namespace", "domain", "ttl", "reload", "fallthrough", "resolv_conf", "max_file_size")
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
@@ -35,6 +38,8 @@ class MeshHostsConfig:
     files: tuple[str, ...] = ()
     inline: tuple[InlineEntry, ...] = ()
     namespace: str = ""
+    client_namespace: bool = False
+    """The workload's namespace is each client's own (``namespace @client``, node-local)."""
     domain: str = DEFAULT_DOMAIN
     ttl: int = DEFAULT_TTL
     reload: float = DEFAULT_RELOAD
@@ -46,8 +51,16 @@ class MeshHostsConfig:
     """Where the directive is (``FILE:LINE``), for log messages."""
 
 
-def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshHostsConfig:
-    """Read ``meshhosts [ZONES...] { ... }`` (once per server block)."""
+def parse_meshhosts(
+    directives: Sequence[Directive],
+    ctx: SetupContext,
+    environ: Mapping[str, str] | None = None,
+) -> MeshHostsConfig:
+    """Read ``meshhosts [ZONES...] { ... }`` (once per server block).
+
+    ``environ`` is where ``namespace env VAR`` looks (the process environment
+    by default).
+    """
     d = directives[0]
     zones = tuple(parse_zones(d.args, ctx, d))
     files: list[str] = []
@@ -67,15 +80,11 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
             check_args(opt, 1)
             files.extend(opt.args)
         elif name == "namespace":
-            check_args(opt, 1, 1)
-            namespace = opt.args[0].strip().lower()
-            if (
-                not namespace
-                or len(namespace) > 63
-                or not all(c.isascii() and (c.isalnum() or c == "-") for c in namespace)
-            ):
-                raise SetupError(f"invalid namespace {opt.args[0]!r}", opt, 0)
-            values["namespace"] = namespace
+            check_args(opt, 1, 2)
+            if list(opt.args) == [CLIENT_NAMESPACE]:
+                values["client_namespace"] = True
+            else:
+                values["namespace"] = _namespace(opt, os.environ if environ is None else environ)
         elif name == "domain":
             check_args(opt, 1, 1)
             try:
@@ -105,6 +114,7 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
         files=tuple(files),
         inline=tuple(inline),
         namespace=str(values.get("namespace", "")),
+        client_namespace=bool(values.get("client_namespace", False)),
         domain=str(values.get("domain", DEFAULT_DOMAIN)),
         ttl=int(values.get("ttl", DEFAULT_TTL)),  # type: ignore[call-overload]
         reload=float(values.get("reload", DEFAULT_RELOAD)),  # type: ignore[arg-type]
@@ -113,6 +123,46 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
         max_file_size=int(values.get("max_file_size", MAX_FILE_SIZE)),  # type: ignore[call-overload]
         source=f"{d.file}:{d.line}",
     )
+
+
+def _namespace(opt: Directive, environ: Mapping[str, str]) -> str:
+    """``namespace NAME``, ``namespace env VAR`` or ``namespace file PATH``, validated.
+
+    The pod's own namespace reaches a container as an environment variable
+    (``POD_NAMESPACE`` from the downward API's ``fieldRef: metadata.namespace``)
+    or as a file (a downward API volume, or the service account's
+    ``namespace`` file); both are read once, when the Corefile is loaded.
+    """
+    if len(opt.args) == 1:
+        return _valid_namespace(opt.args[0], opt, 0, "")
+    how, where = opt.args
+    if how == "env":
+        value = environ.get(where)
+        if value is None:
+            raise SetupError(f"namespace env {where}: the variable is not set", opt, 1)
+        return _valid_namespace(value, opt, 1, f"namespace env {where}: ")
+    if how == "file":
+        try:
+            with open(where, encoding="utf-8") as f:
+                value = f.read(256)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise SetupError(f"namespace file {where}: cannot read: {reason}", opt, 1) from None
+        return _valid_namespace(value, opt, 1, f"namespace file {where}: ")
+    raise SetupError(
+        f"namespace takes NAME, env VARIABLE, file PATH or {CLIENT_NAMESPACE}, not {how!r}", opt, 0
+    )
+
+
+def _valid_namespace(text: str, opt: Directive, arg: int, where: str) -> str:
+    namespace = text.strip().lower()
+    if (
+        not namespace
+        or len(namespace) > 63
+        or not all(c.isascii() and (c.isalnum() or c == "-") for c in namespace)
+    ):
+        raise SetupError(f"{where}invalid namespace {text.strip()!r}", opt, arg)
+    return namespace
 
 
 def _address(text: str) -> str | None:

@@ -31,6 +31,7 @@ from ._sources import (
 )
 from ._table import (
     build_table,
+    client_namespaces,
     control_plane_rows,
     explicit_addresses,
     host_key,
@@ -133,6 +134,10 @@ class MeshHostsPlugin(Plugin):
         self._snapshot: _Snapshot | None = None
         self._wake: trio.Event | None = None
         self._search: list[str] | None = None
+        self._client_namespaces: dict[str, str] = {}
+        """Pod address → namespace (``namespace @client``), from the serving sources."""
+        self._client_paths: dict[str, tuple[str, ...]] = {}
+        """Namespace → its search path, made once each (``namespace @client``)."""
         self._resolv_stamp: tuple[int, int] | None = None
         self.loads = 0
         self.load_failures = 0
@@ -239,6 +244,8 @@ class MeshHostsPlugin(Plugin):
             log.exception("plugin/meshhosts: building the table failed; keeping the last one")
             return False
         self._table = table
+        if self.config.client_namespace:
+            self._client_namespaces = client_namespaces(sources)
         self._allocations = allocations
         self._loaded = True
         self._rebuild = False
@@ -350,6 +357,29 @@ class MeshHostsPlugin(Plugin):
         assert self._search is not None
         return self._search
 
+    def search_path_for(self, request: Request) -> Sequence[str] | None:
+        """The search path of the client that sent ``request`` (``autopath @meshhosts``).
+
+        With ``namespace @client`` (a node-local server answering pods of
+        several namespaces): ``NS.svc.DOMAIN``, ``svc.DOMAIN``, ``DOMAIN`` and
+        resolv.conf's search domains, NS being the namespace of the pod that
+        has the client's address; None (no autopath) when no pod, or pods of
+        two namespaces, have it. Otherwise the same path for every client,
+        ``search_path()``. A dictionary lookup per query.
+        """
+        if not self.config.client_namespace:
+            return self.search_path()
+        namespace = self._client_namespaces.get(request.client[0])
+        if namespace is None:
+            return None
+        path = self._client_paths.get(namespace)
+        if path is None:
+            domain = self.config.domain
+            head = (f"{namespace}.svc.{domain}", f"svc.{domain}", domain)
+            path = tuple(dict.fromkeys((*head, *self.search_path())))
+            self._client_paths[namespace] = path
+        return path
+
     def _refresh_search(self) -> None:
         path = self.config.resolv_conf
         try:
@@ -367,6 +397,7 @@ class MeshHostsPlugin(Plugin):
         self._resolv_stamp = stamp
         if search != self._search:
             self._search = search
+            self._client_paths = {}
 
     # -- State ----------------------------------------------------------------------
 

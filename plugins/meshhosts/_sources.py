@@ -163,6 +163,15 @@ class ServiceEntryRecord:
         return {host: tuple(ips) for host, ips in out.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class PodRecord:
+    """A running Pod: which namespace its addresses belong to (``namespace @client``)."""
+
+    name: str
+    namespace: str
+    ips: tuple[str, ...]
+
+
 @dataclass
 class Sources:
     """Every record read from a set of files, in file order."""
@@ -171,12 +180,14 @@ class Sources:
     services: list[ServiceRecord] = field(default_factory=list)
     slices: list[SliceRecord] = field(default_factory=list)
     service_entries: list[ServiceEntryRecord] = field(default_factory=list)
+    pods: list[PodRecord] = field(default_factory=list)
 
     def extend(self, other: Sources) -> None:
         self.names.extend(other.names)
         self.services.extend(other.services)
         self.slices.extend(other.slices)
         self.service_entries.extend(other.service_entries)
+        self.pods.extend(other.pods)
 
 
 # -- Files --------------------------------------------------------------------------
@@ -538,6 +549,10 @@ def _read_document(doc: Any, path: _Path, out: Sources) -> None:
         record = _read_slice(doc, path)
         if record is not None:
             out.slices.append(record)
+    elif kind == "Pod" and api == "v1":
+        pod = _read_pod(doc, path)
+        if pod is not None:
+            out.pods.append(pod)
     elif kind == "ServiceEntry" and group == "networking.istio.io":
         if version not in ISTIO_VERSIONS:
             raise _Invalid((*path, "apiVersion"), f"unsupported ServiceEntry version {api}")
@@ -641,6 +656,30 @@ def _read_slice(doc: Mapping[str, Any], path: _Path) -> SliceRecord | None:
             )
         )
     return SliceRecord(str(service).lower(), namespace, tuple(endpoints))
+
+
+def _read_pod(doc: Mapping[str, Any], path: _Path) -> PodRecord | None:
+    """A Pod whose addresses are its own: None for one that has ended, is being deleted,
+    or uses the node's network (its address is the node's, shared by every such pod)."""
+    name, namespace, meta = _metadata(doc, path)
+    spec = _mapping(doc.get("spec"), (*path, "spec"))
+    status = _mapping(doc.get("status"), (*path, "status"))
+    if spec.get("hostNetwork") is True or meta.get("deletionTimestamp"):
+        return None
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    ips: list[str] = []
+    raw = status.get("podIPs") or []
+    if not isinstance(raw, list):
+        raise _Invalid((*path, "status", "podIPs"), f"expected a list, got {_kind(raw)}")
+    for i, item in enumerate(raw):
+        ipath = (*path, "status", "podIPs", i)
+        ips.append(_ip(_string(_mapping(item, ipath).get("ip") or "", (*ipath, "ip")), ipath))
+    if not ips and status.get("podIP"):
+        ips.append(_ip(_string(status["podIP"], (*path, "status", "podIP")), (*path, "status")))
+    if not ips:
+        return None
+    return PodRecord(name, namespace, tuple(dict.fromkeys(ips)))
 
 
 def _read_service_entry(doc: Mapping[str, Any], path: _Path) -> ServiceEntryRecord:

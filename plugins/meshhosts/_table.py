@@ -121,6 +121,27 @@ def control_plane_hosts(sources: Sources) -> set[str]:
     return out
 
 
+def client_namespaces(sources: Sources) -> dict[str, str]:
+    """Pod address → the pod's namespace, for ``namespace @client``.
+
+    An address two pods of different namespaces claim (a reused address
+    still listed for an old pod) is left out: no namespace is better than
+    another workload's.
+    """
+    out: dict[str, str] = {}
+    ambiguous: set[str] = set()
+    for pod in sources.pods:
+        for ip in pod.ips:
+            known = out.get(ip)
+            if known is None:
+                out[ip] = pod.namespace
+            elif known != pod.namespace:
+                ambiguous.add(ip)
+    for ip in ambiguous:
+        del out[ip]
+    return out
+
+
 def control_plane_rows(sources: Sources) -> list[dict[str, str]]:
     """The control plane's allocations, one row per entry and host, as autoalloc shows its own:
     ``host, namespace, entry, ipv4, ipv6`` (first address of each family; empty if none)."""
