@@ -51,7 +51,7 @@ log = logging.getLogger("pycorefile")
 
 MAX_LOGGED_CHANGES = 256
 """Announcements remembered for ``affects``; an older stamp counts as outdated."""
-MAX_LOGGED_NAMES = 1_000_000
+MAX_LOGGED_NAMES = 100_000
 """Names remembered over all logged announcements (the oldest go first); one
 announcement of more names than this is logged as a change of everything."""
 
