@@ -10,6 +10,11 @@ entries, and ``verify`` with a timeout) run in the plugin's background task,
 fed through a bounded channel, so a hit never waits and a verification that
 outlasts its timeout still refreshes the entry.
 
+Each entry is stamped with the data-changes generation (``pycorefile.changes``)
+current when its question was asked; a hit under another generation first
+checks that no change of local data announced since (meshhosts loading a new
+table) affects its name, else the entry is forgotten and the query is a miss.
+
 The next plugin is asked with the AD bit set, as CoreDNS's cache asks, so an
 entry records whether upstream validated the data whichever client asked
 first; the AD bit is shown only to clients that set AD or DO (RFC 6840
