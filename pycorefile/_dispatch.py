@@ -23,9 +23,9 @@ import dns.rcode
 
 from . import _wire
 from ._config import BlockRoute
-from ._contract import STACKTRACE, plugin_of, settle
+from ._contract import STACKTRACE, plugin_of, settle, then
 from ._request import FailureObserver, ReplyObserver, Request, parse_question
-from ._types import Client, KnownAnswer, Pending, Reply
+from ._types import Client, KnownAnswer, Pending, Reply, Result
 from .plugin import PluginError
 
 # Offsets into the fields ``parse_question`` reads (see ``_wire.QueryFields``).
@@ -89,6 +89,7 @@ class Dispatcher:
         if route is None:
             return self.finish(request, request.error(dns.rcode.REFUSED))
         request.route = route
+        request.resolver = self
         config = route.config
         if request.qclass != 1 and not config.any_class:
             return self.finish(request, request.error(dns.rcode.REFUSED))
@@ -170,6 +171,26 @@ class Dispatcher:
             if length == 0:
                 return None
             pos += length + 1
+
+    def resolve(self, request: Request) -> Result:
+        """A question a plugin asks the server (``plugin.lookup``): routed and answered as a
+        client's would be, by the block of the longest zone, but not sized for a client
+        nor told to the observers. Never raises: a failure is its error reply.
+        """
+        route = self.route(request.key, request.name_end - 12)
+        if route is None:
+            return request.error(dns.rcode.REFUSED)
+        request.route = route
+        request.resolver = self
+        if request.qclass != 1 and not route.config.any_class:
+            return request.error(dns.rcode.REFUSED)
+        try:
+            result = route.config.chain.handle(request)
+        except Exception as exc:
+            return self.failed(request, exc)
+        if type(result) is Pending:
+            return then(result, None, lambda exc: self.failed(request, exc))
+        return result
 
     async def answer(self, request: Request) -> bytes:
         """Run the chain with waiting allowed (the listener's watchdog keeps the deadline)."""

@@ -9,10 +9,15 @@ instance into the chain, and then calls ``handle`` for each query.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import dns.message
+import dns.name
+import dns.rcode
 
 from ._contract import tag
 from ._request import Handler, Request
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "MAX_LOOKUP_DEPTH",
     "Fallthrough",
     "Plugin",
     "PluginError",
@@ -33,9 +39,11 @@ __all__ = [
     "Wrapper",
     "check_args",
     "go_duration",
+    "lookup",
     "parse_duration",
     "parse_http_address",
     "parse_zones",
+    "reply_message",
 ]
 
 
@@ -356,6 +364,61 @@ def _handle_general(self: Wrapper, request: Request) -> Result:
 _DERIVED = (_handle_failed_only, _handle_before_only, _handle_general)
 Wrapper.handle = _handle_failed_only  # type: ignore[method-assign,assignment]
 """A bare Wrapper passes everything on (its subclasses derive their own)."""
+
+
+# -- Asking the server a new question -------------------------------------------------
+
+MAX_LOOKUP_DEPTH = 8
+"""How many lookups may nest (a lookup asked while answering a lookup, ...): beyond it the
+lookup answers SERVFAIL, so a loop of lookups (a template whose CNAME points at a name the
+same template answers with a CNAME back) ends. CoreDNS's file plugin stops at 8 too."""
+
+log = logging.getLogger("pycorefile")
+
+
+def lookup(request: Request, name: str | dns.name.Name | bytes, qtype: int | None = None) -> Result:
+    """Ask the server ``name`` (and ``qtype``, default the request's) while answering ``request``.
+
+    CoreDNS's ``upstream.Lookup``: the new question goes through the server from
+    the top, routed to the server block of the longest zone as a client's query
+    would be, and that block's whole chain answers it (cache, forward, ...). It
+    keeps the request's client, ID, flags and EDNS record. The result is a reply
+    now or a ``Pending`` (use ``then``); it is never an exception: a failure of
+    the chain is its error reply (SERVFAIL, or a ``PluginError``'s rcode).
+
+    Loops end: a request carries how many lookups deep it is, and beyond
+    ``MAX_LOOKUP_DEPTH`` the lookup is answered SERVFAIL (and logged). The reply
+    is not sized for a client (up to 65535 bytes) and not counted in the
+    server's metrics: the client's query is. ``name`` is text, a dnspython name
+    or an uncompressed wire name; ``ValueError`` for one that is not a valid
+    question name.
+
+    A request that no server routed (a plugin test driving ``handle``) has no
+    server to ask: ``pycorefile.testing.run`` gives it one that runs the tested
+    chain from the top; otherwise the lookup is answered SERVFAIL.
+    """
+    inner = request.derive(name, qtype)
+    inner.depth = request.depth + 1
+    resolver = request.resolver
+    if inner.depth > MAX_LOOKUP_DEPTH:
+        log.warning(
+            "lookup of %s %s: more than %d nested lookups (a loop?); answered SERVFAIL",
+            inner.name,
+            inner.type_name,
+            MAX_LOOKUP_DEPTH,
+        )
+        return inner.error(dns.rcode.SERVFAIL)
+    if resolver is None:
+        return inner.error(dns.rcode.SERVFAIL)
+    return resolver.resolve(inner)
+
+
+def reply_message(reply: Reply) -> dns.message.Message:
+    """A reply as a dnspython ``Message``: parsed when it is wire bytes (a new one, yours to
+    change), else the ``Message`` itself (yours too: see "Who owns a returned Message")."""
+    if isinstance(reply, bytes | bytearray):
+        return dns.message.from_wire(bytes(reply), ignore_trailing=True)
+    return reply
 
 
 # -- Parsing helpers shared by plugins ------------------------------------------------
