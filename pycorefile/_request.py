@@ -234,6 +234,18 @@ class Request(QueryInfo):
         new.depth = self.depth
         return new
 
+    def with_query(self, wire: bytes) -> Request:
+        """A copy of this request whose query is ``wire`` (another question, class or EDNS
+        record, as *rewrite* makes): the client, transport, route, server to look up in
+        and lookup depth are kept, the reply limit is 65535 bytes (the client's request
+        sizes the final reply). Raises ``ValueError`` when ``wire`` is not a query."""
+        new = Request(wire, self.client, self.proto, self.local)  # WireError is a ValueError
+        new.max_size = _wire.MAX_TCP
+        new.route = self.route
+        new.resolver = self.resolver
+        new.depth = self.depth
+        return new
+
     # -- Where it is served ---------------------------------------------------
 
     @property

@@ -26,7 +26,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_version", "metrics", "corefile", "capture", "re2"),
     ("_wire", "_zones"),
-    ("_types", "wire", "zones"),
+    ("_types", "wire", "zones", "rename"),
     ("_request", "http"),
     ("_contract",),
     ("plugin",),
