@@ -183,7 +183,7 @@ def _one(directive: Directive, ctx: SetupContext) -> Template:
             pass  # accepted and ignored, as CoreDNS (CNAME targets are always looked up)
         elif name in ("var", "expr"):
             raise SetupError(
-                f"'{name}' is not supported yet (it needs the expression language of *view*)",
+                f"'{name}' is not supported yet (it needs view's expression language in the core)",
                 option,
             )
         else:

@@ -57,9 +57,9 @@ class TemplatePlugin(Plugin):
     def __init__(self, config: TemplateConfig) -> None:
         self.config = config
         self.zones = config.zones
-        self.matches: Counter[tuple[str, str, str, str]] = Counter()
-        self.template_failures: Counter[tuple[str, str, str, str, str, str]] = Counter()
-        self.rr_failures: Counter[tuple[str, str, str, str, str, str]] = Counter()
+        self.matches: Counter[tuple[str, str, str, str, str]] = Counter()
+        self.template_failures: Counter[tuple[str, str, str, str, str, str, str]] = Counter()
+        self.rr_failures: Counter[tuple[str, str, str, str, str, str, str]] = Counter()
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> TemplatePlugin:
@@ -106,8 +106,14 @@ class TemplatePlugin(Plugin):
         return None if through else False
 
     def _answer(self, template: Template, request: Request, data: GoStruct) -> Result:
-        server = request.server
-        labels = (server, data.fields["Zone"], data.fields["Class"], data.fields["Type"])
+        fields = data.fields
+        labels = (
+            request.server,
+            fields["Zone"],
+            request.route.view,
+            fields["Class"],
+            fields["Type"],
+        )
         self.matches[labels] += 1
         if template.rcode == 2:  # SERVFAIL: not written, as CoreDNS
             raise PluginError(f"template: rcode SERVFAIL for {request.name}")
@@ -158,7 +164,7 @@ class TemplatePlugin(Plugin):
         return chased
 
     def _render(
-        self, record: RecordTemplate, data: GoStruct, labels: tuple[str, str, str, str]
+        self, record: RecordTemplate, data: GoStruct, labels: tuple[str, str, str, str, str]
     ) -> dns.rrset.RRset:
         failure = (*labels, record.section, record.text)
         try:
@@ -182,8 +188,8 @@ class TemplatePlugin(Plugin):
             "Counter of template regex matches.",
             labels=["server", "zone", "view", "class", "type"],
         )
-        for (server, zone, qclass, qtype), count in self.matches.items():
-            matches.add_metric([server, zone, "", qclass, qtype], count)
+        for labels, count in self.matches.items():
+            matches.add_metric(list(labels), count)
         families = [matches]
         for name, doc, counts in (
             ("coredns_template_template_failures", "Counter of go template failures.",
@@ -193,8 +199,8 @@ class TemplatePlugin(Plugin):
             family = CounterMetricFamily(
                 name, doc, labels=["server", "zone", "view", "class", "type", "section", "template"]
             )
-            for (server, zone, qclass, qtype, section, text), count in counts.items():
-                family.add_metric([server, zone, "", qclass, qtype, section, text], count)
+            for failure, count in counts.items():
+                family.add_metric(list(failure), count)
             families.append(family)
         return families
 
