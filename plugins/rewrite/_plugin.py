@@ -59,7 +59,6 @@ class RewritePlugin(Plugin):
     """
 
     repeatable = True  # one rule per line
-    any_class = True  # class rules take queries of other classes
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         self.rules = rules
@@ -255,7 +254,7 @@ def _rewritten(request: Request, question: Question) -> Request:
     name_changed = question.name != request.name
     if question.qclass == request.qclass and question.options is None:
         if not name_changed and question.qtype == request.qtype:
-            return request.with_query(request.wire)
+            return request  # only the reply changes (ttl, rcode rules)
         name = dns.name.from_text(question.name) if name_changed else request.qname_wire
         return request.derive(name, question.qtype)
     query = dns.message.Message(id=request.id)

@@ -52,7 +52,6 @@ class TemplatePlugin(Plugin):
     """Answers a query with records made from Go templates when a regex matches its name."""
 
     repeatable = True  # each template line is one template; all form one plugin
-    any_class = True  # a template of class CH (or ANY) answers other classes than IN
 
     def __init__(self, config: TemplateConfig) -> None:
         self.config = config
