@@ -589,3 +589,31 @@ def test_go_template_fails_at_run_time_where_go_does(text: str) -> None:
 )
 def test_records_read_as_miekg_reads_them(text: str, expected: str) -> None:
     assert parse_record(text).to_text() == expected
+
+
+async def test_ipv4_only_cluster_answers_aaaa_locally_in_the_kubernetes_block_shape() -> None:
+    """The usual Corefile: AAAA answered NOERROR with no records behind the cache, so no
+    AAAA leaves the server, cached or not; A queries go on to forward."""
+    upstream = Upstream(records=UPSTREAM_RECORDS, host="127.0.0.2")
+    async with upstream.running():
+        corefile = f""".:0 {{
+    bind 127.0.0.1
+    errors
+    prometheus 127.0.0.1:0
+    template IN AAAA . {{
+        rcode NOERROR
+    }}
+    cache 30
+    forward . {upstream.address}
+}}
+"""
+        async with serve(corefile) as server:
+            aaaa = [await query(server, "svc.cluster.local", "AAAA") for _ in range(3)]
+            a = await query(server, "svc.cluster.local", "A")
+            metrics = await scrape(server)
+    for reply in aaaa:
+        assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+        assert reply.flags & dns.flags.AA
+    assert upstream.count(rdtype="AAAA") == 0
+    assert normalized(lines(a.answer)) == ["svc.cluster.local. 30 in a 10.96.0.10"]
+    assert 1 <= metrics.value("coredns_template_matches_total", type="AAAA") <= 3
