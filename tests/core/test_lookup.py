@@ -101,3 +101,30 @@ target.test:0 {
     async with serve(corefile, plugins={"askagain": AskAgain}) as server:
         reply = await query(server, "ask.test", "A")
     assert [rr.to_text() for rr in reply.answer] == ["www.target.test. 60 IN A 192.0.2.8"]
+
+
+async def test_served_lookup_passes_through_view_filters() -> None:
+    """A view's filter sees the looked-up question: the block it refuses is passed over."""
+    corefile = """ask.test:0 {
+    bind 127.0.0.1
+    askagain www.target.test.
+}
+target.test:0 {
+    bind 127.0.0.1
+    view elsewhere {
+        expr client_ip() == '127.0.0.9'
+    }
+    template IN A {
+        answer "{{ .Name }} 60 IN A 192.0.2.9"
+    }
+}
+target.test:0 {
+    bind 127.0.0.1
+    template IN A {
+        answer "{{ .Name }} 60 IN A 192.0.2.8"
+    }
+}
+"""
+    async with serve(corefile, plugins={"askagain": AskAgain}) as server:
+        reply = await query(server, "ask.test", "A")
+    assert [rr.to_text() for rr in reply.answer] == ["www.target.test. 60 IN A 192.0.2.8"]
