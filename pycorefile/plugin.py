@@ -29,6 +29,7 @@ __all__ = [
     "PluginError",
     "SetupContext",
     "SetupError",
+    "StartupError",
     "TcpTimeouts",
     "Wrapper",
     "check_args",
@@ -83,6 +84,19 @@ class PluginError(Exception):
         self.rcode = rcode
 
 
+class StartupError(Exception):
+    """A plugin cannot start, or must stop its server (the loop plugin found a loop).
+
+    Raised from ``startup`` the configuration is not served; raised from
+    ``run`` the server stops. Either way the message is shown and a server
+    started from the command line exits with status 1.
+    """
+
+
+BOUND_PORTS = "bound_ports"
+"""``SetupContext.shared`` key: each listener's bound port, set before plugins start."""
+
+
 @dataclass(frozen=True)
 class TcpTimeouts:
     """A server block's DNS-over-TCP settings (the timeouts plugin); None keeps the default."""
@@ -105,6 +119,10 @@ class SetupContext:
     """Addresses the block listens on; empty means every interface (the bind plugin sets it)."""
     tcp_timeouts: TcpTimeouts | None = None
     """The block's TCP timeouts, when the timeouts plugin sets them."""
+    udp_payload: int | None = None
+    """The block's EDNS payload limit, when the bufsize plugin sets it: the chain sees
+    a client's larger payload lowered to it, and UDP replies are capped to it (instead
+    of the server's 1232 bytes)."""
     shared: dict[str, Any] = field(default_factory=dict)
     """State shared by every block of one configuration (e.g. one metrics registry)."""
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
@@ -118,6 +136,21 @@ class SetupContext:
         for key in self.keys:
             seen.setdefault(key.zone, None)
         return tuple(seen)
+
+    def own_address(self) -> tuple[str, int]:
+        """Where a query to this block goes: its first key's first listen address
+        and port, the port as bound (use at startup or later: a key's port 0 is
+        known once bound). An address bound to every interface (or none given)
+        is reached on the loopback address."""
+        key = self.keys[0]
+        host = self.listen_hosts[0] if self.listen_hosts else ""
+        ports = self.shared.get(BOUND_PORTS) or {}
+        port = ports.get((key.transport, host, key.port), key.port)
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, port
 
     def plugin(self, name: str) -> Plugin | None:
         """Another plugin of this block, by directive name (use at startup or later)."""
@@ -164,6 +197,10 @@ class Plugin:
     """False for setup-only directives (bind, health, ...): not linked into the chain."""
     any_class: ClassVar[bool] = False
     """True when the plugin answers classes other than IN (CHAOS, ...)."""
+    coredns_handler: ClassVar[bool] = False
+    """For a plugin that does not serve queries here (``serves_queries`` False) but is
+    a handler in CoreDNS's chain (prometheus, bufsize): a block with it has a chain,
+    so a query no plugin answers gets SERVFAIL, not REFUSED, as in CoreDNS."""
 
     next: Handler
 
@@ -263,10 +300,31 @@ class Wrapper(Plugin):
     def on_cancel(self, request: Request) -> None:
         return None
 
+    def on_known_reply(self, reply: bytes) -> bytes:
+        """What ``on_reply`` does, done to the bytes of a known answer (no Request).
+
+        Optional. A wrapper with ``on_reply`` but no ``on_query`` that states it
+        keeps the server's known-answer path open behind it: an answer the
+        known-answer plugin gives (a cache hit) goes through this instead of
+        through ``on_reply`` (loadbalance shuffles it). It must give the same
+        reply ``on_reply`` would give for those bytes.
+        """
+        return reply
+
     @classmethod
     def transparent_on_success(cls) -> bool:
         """True when the class's handle is the derived one that looks at failures only."""
         return cls.handle is _handle_failed_only
+
+    @classmethod
+    def reshapes_known(cls) -> bool:
+        """True when the class changes replies but says how for a known answer
+        (``on_known_reply``), and looks at no query (``on_query``)."""
+        return (
+            cls.handle is _handle_general
+            and cls.on_query is Wrapper.on_query
+            and cls.on_known_reply is not Wrapper.on_known_reply
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
