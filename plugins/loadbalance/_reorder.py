@@ -188,18 +188,16 @@ def reorder_wire(wire: bytes, plan: Planner) -> bytes | None:
 
 
 def _reordered(wire: bytes, layout: _Layout, plan: Planner) -> bytes | None:
-    head, sections = layout
-    pieces: list[bytes] = [wire[:2], head]
-    for index, (types, records, rdata_at, pinned, opts) in enumerate(sections):
-        if len(records) > 1:
-            order = plan(index, types, lambda i, rs=records, at=rdata_at: rs[i][at[i] :])  # type: ignore[misc]
-            if pinned and not _stays(order, records, pinned):
-                return None  # something points into a record that would move
-            pieces += [records[i] for i in order]
-        else:
-            pieces += records
-        if opts:
-            pieces.append(opts)
+    pieces: list[bytes] = [wire[:2]]
+    for part in layout:
+        if isinstance(part, bytes):
+            pieces.append(part)
+            continue
+        index, types, records, rdata_at, pinned = part
+        order = plan(index, types, lambda i, rs=records, at=rdata_at: rs[i][at[i] :])  # type: ignore[misc]
+        if pinned and not _stays(order, records, pinned):
+            return None  # something points into a record that would move
+        pieces += [records[i] for i in order]
     return b"".join(pieces)
 
 
@@ -218,13 +216,14 @@ def _stays(order: Sequence[int], records: Sequence[bytes], pinned: Sequence[bool
     return True
 
 
-_Section = tuple[list[int], list[bytes], list[int], list[bool], bytes]
-"""A section's records but OPT: their types, their bytes, where the RDATA starts
-in each, and whether a compression pointer points into each (those may not
-move; an empty list when none is pinned); then its OPT records' bytes."""
-_Layout = tuple[bytes, list[_Section]]
-"""The bytes from after the ID to the end of the question, and the sections."""
-_AS_IS: _Layout = (b"", [])
+_Group = tuple[int, list[int], list[bytes], list[int], list[bool]]
+"""A section's records that may be reordered (all but OPT, two or more): the
+section's index, their types, their bytes, where the RDATA starts in each, and
+whether a compression pointer points into each (those may not move; an empty
+list when none is pinned)."""
+_Layout = list[bytes | _Group]
+"""A reply after its ID: the bytes that stay as they are, and the groups to reorder."""
+_AS_IS: _Layout = []
 """The layout of a reply that is not reordered (not NOERROR, AXFR, ...)."""
 
 _LAYOUTS: dict[bytes, _Layout | None] = {}
@@ -233,8 +232,8 @@ _LAYOUTS_MAX = 4096
 
 
 def _layout(wire: bytes) -> _Layout | None:
-    """Where the question ends and each section's records, remembered; ``_AS_IS``
-    for a reply not to reorder; None when its records cannot be moved as bytes."""
+    """The reply's layout after its ID, remembered; ``_AS_IS`` for a reply not to
+    reorder; None when its records cannot be moved as bytes."""
     key = wire[2:]
     try:
         return _LAYOUTS[key]
@@ -282,18 +281,25 @@ def _read_layout(wire: bytes) -> _Layout | None:
         found.append(records)
     if offset != size:
         return None  # trailing bytes: leave such a message to the decoder
-    sections: list[_Section] = []
-    for records in found:
+    layout: _Layout = []
+    fixed = [wire[2:question_end]]
+    for index, records in enumerate(found):
         kept = [r for r in records if r[2] != TYPE_OPT]
+        if len(kept) < 2:
+            fixed += [wire[s:e] for s, e, _t, _d in records]
+            continue
+        layout.append(b"".join(fixed))
         pinned = [any(s <= t < e for t in targets) for s, e, _t, _d in kept]
-        sections.append((
+        layout.append((
+            index,
             [r[2] for r in kept],
             [wire[s:e] for s, e, _t, _d in kept],
             [d - s for s, _e, _t, d in kept],
             pinned if any(pinned) else [],
-            b"".join(wire[s:e] for s, e, t, _d in records if t == TYPE_OPT),
         ))  # fmt: skip
-    return wire[2:question_end], sections
+        fixed = [wire[s:e] for s, e, t, _d in records if t == TYPE_OPT]
+    layout.append(b"".join(fixed))
+    return layout
 
 
 def _read_name(wire: bytes, offset: int, targets: list[int]) -> int:
