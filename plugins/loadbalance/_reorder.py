@@ -19,8 +19,10 @@ import itertools
 import random
 import struct
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import dns.message
+import dns.name
 import dns.rdatatype
 import dns.rrset
 
@@ -82,7 +84,7 @@ def round_robin(types: Sequence[int], permutation: Permutation = random_permutat
     first = types[0]
     if first in _ADDRESSES and types.count(first) == n:
         return list(permutation(n))
-    cnames, rest, addresses, mx = _partition(types, range(n))
+    cnames, rest, addresses, mx = partition(types, range(n))
     return cnames + rest + _shuffled(addresses, permutation) + _shuffled(mx, permutation)
 
 
@@ -104,7 +106,7 @@ def prefer_subnets(
     the other addresses (each group in the order given), then MX records,
     then the rest. ``types`` and ``addresses`` are by record index.
     """
-    cnames, rest, found, mx = _partition(types, order)
+    cnames, rest, found, mx = partition(types, order)
     preferred: list[int] = []
     taken: set[int] = set()
     for subnet in subnets:
@@ -117,7 +119,7 @@ def prefer_subnets(
     return cnames + preferred + others + mx + rest
 
 
-def _partition(
+def partition(
     types: Sequence[int], order: Sequence[int]
 ) -> tuple[list[int], list[int], list[int], list[int]]:
     """``order`` split into CNAMEs, other types, addresses and MX records."""
@@ -138,9 +140,19 @@ def _partition(
     return cnames, rest, addresses, mx
 
 
-Planner = Callable[[int, Sequence[int], Callable[[int], bytes]], list[int]]
+class Records(Protocol):
+    """What a planner may read of a section's records, by index."""
+
+    def rdata(self, index: int) -> bytes:
+        """The record's RDATA (uncompressed for A and AAAA, which hold no names)."""
+
+    def owner(self, index: int) -> str:
+        """The record's owner name as written in the reply (``www.Example.org.``)."""
+
+
+Planner = Callable[[int, Sequence[int], Records], list[int]]
 """The new order of one section: given its index (0 answer, 1 authority, 2
-additional), its records' types, and a function giving a record's RDATA."""
+additional), its records' types, and the records themselves."""
 
 
 def address_of(rtype: int, rdata: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -193,12 +205,33 @@ def _reordered(wire: bytes, layout: _Layout, plan: Planner) -> bytes | None:
         if isinstance(part, bytes):
             pieces.append(part)
             continue
-        index, types, records, rdata_at, pinned = part
-        order = plan(index, types, lambda i, rs=records, at=rdata_at: rs[i][at[i] :])  # type: ignore[misc]
+        index, types, records, rdata_at, pinned, starts = part
+        order = plan(index, types, _WireRecords(wire, records, rdata_at, starts))
         if pinned and not _stays(order, records, pinned):
             return None  # something points into a record that would move
         pieces += [records[i] for i in order]
     return b"".join(pieces)
+
+
+class _WireRecords:
+    """A group's records, read from the reply's bytes."""
+
+    __slots__ = ("_rdata_at", "_records", "_starts", "_wire")
+
+    def __init__(
+        self, wire: bytes, records: list[bytes], rdata_at: list[int], starts: list[int]
+    ) -> None:
+        self._wire = wire
+        self._records = records
+        self._rdata_at = rdata_at
+        self._starts = starts
+
+    def rdata(self, index: int) -> bytes:
+        return self._records[index][self._rdata_at[index] :]
+
+    def owner(self, index: int) -> str:
+        name: dns.name.Name = dns.name.from_wire(self._wire, self._starts[index])[0]
+        return name.to_text()
 
 
 def _stays(order: Sequence[int], records: Sequence[bytes], pinned: Sequence[bool]) -> bool:
@@ -216,11 +249,11 @@ def _stays(order: Sequence[int], records: Sequence[bytes], pinned: Sequence[bool
     return True
 
 
-_Group = tuple[int, list[int], list[bytes], list[int], list[bool]]
+_Group = tuple[int, list[int], list[bytes], list[int], list[bool], list[int]]
 """A section's records that may be reordered (all but OPT, two or more): the
-section's index, their types, their bytes, where the RDATA starts in each, and
+section's index, their types, their bytes, where the RDATA starts in each,
 whether a compression pointer points into each (those may not move; an empty
-list when none is pinned)."""
+list when none is pinned), and where each starts in the reply."""
 _Layout = list[bytes | _Group]
 """A reply after its ID: the bytes that stay as they are, and the groups to reorder."""
 _AS_IS: _Layout = []
@@ -296,6 +329,7 @@ def _read_layout(wire: bytes) -> _Layout | None:
             [wire[s:e] for s, e, _t, _d in kept],
             [d - s for s, _e, _t, d in kept],
             pinned if any(pinned) else [],
+            [s for s, _e, _t, _d in kept],
         ))  # fmt: skip
         fixed = [wire[s:e] for s, e, t, _d in records if t == TYPE_OPT]
     layout.append(b"".join(fixed))
@@ -331,13 +365,24 @@ def reorder_message(msg: dns.message.Message, plan: Planner) -> dns.message.Mess
         ]
         if len(records) <= 1:
             continue
-        order = plan(
-            index,
-            [rrset.rdtype for rrset in records],
-            lambda i, rs=records: _rdata_wire(rs[i]),  # type: ignore[misc]
-        )
+        order = plan(index, [rrset.rdtype for rrset in records], _MessageRecords(records))
         section[:] = [records[i] for i in order]
     return msg
+
+
+class _MessageRecords:
+    """A section's records, one per RRset, from a dnspython message."""
+
+    __slots__ = ("_rrsets",)
+
+    def __init__(self, rrsets: list[dns.rrset.RRset]) -> None:
+        self._rrsets = rrsets
+
+    def rdata(self, index: int) -> bytes:
+        return _rdata_wire(self._rrsets[index])
+
+    def owner(self, index: int) -> str:
+        return self._rrsets[index].name.to_text()
 
 
 def _rdata_wire(rrset: dns.rrset.RRset) -> bytes:
@@ -348,17 +393,23 @@ def _rdata_wire(rrset: dns.rrset.RRset) -> bytes:
     return b""
 
 
-def shufflable(wire: bytes) -> bool:
-    """True for a reply CoreDNS's loadbalance reorders: NOERROR, one question, not AXFR/IXFR."""
-    if len(wire) < HEADER_LEN or wire[3] & 0x0F or wire[4:6] != b"\x00\x01":
-        return False
+def question_type(wire: bytes) -> int | None:
+    """The type asked in a message's (first, uncompressed) question; None if unreadable."""
     try:
         offset = HEADER_LEN
         while wire[offset]:
             if wire[offset] & 0xC0:
-                return False
+                return None
             offset += wire[offset] + 1
-        qtype = _U16.unpack_from(wire, offset + 1)[0]
+        qtype: int = _U16.unpack_from(wire, offset + 1)[0]
     except (IndexError, struct.error):
+        return None
+    return qtype
+
+
+def shufflable(wire: bytes) -> bool:
+    """True for a reply CoreDNS's loadbalance reorders: NOERROR, one question, not AXFR/IXFR."""
+    if len(wire) < HEADER_LEN or wire[3] & 0x0F or wire[4:6] != b"\x00\x01":
         return False
-    return qtype not in (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
+    qtype = question_type(wire)
+    return qtype is not None and qtype not in (dns.rdatatype.AXFR, dns.rdatatype.IXFR)

@@ -19,6 +19,7 @@ from pycorefile import CorefileError, Reply, Request, Server, load_config
 from pycorefile.testing import NextHandler, Upstream, chain, query, run, serve, setup_plugin
 from pycorefile_plugins.loadbalance import (
     LoadbalancePlugin,
+    Records,
     parse_loadbalance,
     prefer_subnets,
     reorder_wire,
@@ -91,7 +92,7 @@ def reply_wire(answer: list[dns.rrset.RRset], qname: str = "www.example.", **kw:
     return r.to_wire()
 
 
-def plan_reverse(section: int, types: Sequence[int], rdata: Callable[[int], bytes]) -> list[int]:
+def plan_reverse(section: int, types: Sequence[int], records: Records) -> list[int]:
     return round_robin(types, reverse)
 
 
