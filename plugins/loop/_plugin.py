@@ -55,7 +55,8 @@ class LoopPlugin(Plugin):
             and request.name == probe.name
             and probe.seen(_address(request.client[0], request.client[1]), self.target)
         ):
-            log.error("plugin/loop: %s", probe.error)
+            if probe.sightings == _probe.LOOP_AFTER + 1:
+                log.error("plugin/loop: %s", probe.error)  # once: the server is stopping
             raise PluginError(f"forwarding loop: HINFO {request.name} came back")
         return self.next.handle(request)
 
