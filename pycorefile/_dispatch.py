@@ -93,6 +93,8 @@ class Dispatcher:
         request.route = route
         request.resolver = self
         config = route.config
+        if config.udp_cap is not None:
+            request.limit_payload(config.udp_cap)
         if request.qclass != 1 and not config.any_class:
             return self.finish(request, request.error(dns.rcode.REFUSED))
         try:
@@ -124,7 +126,10 @@ class Dispatcher:
         if reply is None:
             return None
         if len(reply) > 512:  # every client takes 512 bytes
-            limit = _wire.reply_limit(proto, edns, fields[_PAYLOAD], self.udp_cap)
+            cap = route.config.udp_cap
+            limit = _wire.reply_limit(
+                proto, edns, fields[_PAYLOAD], self.udp_cap if cap is None else cap
+            )
             if len(reply) > limit:
                 reply = _wire.fit_reply(reply, limit)
         answered_by = route.config.known_by

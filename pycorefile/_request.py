@@ -178,6 +178,19 @@ class Request(QueryInfo):
         new.pending = None
         return new
 
+    def limit_payload(self, cap: int) -> None:
+        """Apply a server block's EDNS payload limit (the bufsize plugin).
+
+        UDP replies are capped to ``cap`` instead of the server's cap, and a
+        larger payload in the query is lowered to ``cap``, in the query's bytes
+        too: every plugin sees the lowered one (forward sends it upstream).
+        """
+        self.max_size = _wire.reply_limit(self.proto, self.edns, self.edns_payload, cap)
+        if self.edns and self.edns_payload > cap:
+            self.wire = _wire.with_payload(self.wire, cap)
+            self.edns_payload = cap
+            self._message = None
+
     @property
     def info(self) -> QueryInfo:
         """The fields read from the wire (the request itself)."""

@@ -23,6 +23,7 @@ from ._contract import tag
 from ._request import Handler, Request
 from ._types import HttpHandler, OnReply, Pending, Reply, Result
 from ._zones import ZoneError, in_zone, normalize_zones
+from .changes import DataChange, DataChanges
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
 
 if TYPE_CHECKING:
@@ -30,11 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LOOKUP_DEPTH",
+    "DataChange",
+    "DataChanges",
     "Fallthrough",
     "Plugin",
     "PluginError",
     "SetupContext",
     "SetupError",
+    "StartupError",
     "TcpTimeouts",
     "Wrapper",
     "check_args",
@@ -91,6 +95,19 @@ class PluginError(Exception):
         self.rcode = rcode
 
 
+class StartupError(Exception):
+    """A plugin cannot start, or must stop its server (the loop plugin found a loop).
+
+    Raised from ``startup`` the configuration is not served; raised from
+    ``run`` the server stops. Either way the message is shown and a server
+    started from the command line exits with status 1.
+    """
+
+
+BOUND_PORTS = "bound_ports"
+"""``SetupContext.shared`` key: each listener's bound port, set before plugins start."""
+
+
 @dataclass(frozen=True)
 class TcpTimeouts:
     """A server block's DNS-over-TCP settings (the timeouts plugin); None keeps the default."""
@@ -99,6 +116,10 @@ class TcpTimeouts:
     write: float | None = None
     idle: float | None = None
     max_queries: int | None = None
+
+
+DATA_CHANGES = "data_changes"
+"""Where ``SetupContext.shared`` holds the configuration's ``DataChanges``."""
 
 
 @dataclass
@@ -113,6 +134,10 @@ class SetupContext:
     """Addresses the block listens on; empty means every interface (the bind plugin sets it)."""
     tcp_timeouts: TcpTimeouts | None = None
     """The block's TCP timeouts, when the timeouts plugin sets them."""
+    udp_payload: int | None = None
+    """The block's EDNS payload limit, when the bufsize plugin sets it: the chain sees
+    a client's larger payload lowered to it, and UDP replies are capped to it (instead
+    of the server's 1232 bytes)."""
     shared: dict[str, Any] = field(default_factory=dict)
     """State shared by every block of one configuration (e.g. one metrics registry)."""
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
@@ -131,6 +156,21 @@ class SetupContext:
             seen.setdefault(key.zone, None)
         return tuple(seen)
 
+    def own_address(self) -> tuple[str, int]:
+        """Where a query to this block goes: its first key's first listen address
+        and port, the port as bound (use at startup or later: a key's port 0 is
+        known once bound). An address bound to every interface (or none given)
+        is reached on the loopback address."""
+        key = self.keys[0]
+        host = self.listen_hosts[0] if self.listen_hosts else ""
+        ports = self.shared.get(BOUND_PORTS) or {}
+        port = ports.get((key.transport, host, key.port), key.port)
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, port
+
     def plugin(self, name: str) -> Plugin | None:
         """Another plugin of this block, by directive name (use at startup or later)."""
         return self.plugins.get(name)
@@ -146,6 +186,19 @@ class SetupContext:
             if other is plugin:
                 return tuple(chain[index + 1 :])
         return ()
+
+    @property
+    def data_changes(self) -> DataChanges:
+        """The configuration's announcements of changed local data (``pycorefile.changes``).
+
+        A plugin that answers from data it loads announces each change
+        through it; a plugin that remembers answers checks them against it.
+        One per configuration, shared by every block.
+        """
+        found = self.shared.get(DATA_CHANGES)
+        if not isinstance(found, DataChanges):
+            found = self.shared[DATA_CHANGES] = DataChanges()
+        return found
 
     def filter_queries(self, admits: Callable[[Request], bool], view: str = "") -> None:
         """Serve only the queries ``admits`` is true for (CoreDNS's server block filters).
@@ -191,6 +244,10 @@ class Plugin:
     """False for setup-only directives (bind, health, ...): not linked into the chain."""
     any_class: ClassVar[bool] = False
     """True when the plugin answers classes other than IN (CHAOS, ...)."""
+    coredns_handler: ClassVar[bool] = False
+    """For a plugin that does not serve queries here (``serves_queries`` False) but is
+    a handler in CoreDNS's chain (prometheus, bufsize): a block with it has a chain,
+    so a query no plugin answers gets SERVFAIL, not REFUSED, as in CoreDNS."""
 
     next: Handler
 
@@ -290,10 +347,31 @@ class Wrapper(Plugin):
     def on_cancel(self, request: Request) -> None:
         return None
 
+    def on_known_reply(self, reply: bytes) -> bytes:
+        """What ``on_reply`` does, done to the bytes of a known answer (no Request).
+
+        Optional. A wrapper with ``on_reply`` but no ``on_query`` that states it
+        keeps the server's known-answer path open behind it: an answer the
+        known-answer plugin gives (a cache hit) goes through this instead of
+        through ``on_reply`` (loadbalance shuffles it). It must give the same
+        reply ``on_reply`` would give for those bytes.
+        """
+        return reply
+
     @classmethod
     def transparent_on_success(cls) -> bool:
         """True when the class's handle is the derived one that looks at failures only."""
         return cls.handle is _handle_failed_only
+
+    @classmethod
+    def reshapes_known(cls) -> bool:
+        """True when the class changes replies but says how for a known answer
+        (``on_known_reply``), and looks at no query (``on_query``)."""
+        return (
+            cls.handle is _handle_general
+            and cls.on_query is Wrapper.on_query
+            and cls.on_known_reply is not Wrapper.on_known_reply
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
