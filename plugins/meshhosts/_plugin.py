@@ -153,7 +153,10 @@ class MeshHostsPlugin(Plugin):
         config = parse_meshhosts(directives, ctx)
         key = ctx.keys[0]
         host = ctx.listen_hosts[0] if ctx.listen_hosts else ""
-        return cls(config, f"{key.transport}://{host}:{key.port}", ctx.data_changes)
+        # Only a block that places each client offers a per-client search path: autopath
+        # takes any plugin with ``search_path_for`` as one (``ClientSearchPath``).
+        made = ClientNamespaceMeshHosts if config.client_namespace else cls
+        return made(config, f"{key.transport}://{host}:{key.port}", ctx.data_changes)
 
     # -- Answering ------------------------------------------------------------------
 
@@ -380,29 +383,6 @@ class MeshHostsPlugin(Plugin):
         assert self._search is not None
         return self._search
 
-    def search_path_for(self, request: Request) -> Sequence[str] | None:
-        """The search path of the client that sent ``request`` (``autopath @meshhosts``).
-
-        With ``namespace @client`` (a node-local server answering pods of
-        several namespaces): ``NS.svc.DOMAIN``, ``svc.DOMAIN``, ``DOMAIN`` and
-        resolv.conf's search domains, NS being the namespace of the pod that
-        has the client's address; None (no autopath) when no pod, or pods of
-        two namespaces, have it. Otherwise the same path for every client,
-        ``search_path()``. A dictionary lookup per query.
-        """
-        if not self.config.client_namespace:
-            return self.search_path()
-        namespace = self._client_namespaces.get(request.client[0])
-        if namespace is None:
-            return None
-        path = self._client_paths.get(namespace)
-        if path is None:
-            domain = self.config.domain
-            head = (f"{namespace}.svc.{domain}", f"svc.{domain}", domain)
-            path = tuple(dict.fromkeys((*head, *self.search_path())))
-            self._client_paths[namespace] = path
-        return path
-
     def _refresh_search(self) -> None:
         path = self.config.resolv_conf
         try:
@@ -460,3 +440,30 @@ class MeshHostsPlugin(Plugin):
         )
         stamp.add_metric(values, self.loaded_at)
         return [entries, reloads, failures, stamp]
+
+
+class ClientNamespaceMeshHosts(MeshHostsPlugin):
+    """*meshhosts* with ``namespace @client`` (a node-local server): each client's search path
+    is that of its pod's namespace, offered to autopath per client (``ClientSearchPath``).
+
+    A separate class because autopath asks a plugin that has ``search_path_for`` for
+    every client's path rather than for ``search_path()``: a sidecar's block (one
+    namespace for every client) must not have it.
+    """
+
+    def search_path_for(self, request: Request) -> Sequence[str] | None:
+        """The search path of the client that sent ``request`` (``autopath @meshhosts``):
+        ``NS.svc.DOMAIN``, ``svc.DOMAIN``, ``DOMAIN`` and resolv.conf's search domains,
+        NS being the namespace of the pod that has the client's address; None (no
+        autopath) when no pod, or pods of two namespaces, have it. A dictionary lookup
+        per query (and one tuple per namespace, made once)."""
+        namespace = self._client_namespaces.get(request.client[0])
+        if namespace is None:
+            return None
+        path = self._client_paths.get(namespace)
+        if path is None:
+            domain = self.config.domain
+            head = (f"{namespace}.svc.{domain}", f"svc.{domain}", domain)
+            path = tuple(dict.fromkeys((*head, *self.search_path())))
+            self._client_paths[namespace] = path
+        return path

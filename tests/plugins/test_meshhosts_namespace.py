@@ -17,7 +17,7 @@ import yaml
 
 from pycorefile import CorefileError, load_config
 from pycorefile.testing import make_request, query, serve
-from pycorefile_plugins.meshhosts import MeshHostsPlugin
+from pycorefile_plugins.meshhosts import ClientNamespaceMeshHosts, MeshHostsPlugin
 
 
 def _config(body: str) -> MeshHostsPlugin:
@@ -119,7 +119,7 @@ async def test_each_client_gets_the_search_path_of_its_pods_namespace(tmp_path: 
     async with serve(corefile) as server:
         assert server.config is not None
         (plugin,) = server.config.find("meshhosts")
-        assert isinstance(plugin, MeshHostsPlugin)
+        assert isinstance(plugin, ClientNamespaceMeshHosts)
 
         def path_of(client: str) -> list[str] | None:
             found = plugin.search_path_for(make_request("web", client=(client, 4000)))
@@ -155,10 +155,18 @@ async def test_each_client_gets_the_search_path_of_its_pods_namespace(tmp_path: 
         assert path_of("127.0.0.9") == path_of("127.0.0.3")
 
 
-def test_a_sidecar_gives_every_client_its_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sidecar_offers_autopath_one_path_for_every_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # autopath asks a plugin with search_path_for for each client's path: a sidecar's
+    # block (one namespace) has no such method, only search_path().
     monkeypatch.setenv("POD_NAMESPACE", "shop")
     plugin = _config("        namespace env POD_NAMESPACE\n        resolv_conf /nonexistent")
-    for client in ("127.0.0.2", "127.0.0.3"):
-        found = plugin.search_path_for(make_request("web", client=(client, 4000)))
-        assert found is not None
-        assert list(found) == ["shop.svc.cluster.local.", "svc.cluster.local.", "cluster.local."]
+    assert not hasattr(plugin, "search_path_for")
+    assert plugin.search_path() == [
+        "shop.svc.cluster.local.",
+        "svc.cluster.local.",
+        "cluster.local.",
+    ]
+    node_local = _config("        namespace @client")
+    assert isinstance(node_local, ClientNamespaceMeshHosts)
