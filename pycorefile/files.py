@@ -50,13 +50,14 @@ class FileMissing(FileError):
     """A file or directory that is not there (yet): absent rather than broken."""
 
 
-def read_text(path: str, max_size: int, limit_name: str = "") -> str:
+def read_text(path: str, max_size: int, limit_name: str = "", *, strict: bool = True) -> str:
     """A regular file's text, at most ``max_size`` bytes of UTF-8 (newlines made ``\\n``).
 
     Raises ``FileMissing`` when the path is not there, ``FileError`` for
     anything else that makes the file unusable (a directory, FIFO or device, too
-    big, unreadable, not UTF-8), and nothing else. ``limit_name`` names the
-    setting that raises the limit, for the message.
+    big, unreadable, not UTF-8 unless ``strict`` is off: then bytes that are not
+    UTF-8 read as U+FFFD), and nothing else. ``limit_name`` names the setting
+    that raises the limit, for the message.
     """
     try:
         # Non-blocking, so that a FIFO put where a file was cannot hang the reader.
@@ -81,7 +82,7 @@ def read_text(path: str, max_size: int, limit_name: str = "") -> str:
         hint = f" ({limit_name})" if limit_name else ""
         raise FileError(path, 0, f"larger than the limit of {max_size} bytes{hint}")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8", "strict" if strict else "replace")
     except UnicodeDecodeError as exc:
         raise FileError(path, 0, f"not UTF-8 text: {exc.reason}") from exc
     if "\r" in text:

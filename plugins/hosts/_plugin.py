@@ -26,14 +26,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("pycorefile")
 
 
-def read_hosts_file(path: str, origins: Sequence[str], reverse: bool) -> tuple[HostsMap, float]:
+def read_hosts_file(
+    path: str, origins: Sequence[str], reverse: bool, max_size: int = MAX_FILE_SIZE
+) -> tuple[HostsMap, float]:
     """Read and parse a hosts file (blocking: run it in a worker thread).
 
     Returns the entries and the file's modification time; raises ``FileError``
     (``FileMissing`` when it is not there). Lines that do not parse are
     skipped, as CoreDNS does, so only a file that cannot be read fails.
     """
-    text = read_text(path, MAX_FILE_SIZE)
+    # Lenient as CoreDNS: a stray Latin-1 byte in a comment must not lose the file.
+    text = read_text(path, max_size, strict=False)
     try:
         mtime = os.stat(path).st_mtime
     except OSError:
@@ -82,6 +85,9 @@ class HostsPlugin(Plugin):
     changes and replaces ``_table`` in one assignment: a query sees the old
     table or the new one. A file that cannot be read keeps the last good table.
     """
+
+    max_file_size = MAX_FILE_SIZE
+    """A bigger hosts file is refused (a failed load: the last good table keeps serving)."""
 
     def __init__(self, config: HostsConfig, metrics: HostsMetrics | None = None) -> None:
         self.config = config
@@ -169,7 +175,13 @@ class HostsPlugin(Plugin):
         config = self.config
         try:
             entries, mtime = await self._watch.read(
-                partial(read_hosts_file, config.path, config.origins, config.reverse)
+                partial(
+                    read_hosts_file,
+                    config.path,
+                    config.origins,
+                    config.reverse,
+                    self.max_file_size,
+                )
             )
             table = await trio.to_thread.run_sync(
                 HostsTable, entries, self._inline, config.ttl, abandon_on_cancel=True

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
 
 import dns.name
 import dns.rcode
 
 from pycorefile.wire import FLAG_AA, FLAG_QR, PreparedReply
-from pycorefile.zones import in_zone, reverse_name
+from pycorefile.zones import reverse_name
 
 from ._parse import HostsMap
 
@@ -45,14 +44,6 @@ def name_wire(name: str) -> bytes:
     wire = dns.name.from_text(name).to_wire()
     assert wire is not None
     return wire
-
-
-@dataclass(frozen=True)
-class Found:
-    """What the table says about a question."""
-
-    answer: PreparedReply | None
-    """The reply (addresses, or NODATA for a name that exists), None for an unknown name."""
 
 
 class HostsTable:
@@ -141,9 +132,6 @@ class HostsTable:
             return self.wild_answers.get(pattern + question[-4:])
         return self.wild_known.get(pattern)
 
-    def known_name(self, question: bytes) -> bool:
-        return self.lookup(question[:-4] + b"\x00\xff\x00\x01", 255) is not None
-
 
 def _lookup(names: dict[str, list[str]], wild: dict[str, list[str]], name: str) -> list[str]:
     """One source's addresses of one family for ``name``: exact, else the wildcard above."""
@@ -154,7 +142,3 @@ def _lookup(names: dict[str, list[str]], wild: dict[str, list[str]], name: str) 
     if not parent:
         return []
     return wild.get("*." + parent, [])
-
-
-def in_origins(name: str, origins: tuple[str, ...]) -> bool:
-    return any(in_zone(name, origin) for origin in origins)
