@@ -83,7 +83,8 @@ TABLE: list[tuple[str, str, int, list[str]]] = [
     ("x.wild.example.org", "AAAA", NOERROR, []),
     # PTR for any name (the reverse zone is not among the zones); never for a wildcard.
     ("1.0.0.10.in-addr.arpa", "PTR", NOERROR,
-     ["1.0.0.10.in-addr.arpa. 3600 web.example.org.", "1.0.0.10.in-addr.arpa. 3600 www.example.org."]),
+     ["1.0.0.10.in-addr.arpa. 3600 web.example.org.",
+      "1.0.0.10.in-addr.arpa. 3600 www.example.org."]),
     ("3.0.0.10.in-addr.arpa", "PTR", NOERROR, ["3.0.0.10.in-addr.arpa. 3600 inline.example.org."]),
     ("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "PTR", NOERROR,
      ["1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa. 3600 "
@@ -290,23 +291,25 @@ async def test_non_utf8_bytes_do_not_lose_the_file(tmp_path: Path) -> None:
 
 
 async def test_metrics(tmp_path: Path) -> None:
-    path = tmp_path / "hosts"
-    path.write_text(HOSTS)
-    mtime = path.stat().st_mtime
+    org, com = tmp_path / "org", tmp_path / "com"
+    org.write_text(HOSTS)
+    com.write_text("10.0.0.1 a.example.com\n")
+    os.utime(org, (1_700_000_000, 1_700_000_000))
+    os.utime(com, (1_700_000_000, 1_700_000_000))
     text = (
-        f"example.org:0 {{\n  prometheus 127.0.0.1:0\n  hosts {path} {{\n    10.0.0.3 i.example.org\n  }}\n}}\n"
-        f"example.com:0 {{\n  hosts {path} example.com\n}}\n"
+        f"example.org:0 {{\n  prometheus 127.0.0.1:0\n  hosts {org} {{\n"
+        "    10.0.0.3 i.example.org\n  }\n}\n"
+        f"example.com:0 {{\n  hosts {com}\n}}\n"
     )
     async with serve(text) as server:
         metrics = await scrape(server)
-    # The example.org block: HOSTS in example.org has 8 name->address and 5 address->name
-    # links (the wildcards have no PTR), the inline line 2 more. Both blocks read one
-    # file: one sample per file (the last read wins, as in CoreDNS's process-wide gauge).
-    samples = [s for s in metrics.samples if s[0] == "coredns_hosts_entries"]
-    assert len(samples) == 1 and samples[0][1] == {"hostsfile": str(path)}
-    assert samples[0][2] in (0.0, 15.0)
-    stamps = [s for s in metrics.samples if s[0] == "coredns_hosts_reload_timestamp_seconds"]
-    assert [s[2] for s in stamps] == [pytest.approx(mtime)]
+    # HOSTS in example.org: 7 name->address and 6 address->name links (a wildcard has no
+    # PTR; elsewhere.example.net is outside the zone), the inline line 2 more.
+    entries = {s[1]["hostsfile"]: s[2] for s in metrics.samples if s[0] == "coredns_hosts_entries"}
+    assert entries == {str(org): 15.0, str(com): 2.0}
+    # One process-wide gauge in CoreDNS: the modification time of the file read last.
+    stamps = [s[2] for s in metrics.samples if s[0] == "coredns_hosts_reload_timestamp_seconds"]
+    assert stamps == [1_700_000_000.0]
 
 
 async def test_entries_metric_counts_file_and_inline(tmp_path: Path) -> None:
