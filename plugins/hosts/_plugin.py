@@ -18,7 +18,7 @@ from pycorefile.files import FileError, FileMissing, WatchedFiles, read_text
 from pycorefile.zones import in_zone
 
 from ._parse import MAX_FILE_SIZE, HostsConfig, HostsMap, parse_hosts, parse_hosts_text
-from ._table import TYPE_PTR, HostsTable
+from ._table import CLASS_IN, TYPE_PTR, HostsTable
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -42,6 +42,17 @@ def read_hosts_file(
     except OSError:
         mtime = time.time()
     return parse_hosts_text(text.splitlines(), origins, reverse), mtime
+
+
+def load_table(
+    config: HostsConfig, inline: HostsMap, max_size: int = MAX_FILE_SIZE
+) -> tuple[HostsTable, float]:
+    """Read the file and prepare the table of it and the inline entries (blocking, CPU).
+
+    Returns the table and the file's modification time; raises ``FileError``.
+    """
+    entries, mtime = read_hosts_file(config.path, config.origins, config.reverse, max_size)
+    return HostsTable(entries, inline, config.ttl), mtime
 
 
 @dataclass
@@ -92,8 +103,7 @@ class HostsPlugin(Plugin):
     def __init__(self, config: HostsConfig, metrics: HostsMetrics | None = None) -> None:
         self.config = config
         self._inline = parse_hosts_text(config.inline, config.origins, config.reverse)
-        self._file = HostsMap()
-        self._table = HostsTable(self._file, self._inline, config.ttl)
+        self._table = HostsTable(HostsMap(), self._inline, config.ttl)
         self._watch = WatchedFiles([config.path])
         self._metrics = metrics if metrics is not None else HostsMetrics()
         if self._metrics.shown_by is None:
@@ -122,6 +132,8 @@ class HostsPlugin(Plugin):
         return found.render(wire, name_end, edns, do)
 
     def handle(self, request: Request) -> Result:
+        if request.qclass != CLASS_IN:
+            return self.next.handle(request)  # the table holds class IN data only
         table = self._table
         question = request.key[:-2]
         if request.qtype == TYPE_PTR:
@@ -172,19 +184,12 @@ class HostsPlugin(Plugin):
         return await self._load()
 
     async def _load(self, *, starting: bool = False) -> bool:
+        """Read the file and swap the new table in, in a worker thread; on any error keep
+        the table serving (logged; a missing file only warns)."""
         config = self.config
         try:
-            entries, mtime = await self._watch.read(
-                partial(
-                    read_hosts_file,
-                    config.path,
-                    config.origins,
-                    config.reverse,
-                    self.max_file_size,
-                )
-            )
-            table = await trio.to_thread.run_sync(
-                HostsTable, entries, self._inline, config.ttl, abandon_on_cancel=True
+            table, mtime = await self._watch.read(
+                partial(load_table, config, self._inline, self.max_file_size)
             )
         except Exception as exc:
             self.load_failures += 1
@@ -200,7 +205,6 @@ class HostsPlugin(Plugin):
                     config.path,
                 )
             return False
-        self._file = entries
         self._table = table
         self.loads += 1
         self._metrics.entries[config.path] = table.entries

@@ -15,6 +15,7 @@ from pathlib import Path
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdataclass
 import pytest
 import trio
 
@@ -136,6 +137,19 @@ async def test_unknown_name_is_servfail_without_fallthrough(tmp_path: Path) -> N
         reply = await query(server, "9.9.0.10.in-addr.arpa", "PTR")
         assert texts(reply) == ["9.9.0.10.in-addr.arpa. 300 upstream.example."]
         assert up.count("next.example.org") == 0
+
+
+async def test_other_classes_go_to_the_next_plugin(tmp_path: Path) -> None:
+    path = tmp_path / "hosts"
+    path.write_text(HOSTS)
+    text = f".:0 {{\n  chaos\n  hosts {path}\n  whoami\n}}\n"
+    async with serve(text) as server:
+        q = dns.message.make_query("web.example.org", "A", rdclass=dns.rdataclass.CH)
+        reply = await query(server, q)
+        assert reply.rcode() == NOERROR and not reply.answer and reply.additional  # whoami
+        assert texts(await query(server, "web.example.org", "A")) == [
+            "web.example.org. 3600 10.0.0.1"
+        ]
 
 
 async def test_fallthrough(tmp_path: Path) -> None:
