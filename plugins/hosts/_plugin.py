@@ -18,7 +18,7 @@ from pycorefile.files import FileError, FileMissing, WatchedFiles, read_text
 from pycorefile.zones import in_zone
 
 from ._parse import MAX_FILE_SIZE, HostsConfig, HostsMap, parse_hosts, parse_hosts_text
-from ._table import CLASS_IN, TYPE_PTR, HostsTable
+from ._table import CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_PTR, HostsTable
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -149,7 +149,7 @@ class HostsPlugin(Plugin):
         qtype = request.qtype
         if (
             self.config.fallthrough_unsupported
-            and qtype not in (1, 28)
+            and qtype not in (TYPE_A, TYPE_AAAA)
             and fall is not None
             and fall.through(name)
         ):
