@@ -7,7 +7,7 @@ import dns.rcode
 import pytest
 
 from pycorefile import CorefileError, load_config
-from pycorefile.testing import Upstream, query, serve
+from pycorefile.testing import Upstream, query, scrape, serve
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
@@ -35,8 +35,6 @@ async def test_any_answers_before_the_cache() -> None:
     async with serve(".:0 {\n  prometheus 127.0.0.1:0\n  cache\n  any\n}\n") as server:
         for _ in range(2):
             assert (await query(server, "example.org", "ANY")).answer[0].ttl == 8482
-        from pycorefile.testing import scrape
-
         metrics = await scrape(server)
         assert metrics.value("coredns_cache_misses_total") == 0
         assert metrics.value("coredns_dns_responses_total", plugin="any") == 2
