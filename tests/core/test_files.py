@@ -25,8 +25,9 @@ def test_read_text(tmp_path: Path) -> None:
         read_text(str(path), 3, "max_file_size")
     assert caught.value.reason == "larger than the limit of 3 bytes (max_file_size)"
     assert str(caught.value) == f"{path}:0: larger than the limit of 3 bytes (max_file_size)"
-    with pytest.raises(FileError, match="bytes$"):
+    with pytest.raises(FileError) as caught:
         read_text(str(path), 3)
+    assert caught.value.reason == "larger than the limit of 3 bytes"
 
 
 def test_read_text_refuses_what_is_not_a_regular_utf8_file(tmp_path: Path) -> None:
