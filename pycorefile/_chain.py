@@ -81,8 +81,9 @@ def compile_chain(plugins: Sequence[Plugin], end: Handler) -> tuple[Handler, Plu
     """Link plugins (outermost first); return the entry and the known-answer plugin.
 
     The known-answer plugin is the first one with ``serve_known`` when every
-    plugin before it is a wrapper transparent on success (errors): the server
-    may then ask it before making a Request, and fall back to the chain.
+    plugin before it is a wrapper transparent on success (errors) or decides
+    by the question alone (local, any, chaos): the server may then ask it
+    before making a Request, and fall back to the chain.
     """
     handler: Handler = end
     for plugin in reversed(plugins):
@@ -93,6 +94,8 @@ def compile_chain(plugins: Sequence[Plugin], end: Handler) -> tuple[Handler, Plu
         if has_known(plugin):
             known = plugin
             break
+        if type(plugin).decides_by_question:
+            continue
         if not (is_wrapper(plugin) and type(plugin).transparent_on_success()):
             break
     return handler, known

@@ -17,6 +17,8 @@ TTL = 8482
 class AnyPlugin(Plugin):
     """A query of type ANY gets ``HINFO "ANY obsoleted" "See RFC 8482"``; others go on."""
 
+    decides_by_question = True  # the cache after it keeps the server's fast path
+
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> AnyPlugin:
         d = directives[0]

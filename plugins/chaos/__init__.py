@@ -52,6 +52,8 @@ class ChaosPlugin(Plugin):
     """``version.bind``/``version.server``, ``authors.bind``, ``hostname.bind``/``id.server``
     in class CH, type TXT; everything else goes to the next plugin."""
 
+    decides_by_question = True  # the cache after it keeps the server's fast path
+
     any_class = True
 
     def __init__(self, config: ChaosConfig) -> None:

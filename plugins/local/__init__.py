@@ -67,6 +67,8 @@ def _rrset(owner: dns.name.Name, rtype: int, text: str) -> dns.rrset.RRset:
 class LocalPlugin(Plugin):
     """Answers ``localhost.``, names below it, and the 0/127/255 in-addr.arpa zones."""
 
+    decides_by_question = True  # the cache after it keeps the server's fast path
+
     def __init__(self, config: LocalConfig, counter: LocalhostCount | None = None) -> None:
         self.config = config
         self.counter = counter if counter is not None else LocalhostCount()

@@ -90,3 +90,34 @@ def test_setup_errors(body: str, message: str, line: int, column: int) -> None:
         load_config(f".:53 {{\n {body}\n}}\n")
     assert caught.value.message.startswith(message)
     assert (caught.value.line, caught.value.column) == (line, column)
+
+
+def test_local_any_and_chaos_keep_the_fast_path_of_the_cache_after_them() -> None:
+    text = ".:53 {\n errors\n local\n any\n chaos\n cache\n forward . 127.0.0.1:9\n}\n"
+    assert load_config(text).blocks[0].known_by == "cache"
+    # log before them needs a Request: the chain runs.
+    assert load_config(text.replace(" errors\n", " errors\n log\n")).blocks[0].known is None
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+async def test_answers_with_the_cache_on_the_fast_path(proto: str) -> None:
+    records = {("example.org.", "A"): ["192.0.2.1"]}
+    async with Upstream(records=records, host="127.0.0.5").running() as up:
+        text = (
+            f".:0 {{\n  prometheus 127.0.0.1:0\n  local\n  any\n  cache\n"
+            f"  forward . {up.address}\n}}\n"
+        )
+        async with serve(text) as server:
+            for _ in range(3):
+                reply = await query(server, "localhost", "A", proto=proto)
+                assert section(reply.answer) == ["localhost. 604800 A 127.0.0.1"]
+                reply = await query(server, "example.org", "ANY", proto=proto)
+                assert reply.answer[0].ttl == 8482
+                reply = await query(server, "example.org", "A", proto=proto)
+                assert [rd.to_text() for rd in reply.answer[0]] == ["192.0.2.1"]
+            metrics = await scrape(server)
+    assert metrics.value("coredns_dns_responses_total", plugin="local") == 3
+    assert metrics.value("coredns_dns_responses_total", plugin="any") == 3
+    assert metrics.value("coredns_dns_responses_total", plugin="cache") == 2
+    assert metrics.value("coredns_cache_hits_total") == 2
+    assert up.count("example.org", "A") == 1 and up.count("localhost") == 0
