@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import dns.rcode
 import trio
 
-from pycorefile import Directive, Plugin, PluginError, Request, Result, SetupContext
+from pycorefile import DataChanges, Directive, Plugin, PluginError, Request, Result, SetupContext
 from pycorefile.files import FileError, FileMissing, WatchedFiles, read_text
 from pycorefile.zones import in_zone
 
 from ._parse import MAX_FILE_SIZE, HostsConfig, HostsMap, parse_hosts, parse_hosts_text
-from ._table import CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_PTR, HostsTable
+from ._table import CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_PTR, HostsTable, changed_names
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -44,15 +44,26 @@ def read_hosts_file(
     return parse_hosts_text(text.splitlines(), origins, reverse), mtime
 
 
-def load_table(
-    config: HostsConfig, inline: HostsMap, max_size: int = MAX_FILE_SIZE
-) -> tuple[HostsTable, float]:
-    """Read the file and prepare the table of it and the inline entries (blocking, CPU).
+@dataclass(frozen=True)
+class Loaded:
+    """What a (re)load made: the new table, and what it changes from the one serving."""
 
-    Returns the table and the file's modification time; raises ``FileError``.
-    """
+    table: HostsTable
+    mtime: float
+    """The file's modification time (``coredns_hosts_reload_timestamp_seconds``)."""
+    names: frozenset[str]
+    below: frozenset[str]
+
+
+def load_table(
+    config: HostsConfig, inline: HostsMap, old: HostsTable, max_size: int = MAX_FILE_SIZE
+) -> Loaded:
+    """Read the file, prepare the table of it and the inline entries, and compare it with
+    ``old`` (blocking, CPU: run it in a worker thread). Raises ``FileError``."""
     entries, mtime = read_hosts_file(config.path, config.origins, config.reverse, max_size)
-    return HostsTable(entries, inline, config.ttl), mtime
+    table = HostsTable(entries, inline, config.ttl)
+    names, below = changed_names(old, table)
+    return Loaded(table, mtime, names, below)
 
 
 @dataclass
@@ -100,11 +111,17 @@ class HostsPlugin(Plugin):
     max_file_size = MAX_FILE_SIZE
     """A bigger hosts file is refused (a failed load: the last good table keeps serving)."""
 
-    def __init__(self, config: HostsConfig, metrics: HostsMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: HostsConfig,
+        metrics: HostsMetrics | None = None,
+        changes: DataChanges | None = None,
+    ) -> None:
         self.config = config
         self._inline = parse_hosts_text(config.inline, config.origins, config.reverse)
         self._table = HostsTable(HostsMap(), self._inline, config.ttl)
         self._watch = WatchedFiles([config.path])
+        self._changes = DataChanges() if changes is None else changes
         self._metrics = metrics if metrics is not None else HostsMetrics()
         if self._metrics.shown_by is None:
             self._metrics.shown_by = self
@@ -118,7 +135,7 @@ class HostsPlugin(Plugin):
         config = parse_hosts(directives, ctx)
         metrics = ctx.shared.setdefault("hosts.metrics", HostsMetrics())
         assert isinstance(metrics, HostsMetrics)
-        return cls(config, metrics)
+        return cls(config, metrics, ctx.data_changes)
 
     # -- Answering ------------------------------------------------------------------
 
@@ -188,8 +205,8 @@ class HostsPlugin(Plugin):
         the table serving (logged; a missing file only warns)."""
         config = self.config
         try:
-            table, mtime = await self._watch.read(
-                partial(load_table, config, self._inline, self.max_file_size)
+            loaded = await self._watch.read(
+                partial(load_table, config, self._inline, self._table, self.max_file_size)
             )
         except Exception as exc:
             self.load_failures += 1
@@ -205,20 +222,19 @@ class HostsPlugin(Plugin):
                     config.path,
                 )
             return False
-        self._table = table
+        # The swap and its announcement in one step: the next query sees both.
+        self._table = loaded.table
+        self.announce_reload(loaded.names, loaded.below)
         self.loads += 1
-        self._metrics.entries[config.path] = table.entries
-        self._metrics.reloaded = mtime
-        self.announce_reload()
-        log.debug("plugin/hosts: parsed %s into %d entries", config.path, table.entries)
+        self._metrics.entries[config.path] = loaded.table.entries
+        self._metrics.reloaded = loaded.mtime
+        log.debug("plugin/hosts: parsed %s into %d entries", config.path, loaded.table.entries)
         return True
 
-    def announce_reload(self) -> None:
-        """The hosts data changed: the one place to tell caches in front to forget it.
-
-        Nothing to call yet: the core has no "data changed" announcement; until
-        it does, a cache in front serves what it stored until its TTL ends.
-        """
+    def announce_reload(self, names: frozenset[str], below: frozenset[str]) -> None:
+        """Tell whatever remembers answers (a cache in front) which names the new table
+        answers differently: the next query for them is answered from the new table."""
+        self._changes.announce(names, below=below, source="hosts")
 
     # -- State ----------------------------------------------------------------------
 

@@ -49,7 +49,9 @@ def name_wire(name: str) -> bytes:
 class HostsTable:
     """Prepared answers of one load: A/AAAA/PTR by question, NODATA by name."""
 
-    __slots__ = ("answers", "entries", "known", "ptr", "wild_answers", "wild_known")
+    __slots__ = (
+        "answers", "entries", "known", "ptr", "shapes", "wild_answers", "wild_known",
+    )  # fmt: skip
 
     def __init__(self, file: HostsMap, inline: HostsMap, ttl: int) -> None:
         self.entries = len(file) + len(inline)
@@ -75,6 +77,8 @@ class HostsTable:
         self.wild_known: dict[bytes, PreparedReply] = {}
         self.ptr: dict[bytes, PreparedReply] = {}
         """Reverse name wire -> PTR reply."""
+        self.shapes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        """Name (exact, ``*.`` wildcard, or reverse) -> what it answers, to compare loads."""
 
         exact = {
             **dict.fromkeys(file.name4), **dict.fromkeys(file.name6),
@@ -89,6 +93,7 @@ class HostsTable:
                 TYPE_AAAA, packed(v6, socket.AF_INET6)
             )
             self.known[wire] = nodata
+            self.shapes[name] = (tuple(v4), tuple(v6))
         wild = {
             **dict.fromkeys(file.wild4), **dict.fromkeys(file.wild6),
             **dict.fromkeys(inline.wild4), **dict.fromkeys(inline.wild6),
@@ -104,12 +109,15 @@ class HostsTable:
                 TYPE_AAAA, packed(v6, socket.AF_INET6)
             )
             self.wild_known[wire] = nodata
+            self.shapes[name] = (tuple(v4), tuple(v6))
         addresses = {**dict.fromkeys(file.reverse), **dict.fromkeys(inline.reverse)}
         for address in addresses:
             names = file.reverse.get(address, []) + inline.reverse.get(address, [])
-            self.ptr[name_wire(reverse_name(address)) + _TYPE_CLASS[TYPE_PTR]] = answer(
+            reverse = reverse_name(address)
+            self.ptr[name_wire(reverse) + _TYPE_CLASS[TYPE_PTR]] = answer(
                 TYPE_PTR, [name_wire(n) for n in names]
             )
+            self.shapes[reverse] = (tuple(names),)
 
     def lookup(self, question: bytes, qtype: int) -> PreparedReply | None:
         """The reply for a question (name wire + type + class, lowercased) in the zones.
@@ -131,6 +139,25 @@ class HostsTable:
         if qtype in (TYPE_A, TYPE_AAAA):
             return self.wild_answers.get(pattern + question[-4:])
         return self.wild_known.get(pattern)
+
+
+def changed_names(old: HostsTable, new: HostsTable) -> tuple[frozenset[str], frozenset[str]]:
+    """What answers may differ between two tables: for ``DataChanges.announce``.
+
+    The names (exact and reverse) whose answers differ, appear or vanish;
+    and the parents of changed wildcards, under which every name may have
+    changed. Pure and proportional to the tables: run it off the event loop.
+    """
+    names: set[str] = set()
+    below: set[str] = set()
+    for table, other in ((old, new), (new, old)):
+        for name, shape in table.shapes.items():
+            if other.shapes.get(name) != shape:
+                if name.startswith("*."):
+                    below.add(name[2:])
+                else:
+                    names.add(name)
+    return frozenset(names), frozenset(below)
 
 
 def _lookup(names: dict[str, list[str]], wild: dict[str, list[str]], name: str) -> list[str]:

@@ -359,13 +359,53 @@ async def test_answers_through_cache(tmp_path: Path) -> None:
         metrics = await scrape(server)
         assert metrics.value("coredns_cache_hits_total", type="success") >= 1
         assert metrics.value("coredns_cache_misses_total") >= 2
-        # A reload: the cache in front keeps the stored answer until its TTL ends
-        # (as CoreDNS, which has no announcement of changed data); names not
-        # stored yet are answered from the new table at once.
-        path.write_text(HOSTS + "10.0.0.50 new.example.org\n")
+        # A reload: names the new table answers differently are announced, and the
+        # cache in front answers the very next query for them from the new table.
+        unchanged = await query(server, "www.example.org", "A")
+        hits = metrics.value("coredns_cache_hits_total")
+        path.write_text(
+            HOSTS.replace("10.0.0.1 web.example.org www.example.org", "10.0.0.1 www.example.org")
+            + "10.0.0.51 web.example.org\n10.0.0.50 new.example.org\n"
+        )
         await wait_for(server, "new.example.org", ["new.example.org. 30 10.0.0.50"])
-        cached = await query(server, "web.example.org", "A")
-        assert [rd.to_text() for rd in cached.answer[0]] == ["10.0.0.1"]
+        changed = await query(server, "web.example.org", "A")
+        assert [rd.to_text() for rd in changed.answer[0]] == ["10.0.0.51"]
+        # What did not change stays cached.
+        again = await query(server, "www.example.org", "A")
+        assert [rd.to_text() for rd in again.answer[0]] == ["10.0.0.1"]
+        assert [rd.to_text() for rd in unchanged.answer[0]] == ["10.0.0.1"]
+        metrics = await scrape(server)
+        assert metrics.value("coredns_cache_hits_total") >= hits + 1
+
+
+async def test_a_reload_reaches_names_the_upstream_answered(tmp_path: Path) -> None:
+    """A name that forward answered (and the cache stored) and that the file now has."""
+    path = tmp_path / "hosts"
+    path.write_text(HOSTS)
+    async with upstream() as up:
+        text = (
+            f".:0 {{\n  cache 30\n  hosts {path} {{\n    reload 100ms\n    fallthrough\n  }}\n"
+            f"  forward . {up.address}\n}}\n"
+        )
+        async with serve(text) as server:
+            for _ in range(2):
+                reply = await query(server, "next.example.org", "A")
+                assert texts(reply) == ["next.example.org. 30 192.0.2.1"]
+                missing = await query(server, "gone.example.org", "A")
+                assert missing.rcode() == NXDOMAIN
+            assert up.count("next.example.org") == 1  # the second came from the cache
+            path.write_text(HOSTS + "10.0.0.60 next.example.org\n10.0.0.61 gone.example.org\n")
+            with trio.fail_after(20):
+                while True:
+                    reply = await query(server, "next.example.org", "A")
+                    if texts(reply) != ["next.example.org. 30 192.0.2.1"]:
+                        break
+                    await trio.sleep(0.1)
+            assert texts(reply) == ["next.example.org. 30 10.0.0.60"]
+            # The stored NXDOMAIN is forgotten as well: the first query after the reload.
+            gone = await query(server, "gone.example.org", "A")
+            assert texts(gone) == ["gone.example.org. 30 10.0.0.61"]
+            assert up.count("next.example.org") == 1
 
 
 FILE_ONLY = [row for row in TABLE if row[0].endswith("example.org") and "inline" not in row[0]]

@@ -89,10 +89,13 @@ async def test_serve(tmp_path: Path) -> None:
             # fallthrough: other names go to forward.
             other = await query(server, "example.org", "A")
             assert [rd.to_text() for rd in other.answer[0]] == ["192.0.2.1"]
-            # A node joins: k3s rewrites NodeHosts; the table is re-read within
-            # reload 15s (waited for on the entries gauge, bounded at 40 s, so that
-            # no query stores agent-1's NXDOMAIN in the cache meanwhile).
+            # A node joins: k3s rewrites NodeHosts. Its name was asked before (the
+            # upstream's NXDOMAIN is in the cache); once the file is re-read (within
+            # reload 15s: waited for on the entries gauge, bounded at 40 s) the
+            # very next query is answered from the new table.
             node_hosts = tmp_path / "NodeHosts"
+            before = await query(server, "agent-1", "A")
+            assert before.rcode() == dns.rcode.NXDOMAIN
             metrics = await scrape(server)
             assert metrics.value("coredns_hosts_entries", hostsfile=str(node_hosts)) == 4
             new = tmp_path / "NodeHosts.new"

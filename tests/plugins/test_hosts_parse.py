@@ -16,6 +16,7 @@ from pycorefile_plugins.hosts import (
     parse_hosts,
     parse_hosts_text,
 )
+from pycorefile_plugins.hosts._table import changed_names
 
 
 def ctx() -> SetupContext:
@@ -197,3 +198,22 @@ def test_an_empty_table_knows_nothing() -> None:
     assert ask(table, "a.example.org") is None
     assert ask(table, ".", "NS") is None
     assert table.ptr == {} and table.entries == 0
+
+
+def test_changed_names_between_loads() -> None:
+    def table(*lines: str) -> HostsTable:
+        return HostsTable(parse_hosts_text(lines, (".",)), HostsMap(), 60)
+
+    old = table("10.0.0.1 a.example.org b.example.org", "10.0.0.9 *.w.example.org")
+    assert changed_names(old, old) == (frozenset(), frozenset())
+    same = table("10.0.0.1 a.example.org b.example.org", "10.0.0.9 *.w.example.org")
+    assert changed_names(old, same) == (frozenset(), frozenset())
+    new = table("10.0.0.1 a.example.org", "10.0.0.2 b.example.org", "10.0.0.8 *.w.example.org")
+    names, below = changed_names(old, new)
+    # b moved: its name, the PTR of its old address (now a only) and of the new one.
+    assert names == {"b.example.org.", "1.0.0.10.in-addr.arpa.", "2.0.0.10.in-addr.arpa."}
+    assert below == {"w.example.org."}  # every name one label below may have changed
+    gone = table()
+    names, below = changed_names(old, gone)
+    assert names == {"a.example.org.", "b.example.org.", "1.0.0.10.in-addr.arpa."}
+    assert below == {"w.example.org."}
