@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ._contract import tag
 from ._request import Handler, Request
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "ClientSearchPath",
     "Fallthrough",
     "Plugin",
     "PluginError",
@@ -223,6 +224,27 @@ class Plugin:
     @classmethod
     def has_background_task(cls) -> bool:
         return cls.run is not Plugin.run
+
+
+# -- Hooks between plugins -----------------------------------------------------------
+
+
+@runtime_checkable
+class ClientSearchPath(Protocol):
+    """A plugin that knows each client's DNS search path (``autopath @PLUGIN``).
+
+    *kubernetes* finds the client's pod by its source IP (``pods verified``)
+    and gives ``NS.svc.ZONE``, ``svc.ZONE``, ``ZONE`` and its own resolv.conf
+    search domains. A third-party plugin offers the same by having this
+    method. (A plugin whose search path is the same for every client, as
+    *meshhosts* in a sidecar, has ``search_path()`` instead.)
+    """
+
+    def search_path_for(self, request: Request) -> Sequence[str] | None:
+        """The search domains of the client that sent ``request``, first to last
+        (FQDNs), or None when it is unknown: autopath then leaves the query alone.
+        Called for every query autopath may search for: it must be a quick lookup."""
+        ...
 
 
 # -- Wrappers --------------------------------------------------------------------------
