@@ -358,8 +358,8 @@ class ApiClient:
     @asynccontextmanager
     async def stream(
         self, path: str, params: Mapping[str, str], read_timeout: float
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """A watch: the events (JSON objects, one per line) as they come."""
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A watch: its body as it comes, in chunks of bytes."""
         timeout = httpx.Timeout(read_timeout, connect=self._http.timeout.connect)
         request = self._http.build_request(
             "GET",
@@ -375,7 +375,7 @@ class ApiClient:
                 self._token_read = -math.inf  # the next request reads the file again
             if response.status_code != 200:
                 raise _api_error(response.status_code, await response.aread())
-            yield _json_lines(response)
+            yield response.aiter_raw()
         finally:
             await response.aclose()
 
@@ -395,21 +395,26 @@ def _api_error(status: int, body: bytes) -> ApiError:
     return ApiError(status, reason, message)
 
 
-async def _json_lines(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    pending = b""
-    async for chunk in response.aiter_raw():
-        pending += chunk
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                break
-            line, pending = pending[:end], pending[end + 1 :]
-            if line.strip():
-                yield _event(line)
-        if len(pending) > MAX_LINE:
-            raise ApiError(0, "EventTooLarge", f"a watch event over {MAX_LINE} bytes")
-    if pending.strip():
-        yield _event(pending)
+class LineSplitter:
+    """Watch events out of a body that arrives in chunks: one JSON object per line."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        """The events completed by ``chunk``; ``ApiError`` for an unreadable or oversize one."""
+        data = self._pending + chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) > self.max_line:
+            raise ApiError(0, "EventTooLarge", f"a watch event over {self.max_line} bytes")
+        return [_event(line) for line in lines if line.strip()]
+
+    def end(self) -> list[dict[str, Any]]:
+        """The last event, when the body did not end with a newline."""
+        rest, self._pending = self._pending, b""
+        return [_event(rest)] if rest.strip() else []
 
 
 def _event(line: bytes) -> dict[str, Any]:
@@ -695,8 +700,8 @@ class Reflector(Generic[R]):
         return params
 
     async def run(self) -> None:
-        """List, then watch, for ever (until cancelled)."""
-        must_list = True
+        """List (unless ``list`` already succeeded), then watch, for ever (until cancelled)."""
+        must_list = not self.synced
         while True:
             try:
                 if must_list:
@@ -791,15 +796,35 @@ class Reflector(Generic[R]):
         )
         self.stats.watches += 1
         try:
-            async with self.client.stream(self.resource.path, params, seconds + 60.0) as events:
-                async for event in events:
-                    self._apply(event)
+            async with self.client.stream(self.resource.path, params, seconds + 60.0) as body:
+                await self._consume(body)
         except ApiError as exc:
             if exc.status == 410:
                 raise _Gone from exc
             raise
 
+    async def _consume(self, body: AsyncIterator[bytes]) -> None:
+        """Apply a watch's events as they come; after a failure, read on to the end of the
+        body (so the HTTP stream is closed in order, within 5 s) and raise it."""
+        failure: ApiError | None = None
+        splitter = LineSplitter()
+        with trio.CancelScope() as drain:
+            async for chunk in body:
+                if failure is not None:
+                    continue
+                try:
+                    for event in splitter.feed(chunk):
+                        self._apply(event)
+                except ApiError as exc:
+                    failure = exc
+                    drain.deadline = trio.current_time() + 5.0
+        if failure is not None:
+            raise failure
+        for event in splitter.end():
+            self._apply(event)
+
     def _apply(self, event: Mapping[str, Any]) -> None:
+        """Apply one watch event; ``ApiError`` for an ERROR event (410: list again)."""
         kind = event.get("type")
         obj = event.get("object")
         if not isinstance(obj, dict):
@@ -807,10 +832,7 @@ class Reflector(Generic[R]):
         if kind == "ERROR":
             code = obj.get("code")
             status = code if isinstance(code, int) else 500
-            error = ApiError(status, str(obj.get("reason") or ""), str(obj.get("message") or ""))
-            if status == 410:
-                raise _Gone from error
-            raise error
+            raise ApiError(status, str(obj.get("reason") or ""), str(obj.get("message") or ""))
         meta = _meta(obj)
         version = meta.get("resourceVersion")
         if kind == "BOOKMARK":

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import kmock
 from kmock._internal import parsing
 
+T = TypeVar("T")
 _original_parse_path = parsing.parse_path
 
 
@@ -61,6 +62,7 @@ class ApiServer:
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._objects: Any = None
+        self._before: Callable[[Any], None] | None = None
 
     @property
     def url(self) -> str:
@@ -83,6 +85,8 @@ class ApiServer:
                         for key, value in self._objects:
                             emulator.objects[key] = value
                     self.emulator = emulator
+                    if self._before is not None:
+                        self._before(emulator)
                     self.port = srv.port
                     ready.set()
                     await self._stop.wait()
@@ -128,21 +132,54 @@ class ApiServer:
         self._thread.join(30)
         self._loop = None
 
-    def restart(self) -> None:
+    def restart(self, before: Callable[[Any], None] | None = None) -> None:
+        """Serve again on the same port; ``before(emulator)`` runs before any request is read."""
+        self._before = before
         self.start()
+
+    def call(self, function: Callable[[Any], T]) -> T:
+        """Run ``function(emulator)`` on the API server's own loop and return its result."""
+        assert self._loop is not None
+        done = threading.Event()
+        result: list[T] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.append(function(self.emulator))
+            except BaseException as exc:
+                errors.append(exc)
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        if not done.wait(10):
+            raise RuntimeError("the test API server did not answer")
+        if errors:
+            raise errors[0]
+        return result[0]
 
     def script_watch(self, resource: str, *lines: dict[str, Any]) -> None:
         """The next watch of ``resource`` (``services``...) sends exactly ``lines``, then ends."""
-        assert self._loop is not None
-        done = threading.Event()
 
-        def script() -> None:
-            self.emulator[f"watch {RESOURCES[resource]}"][:1] << lines
-            done.set()
+        def script(emulator: Any) -> None:
+            emulator[f"watch {RESOURCES[resource]}"][:1] << lines
 
-        self._loop.call_soon_threadsafe(script)
-        if not done.wait(10):
-            raise RuntimeError("could not script the watch")
+        self.call(script)
+
+    def refuse(self, verb: str, resource: str, status: int, reason: str, message: str) -> None:
+        """Every ``verb`` (``list``, ``watch``) of ``resource`` gets an error Status."""
+        body = {"kind": "Status", "code": status, "reason": reason, "message": message}
+
+        def script(emulator: Any) -> None:
+            emulator[f"{verb} {RESOURCES[resource]}"] << status << body
+
+        self.call(script)
+
+    def authorizations(self) -> list[str]:
+        """The Authorization header of every request served so far (empty string when none)."""
+        return self.call(
+            lambda emulator: [str(r.headers.get("Authorization", "")) for r in emulator]
+        )
 
 
 @contextmanager
