@@ -60,6 +60,7 @@ __all__ = [
     "Connection",
     "EndpointAddress",
     "EndpointSliceRecord",
+    "LineSplitter",
     "NamespaceRecord",
     "ObjectKey",
     "PodRecord",

@@ -63,6 +63,7 @@ class ApiServer:
         self._thread: threading.Thread | None = None
         self._objects: Any = None
         self._before: Callable[[Any], None] | None = None
+        self._main: asyncio.Task[Any] | None = None
 
     @property
     def url(self) -> str:
@@ -77,6 +78,7 @@ class ApiServer:
                 emulator = kmock.KubernetesEmulator()
                 emulator.resources.load_bundled()
                 self._stop = asyncio.Event()
+                self._main = asyncio.current_task()
                 async with (
                     emulator,
                     kmock.Server(emulator, host="127.0.0.1", port=self.port or None) as srv,
@@ -127,9 +129,22 @@ class ApiServer:
 
             self._loop.call_soon_threadsafe(copy)
             done.wait(10)
-        self._loop.call_soon_threadsafe(self._stop.set)
+        main = self._main
+
+        def cut() -> None:
+            # Open watches are endless handlers: cancel them, so their connections close
+            # at once (as when an API server goes away), then stop serving.
+            for task in asyncio.all_tasks():
+                if task is not main:
+                    task.cancel()
+            assert self._stop is not None
+            self._stop.set()
+
+        self._loop.call_soon_threadsafe(cut)
         assert self._thread is not None
         self._thread.join(30)
+        if self._thread.is_alive():
+            raise RuntimeError("the test API server did not stop")
         self._loop = None
 
     def restart(self, before: Callable[[Any], None] | None = None) -> None:
@@ -176,10 +191,17 @@ class ApiServer:
         self.call(script)
 
     def authorizations(self) -> list[str]:
-        """The Authorization header of every request served so far (empty string when none)."""
-        return self.call(
-            lambda emulator: [str(r.headers.get("Authorization", "")) for r in emulator]
-        )
+        """The Authorization header of every request the server under test made so far."""
+
+        def headers(emulator: Any) -> list[str]:
+            out = []
+            for request in emulator:
+                fields = {k.lower(): v for k, v in request.headers.items()}
+                if str(fields.get("user-agent", "")).startswith("pycorefile"):
+                    out.append(str(fields.get("authorization", "")))
+            return out
+
+        return self.call(headers)
 
 
 @contextmanager

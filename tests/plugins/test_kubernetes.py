@@ -11,6 +11,7 @@ additional, TTLs.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.asyncquery
@@ -21,7 +22,7 @@ import dns.rdatatype
 import pytest
 import trio
 
-from pycorefile import Server
+from pycorefile import Server, kube
 from pycorefile.testing import Upstream, make_query, query, serve
 from pycorefile_plugins.kubernetes import KubernetesPlugin
 from tests.plugins.kube_api import (
@@ -535,3 +536,36 @@ async def test_autopath_uses_the_clients_namespace(api: ApiServer) -> None:
         reply = await ask_from(server, "127.0.0.2", "svc1.other.testns.svc.cluster.local.")
         assert reply.answer[0].rdtype == dns.rdatatype.CNAME
         assert [r.to_text() for r in reply.answer[-1]] == ["10.0.1.1"]
+
+
+# -- Credentials ----------------------------------------------------------------------------
+
+
+async def test_rotated_token_is_read_again(
+    api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await populate(Objects(api.url))
+    monkeypatch.setattr(kube, "TOKEN_REREAD_SECONDS", 0.2)
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+        "contexts:\n- name: test\n  context: {cluster: kmock, user: dns}\n"
+        f"clusters:\n- name: kmock\n  cluster: {{server: '{api.url}'}}\n"
+        "users:\n- name: dns\n  user: {tokenFile: token}\n"
+    )
+    text = corefile(api).replace(f"endpoint {api.url}", f"kubeconfig {config} test")
+    async with serve(text) as server:
+        assert plugin_of(server).ready()
+        assert set(api.authorizations()) == {"Bearer first-token"}
+        token.write_text("second-token\n")  # the kubelet rotates the projected token
+        await trio.sleep(0.3)
+        api.stop()
+        api.restart()  # every watch connects again
+
+        async def rotated() -> bool:
+            return "Bearer second-token" in api.authorizations()
+
+        await eventually(rotated, 60)
+        assert "Bearer first-token" not in api.authorizations()
