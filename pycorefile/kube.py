@@ -165,11 +165,11 @@ def _private_file(text: str, made: list[str]) -> str:
     return path
 
 
-def in_cluster(
-    environ: Mapping[str, str] | None = None, secrets: str = SERVICE_ACCOUNT_DIR
-) -> Connection:
-    """The API as a pod sees it (client-go's ``rest.InClusterConfig``)."""
+def in_cluster(environ: Mapping[str, str] | None = None, secrets: str | None = None) -> Connection:
+    """The API as a pod sees it (client-go's ``rest.InClusterConfig``); ``secrets`` is the
+    service account's folder (``SERVICE_ACCOUNT_DIR``)."""
     env = os.environ if environ is None else environ
+    secrets = SERVICE_ACCOUNT_DIR if secrets is None else secrets
     host = env.get("KUBERNETES_SERVICE_HOST", "")
     port = env.get("KUBERNETES_SERVICE_PORT", "")
     if not host or not port:
