@@ -9,15 +9,20 @@ decided by the plugin from what comes back here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
+import re
+import socket
+import struct
 from dataclasses import dataclass, field
 
 import dns.name
-import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.reversename
+
+import dns.exception
 
 from pycorefile.kube import EndpointAddress, ServiceRecord
 
@@ -29,12 +34,12 @@ DNS_VERSION_TTL = 28800
 MAX_CNAME_CHAIN = 10
 
 IN = dns.rdataclass.IN
-T_A, T_AAAA, T_TXT, T_CNAME = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.TXT, 5
+T_A, T_AAAA, T_TXT, T_CNAME = 1, 28, 16, 5
 T_PTR, T_MX, T_SRV, T_SOA, T_NS = 12, 15, 33, 6, 2
 T_AXFR, T_IXFR = 252, 251
 
-Record = tuple[str, int, dns.rdata.Rdata]
-"""(owner name, TTL, rdata): one resource record of a reply."""
+Record = tuple[str, int, int, bytes]
+"""(owner name, TTL, type, rdata in wire form): one resource record of a reply."""
 
 
 class NameError_(Exception):
@@ -143,6 +148,8 @@ class Answer:
     name_error: bool = False
     refused: bool = False
     chase: str | None = None
+    followed: bool = False
+    """A CNAME in the zone was followed: the answer depends on more than the name asked."""
     """A name outside our zones to ask the rest of the chain for; its answer follows ``records``."""
 
 
@@ -264,7 +271,7 @@ class Lookup:
                 found = self.targets(name, lower_zone)
                 if found and not found[0].family:
                     target = found[0]
-                    return Answer([(qname, target.ttl, _rdata(T_CNAME, _fqdn(target.host)))])
+                    return Answer([(qname, target.ttl, T_CNAME, name_wire(target.host))])
                 return Answer()
             if qtype == T_PTR:
                 return self._ptr(qname, name, lower_zone)
@@ -286,8 +293,9 @@ class Lookup:
             return Answer(name_error=True)
 
     def _address(
-        self, qname: str, name: str, qtype: int, zone: str, lower_zone: str, chain: list[Record]
+        self, qname: str, name: str, qtype: int, zone: str, lower_zone: str, chain: list[str]
     ) -> Answer:
+        """A/AAAA records; ``chain`` holds the CNAME targets followed so far (lowercased)."""
         if name == lower_zone:
             found: list[Target] = []
         elif name == "ns.dns." + lower_zone:
@@ -301,22 +309,20 @@ class Lookup:
             kind = target.family
             if kind == family and target.host not in seen:
                 seen.add(target.host)
-                rdata = _address_rdata(target.host, kind)
-                out.records.append((qname, target.ttl, rdata))
+                out.records.append((qname, target.ttl, qtype, address_wire(target.host, kind)))
             elif kind == 0:
                 host = _fqdn(target.host)
                 if host.lower() == name:
                     continue
-                cname: Record = (qname, target.ttl, _rdata(T_CNAME, host))
-                if len(chain) > MAX_CNAME_CHAIN or any(
-                    str(r[2]).lower() == host.lower() for r in chain
-                ):
-                    continue
+                cname: Record = (qname, target.ttl, T_CNAME, name_wire(host))
                 lower_host = host.lower()
+                if len(chain) > MAX_CNAME_CHAIN or lower_host in chain:
+                    continue
                 if lower_host == lower_zone or lower_host.endswith("." + lower_zone):
+                    out.followed = True
                     try:
                         inner = self._address(
-                            host, lower_host, qtype, zone, lower_zone, [*chain, cname]
+                            host, lower_host, qtype, zone, lower_zone, [*chain, lower_host]
                         )
                     except NameError_:
                         continue
@@ -332,7 +338,7 @@ class Lookup:
     def _txt(self, qname: str, name: str, zone: str) -> Answer:
         lower_zone = zone.lower()
         if name == "dns-version." + lower_zone:
-            return Answer([(qname, DNS_VERSION_TTL, _rdata(T_TXT, f'"{DNS_SCHEMA_VERSION}"'))])
+            return Answer([(qname, DNS_VERSION_TTL, T_TXT, _TXT_VERSION)])
         if self.targets(name, lower_zone):
             return Answer()
         raise NameError_
@@ -355,12 +361,17 @@ class Lookup:
             if (target.name.lower(), port) not in seen_srv:
                 seen_srv.add((target.name.lower(), port))
                 out.records.append(
-                    (qname, target.ttl, _rdata(T_SRV, f"0 {weight} {port} {_fqdn(target.name)}"))
+                    (
+                        qname,
+                        target.ttl,
+                        T_SRV,
+                        _SRV_HEAD.pack(0, weight, port) + name_wire(target.name),
+                    )
                 )
             if (target.name.lower(), target.host) not in seen_address:
                 seen_address.add((target.name.lower(), target.host))
-                rdata = _address_rdata(target.host, target.family)
-                out.extra.append((target.name, target.ttl, rdata))
+                rdata = address_wire(target.host, target.family)
+                out.extra.append((target.name, target.ttl, _TYPE_OF[target.family], rdata))
         return out
 
     def _ptr(self, qname: str, name: str, lower_zone: str) -> Answer:
@@ -388,7 +399,7 @@ class Lookup:
                             hosts.append(host)
         if not hosts:
             raise NameError_
-        return Answer([(qname, self.ttl, _rdata(T_PTR, _fqdn(host))) for host in hosts])
+        return Answer([(qname, self.ttl, T_PTR, name_wire(host)) for host in hosts])
 
     def _ns_targets(self, zone: str) -> list[Target]:
         """Our own addresses, named ``ns.dns.ZONE`` (CoreDNS names its Service when an
@@ -400,18 +411,22 @@ class Lookup:
         out = Answer()
         targets = self._ns_targets(zone)
         if targets:
-            out.records.append((qname, self.ttl, _rdata(T_NS, _fqdn(targets[0].name))))
+            out.records.append((qname, self.ttl, T_NS, name_wire(targets[0].name)))
         for target in targets:
-            out.extra.append((target.name, self.ttl, _address_rdata(target.host, target.family)))
+            rdata = address_wire(target.host, target.family)
+            out.extra.append((target.name, self.ttl, _TYPE_OF[target.family], rdata))
         return out
 
     def soa(self, zone: str) -> Record:
         """The zone's SOA (authority of every negative answer)."""
         ttl = self.ttl
         serial = self.index.modified & 0xFFFFFFFF
-        names = f"{_fqdn('ns.dns.' + zone)} {_fqdn('hostmaster.' + zone)}"
-        rdata = _rdata(T_SOA, f"{names} {serial} 7200 1800 86400 {ttl}")
-        return (zone, min(ttl, 300), rdata)
+        rdata = (
+            name_wire(f"ns.dns.{zone}")
+            + name_wire(f"hostmaster.{zone}")
+            + _SOA_TIMES.pack(serial, 7200, 1800, 86400, ttl)
+        )
+        return (zone, min(ttl, 300), T_SOA, rdata)
 
 
 def _port_matches(query: Query, name: str, protocol: str) -> bool:
@@ -425,9 +440,23 @@ def _fqdn(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def _rdata(rdtype: int, text: str) -> dns.rdata.Rdata:
-    return dns.rdata.from_text(IN, dns.rdatatype.RdataType.make(rdtype), text)
+_SRV_HEAD = struct.Struct(">HHH")
+_SOA_TIMES = struct.Struct(">IIIII")
+_TYPE_OF = {4: T_A, 6: T_AAAA}
+_TXT_VERSION = bytes((len(DNS_SCHEMA_VERSION),)) + DNS_SCHEMA_VERSION.encode()
+_PLAIN = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
-def _address_rdata(ip: str, family: int) -> dns.rdata.Rdata:
-    return _rdata(T_A if family == 4 else T_AAAA, ip)
+@functools.lru_cache(maxsize=65536)
+def name_wire(text: str) -> bytes:
+    """The uncompressed wire form of a name, letter case kept (``a.b`` and ``a.b.`` alike)."""
+    labels = text.rstrip(".").split(".") if text not in ("", ".") else []
+    if all(_PLAIN.fullmatch(label) for label in labels):
+        return b"".join(bytes((len(label),)) + label.encode() for label in labels) + b"\0"
+    wire = dns.name.from_text(_fqdn(text)).to_wire()
+    assert wire is not None
+    return wire
+
+
+def address_wire(ip: str, family: int) -> bytes:
+    return socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, ip)

@@ -8,7 +8,7 @@ prepared from an older state are known to be stale.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from pycorefile.kube import (
@@ -20,6 +20,14 @@ from pycorefile.kube import (
 )
 
 R = TypeVar("R")
+
+Dependency = tuple[str, ...]
+"""What an answer is made from: ``("service", NS, NAME)``, ``("ip", IP)``, or one of below."""
+NAMESPACES: Dependency = ("namespaces",)
+PODS: Dependency = ("pods",)
+ANY_SERVICE: Dependency = ("any service",)
+STATIC: Dependency = ("static",)
+"""Made from nothing that changes (an invalid name, ``dns-version``)."""
 
 
 class ClusterIndex:
@@ -37,6 +45,8 @@ class ClusterIndex:
         self.pods_by_ip: dict[str, dict[ObjectKey, None]] = {}
         self.generation = 0
         """Counts changes of anything an answer may read."""
+        self.listeners: list[Callable[[Dependency], None]] = []
+        """Told what changed (each ``Dependency`` touched), after the change."""
         self.modified = int(time.time())
         """Unix time of the last Service or endpoint change (the SOA serial)."""
         self.service_sink = _Sink(self._add_service, self._drop_service)
@@ -44,10 +54,13 @@ class ClusterIndex:
         self.namespace_sink = _Sink(self._add_namespace, self._drop_namespace)
         self.pod_sink = _Sink(self._add_pod, self._drop_pod)
 
-    def _changed(self, serial: bool = True) -> None:
+    def _changed(self, changes: Iterable[Dependency], serial: bool = True) -> None:
         self.generation += 1
         if serial:
             self.modified = int(time.time())
+        for change in dict.fromkeys(changes):
+            for listener in self.listeners:
+                listener(change)
 
     # -- Services -----------------------------------------------------------------
 
@@ -61,13 +74,13 @@ class ClusterIndex:
         for ip in record.cluster_ips:
             if ip != "None":
                 self.service_by_ip.setdefault(ip, {})[key] = None
-        self._changed()
+        self._changed(_service_changes(old) + _service_changes(record))
 
     def _drop_service(self, key: ObjectKey) -> None:
         old = self.services.pop(key, None)
         if old is not None:
             self._unindex_service(key, old)
-            self._changed()
+            self._changed(_service_changes(old))
 
     def _unindex_service(self, key: ObjectKey, record: ServiceRecord) -> None:
         for ip in record.cluster_ips:
@@ -89,13 +102,13 @@ class ClusterIndex:
             self.slices_of.setdefault((record.namespace, record.service), {})[key] = None
         for address in record.addresses:
             self.slices_by_ip.setdefault(address.ip, {})[key] = None
-        self._changed()
+        self._changed(_slice_changes(old) + _slice_changes(record))
 
     def _drop_slice(self, key: ObjectKey) -> None:
         old = self.slices.pop(key, None)
         if old is not None:
             self._unindex_slice(key, old)
-            self._changed()
+            self._changed(_slice_changes(old))
 
     def _unindex_slice(self, key: ObjectKey, record: EndpointSliceRecord) -> None:
         if record.service:
@@ -116,12 +129,12 @@ class ClusterIndex:
     def _add_namespace(self, key: ObjectKey, record: NamespaceRecord) -> None:
         if record.name not in self.namespaces:
             self.namespaces.add(record.name)
-            self._changed(serial=False)
+            self._changed((NAMESPACES,), serial=False)
 
     def _drop_namespace(self, key: ObjectKey) -> None:
         if key[1] in self.namespaces:
             self.namespaces.discard(key[1])
-            self._changed(serial=False)
+            self._changed((NAMESPACES,), serial=False)
 
     def _add_pod(self, key: ObjectKey, record: PodRecord) -> None:
         old = self.pods.get(key)
@@ -131,16 +144,30 @@ class ClusterIndex:
             _unlink(self.pods_by_ip, old.ip, key)
         self.pods[key] = record
         self.pods_by_ip.setdefault(record.ip, {})[key] = None
-        self._changed(serial=False)
+        self._changed((PODS,), serial=False)
 
     def _drop_pod(self, key: ObjectKey) -> None:
         old = self.pods.pop(key, None)
         if old is not None:
             _unlink(self.pods_by_ip, old.ip, key)
-            self._changed(serial=False)
+            self._changed((PODS,), serial=False)
 
     def pods_with_ip(self, ip: str) -> list[PodRecord]:
         return [self.pods[key] for key in self.pods_by_ip.get(ip, ())]
+
+
+def _service_changes(record: ServiceRecord | None) -> list[Dependency]:
+    if record is None:
+        return []
+    return [("service", record.namespace, record.name)] + [("ip", ip) for ip in record.cluster_ips]
+
+
+def _slice_changes(record: EndpointSliceRecord | None) -> list[Dependency]:
+    if record is None:
+        return []
+    return [("service", record.namespace, record.service)] + [
+        ("ip", address.ip) for address in record.addresses
+    ]
 
 
 def _unlink(index: dict[R, dict[ObjectKey, None]], value: R, key: ObjectKey) -> None:

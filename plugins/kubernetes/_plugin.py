@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dns.message
 import dns.name
 import dns.rcode
-import dns.rrset
 import trio
 
 from pycorefile import (
@@ -25,11 +25,20 @@ from pycorefile import (
     kube,
     pass_on,
 )
-from pycorefile.wire import PreparedReply
+from pycorefile.wire import OUR_PAYLOAD, PreparedReply, name_to_text
 from pycorefile.zones import match_zone
 
-from ._answers import Answer, Lookup, Record
-from ._index import ClusterIndex
+from ._answers import (
+    Answer,
+    Lookup,
+    NameError_,
+    Record,
+    address_from_reverse,
+    is_reverse,
+    name_wire,
+    parse_name,
+)
+from ._index import ANY_SERVICE, NAMESPACES, PODS, STATIC, ClusterIndex, Dependency
 from ._parse import KubernetesConfig, parse_kubernetes
 
 if TYPE_CHECKING:
@@ -37,8 +46,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pycorefile.kubernetes")
 
-MAX_PREPARED = 50_000
-"""Prepared replies kept at most (all are dropped at the next change of the cluster)."""
+MAX_PREPARED = 100_000
+"""Prepared replies kept at most (all are dropped when there would be more)."""
+_HEADER = struct.Struct(">HHHHHH")
+_RR = struct.Struct(">HHIH")
+_TO_QUESTION = b"\xc0\x0c"
+"""An owner name that is the question's: a pointer to it."""
 RESOLV_CONF = "/etc/resolv.conf"
 
 
@@ -59,7 +72,9 @@ class KubernetesPlugin(Plugin):
         self.client: kube.ApiClient | None = None
         self.reflectors: list[kube.Reflector[Any]] = []
         self._prepared: dict[bytes, PreparedReply] = {}
-        self._prepared_generation = -1
+        """Finished replies by question (``Request.key`` less its DO and CD bits)."""
+        self._dependents: dict[Dependency, set[bytes]] = {}
+        self.index.listeners.append(self._changed)
         self._zone_wires = tuple((z, dns.name.from_text(z).to_wire() or b"") for z in config.zones)
 
     @classmethod
@@ -164,14 +179,10 @@ class KubernetesPlugin(Plugin):
         zone = match_zone(name, self.config.zones)
         if zone is None:
             return self.next.handle(request)
-        index = self.index
-        if self._prepared_generation != index.generation:
-            self._prepared.clear()
-            self._prepared_generation = index.generation
         prepared = self._prepared.get(request.key[:-2])
         if prepared is not None:
             return prepared.render(request.wire, request.name_end, request.edns, request.do)
-        qname = request.qname.to_text()
+        qname = name_to_text(request.qname_wire)
         zone_as_asked = qname[len(qname) - len(zone) :] if zone != "." else "."
         answer = self.lookup.answer(qname, name, request.qtype, zone_as_asked)
         if answer.refused:
@@ -181,41 +192,97 @@ class KubernetesPlugin(Plugin):
             if fallthrough is not None and fallthrough.through(name):
                 return self.next.handle(request)
             if not self.ready():
-                return self._negative(request, dns.rcode.SERVFAIL, zone_as_asked)
-            return self._keep(request, self._negative(request, dns.rcode.NXDOMAIN, zone_as_asked))
-        if answer.chase is not None:
+                return self._reply(
+                    request, dns.rcode.SERVFAIL, [], [self.lookup.soa(zone_as_asked)]
+                )
+            answer.records = []
+        elif answer.chase is not None:
             return self._chase(request, answer, zone_as_asked)
-        if not answer.records:
-            return self._keep(request, self._negative(request, dns.rcode.NOERROR, zone_as_asked))
-        return self._keep(request, self._positive(request, answer.records, answer.extra))
+        if answer.records:
+            wire = self._wire(request, dns.rcode.NOERROR, answer.records, [], answer.extra)
+        else:
+            rcode = dns.rcode.NXDOMAIN if answer.name_error else dns.rcode.NOERROR
+            wire = self._wire(request, rcode, [], [self.lookup.soa(zone_as_asked)])
+        prepared = PreparedReply(wire)
+        self._keep(request.key[:-2], prepared, self._depends_on(name, zone, answer))
+        return prepared.render(request.wire, request.name_end, request.edns, request.do)
 
     def serve_known(
         self, wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
     ) -> bytes | None:
-        if self._prepared_generation != self.index.generation:
-            return None
         found = self._prepared.get(key[:-2])
         return None if found is None else found.render(wire, name_end, edns, do)
 
-    def _keep(self, request: Request, reply: dns.message.Message) -> bytes:
-        prepared = PreparedReply.from_message(reply)
+    # -- Prepared replies and what they depend on ---------------------------------
+
+    def _keep(self, key: bytes, prepared: PreparedReply, depends: Dependency) -> None:
         if len(self._prepared) >= MAX_PREPARED:
-            self._prepared.clear()
-        self._prepared[request.key[:-2]] = prepared
+            self._forget_all()
+        self._prepared[key] = prepared
+        self._dependents.setdefault(depends, set()).add(key)
+
+    def _depends_on(self, name: str, zone: str, answer: Answer) -> Dependency:
+        """What a reply was made from: a change of it drops the reply.
+
+        A Service name depends on that Service (and its endpoints); a reverse
+        name on its IP; a pod name on the pods. What follows a CNAME in the
+        zone, and the apex (its serial), depend on any Service change.
+        Namespaces change rarely: a change of one drops every prepared reply.
+        """
+        if answer.followed:
+            return ANY_SERVICE
+        if is_reverse(name):
+            ip = address_from_reverse(name)
+            return ("ip", ip) if ip else STATIC
+        try:
+            query = parse_name(name, zone)
+        except NameError_:
+            return STATIC
+        if query.kind == "pod":
+            return PODS
+        if query.service:
+            return ("service", query.namespace, query.service)
+        return ANY_SERVICE if not query.kind else STATIC
+
+    def _changed(self, change: Dependency) -> None:
+        """The index tells what changed: drop the replies made from it."""
+        if change == NAMESPACES:
+            self._forget_all()
+            return
+        for depends in (change, ANY_SERVICE) if change != PODS else (change,):
+            for key in self._dependents.pop(depends, ()):
+                self._prepared.pop(key, None)
+
+    def _forget_all(self) -> None:
+        self._prepared.clear()
+        self._dependents.clear()
+
+    # -- Replies as bytes -----------------------------------------------------------
+
+    def _wire(
+        self,
+        request: Request,
+        rcode: int,
+        answer: list[Record],
+        authority: list[Record],
+        additional: list[Record] = (),  # type: ignore[assignment]
+    ) -> bytes:
+        """A complete reply, without OPT (``PreparedReply`` adds the client's)."""
+        flags = 0x8400 | (request.flags & 0x0100) | rcode  # QR, AA, the query's RD
+        head = _HEADER.pack(request.id, flags, 1, len(answer), len(authority), len(additional))
+        qname_lower = request.name
+        parts = [head, request.wire[12 : request.name_end + 4]]
+        for section in (answer, authority, additional):
+            for owner, ttl, rdtype, rdata in section:
+                own = _TO_QUESTION if owner.lower() == qname_lower else name_wire(owner)
+                parts.append(own + _RR.pack(rdtype, 1, ttl, len(rdata)) + rdata)
+        return b"".join(parts)
+
+    def _reply(
+        self, request: Request, rcode: int, answer: list[Record], authority: list[Record]
+    ) -> bytes:
+        prepared = PreparedReply(self._wire(request, rcode, answer, authority))
         return prepared.render(request.wire, request.name_end, request.edns, request.do)
-
-    def _negative(self, request: Request, rcode: int, zone: str) -> dns.message.Message:
-        reply = request.reply(rcode, authoritative=True)
-        _add(reply.authority, [self.lookup.soa(zone)])
-        return reply
-
-    def _positive(
-        self, request: Request, records: list[Record], extra: list[Record]
-    ) -> dns.message.Message:
-        reply = request.reply(dns.rcode.NOERROR, authoritative=True)
-        _add(reply.answer, records)
-        _add(reply.additional, extra)
-        return reply
 
     def _chase(self, request: Request, answer: Answer, zone: str) -> Result:
         """An ExternalName outside our zones: our CNAMEs, then what the rest of the chain says."""
@@ -223,7 +290,7 @@ class KubernetesPlugin(Plugin):
         try:
             asked = request.derive(answer.chase)
         except ValueError:
-            return self._negative(request, dns.rcode.NOERROR, zone)
+            return self._reply(request, dns.rcode.NOERROR, [], [self.lookup.soa(zone)])
 
         def merge(reply: Reply) -> Reply:
             message = (
@@ -231,15 +298,17 @@ class KubernetesPlugin(Plugin):
                 if isinstance(reply, dns.message.Message)
                 else dns.message.from_wire(reply, ignore_trailing=True)
             )
-            out = self._positive(request, answer.records, [])
-            for rrset in message.answer:
-                out.answer.append(rrset)
+            ours = self._wire(request, dns.rcode.NOERROR, answer.records, [])
+            out = dns.message.from_wire(ours)
+            out.answer.extend(message.answer)
+            if request.edns:
+                out.use_edns(0, payload=OUR_PAYLOAD)
             return out
 
         def failed(exc: Exception) -> Reply:
             if not isinstance(exc, PluginError | trio.TooSlowError):
                 raise exc
-            return self._negative(request, dns.rcode.NOERROR, zone)
+            return self._reply(request, dns.rcode.NOERROR, [], [self.lookup.soa(zone)])
 
         return pass_on(self.next, asked, merge, failed)
 
@@ -299,20 +368,6 @@ class KubernetesPlugin(Plugin):
             relists.add_metric([plural], reflector.stats.lists)
             errors.add_metric([plural], reflector.stats.errors)
         return [synced, events, relists, errors]
-
-
-def _add(section: list[dns.rrset.RRset], records: list[Record]) -> None:
-    """Append records, one RRset per owner and type in order of first appearance."""
-    sets: dict[tuple[str, int], dns.rrset.RRset] = {}
-    for owner, ttl, rdata in records:
-        key = (owner.lower(), rdata.rdtype)
-        rrset = sets.get(key)
-        if rrset is None:
-            rrset = dns.rrset.RRset(dns.name.from_text(owner), rdata.rdclass, rdata.rdtype)
-            rrset.update_ttl(ttl)
-            sets[key] = rrset
-            section.append(rrset)
-        rrset.add(rdata, ttl)
 
 
 def _local_ips(hosts: Sequence[str]) -> tuple[str, ...]:

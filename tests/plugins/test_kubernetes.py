@@ -359,10 +359,14 @@ async def test_watch_changes_reach_answers(api: ApiServer) -> None:
             return bool(reply.answer) and [r.to_text() for r in reply.answer[0]] == [ip]
 
         await eventually(lambda: answered("10.0.0.50"))
+        ptr = await query(server, "50.0.0.10.in-addr.arpa.", "PTR")  # prepared now
+        assert ptr.answer[0][0].to_text() == "late.testns.svc.cluster.local."
         await objects.patch(
             "services", "testns", "late", {"spec": {"clusterIP": "10.0.0.51", "clusterIPs": ["10.0.0.51"]}}
         )  # fmt: skip
         await eventually(lambda: answered("10.0.0.51"))
+        # The change dropped the prepared reverse answer of the old address too.
+        assert await rcode_of(server, "50.0.0.10.in-addr.arpa.", "PTR") == dns.rcode.NXDOMAIN
         await objects.delete("services", "testns", "late")
 
         async def gone() -> bool:
@@ -468,9 +472,10 @@ async def test_servfail_until_the_first_sync(api: ApiServer) -> None:
         api.restart()
 
         async def synced() -> bool:
-            return await rcode_of(server, "svc1.testns.svc.cluster.local.") == 0
+            return plugin.ready()  # every kind listed, not only the Services
 
         await eventually(synced, 60)
+        assert await rcode_of(server, "svc1.testns.svc.cluster.local.") == 0
         assert (await http_get(address, "/ready"))[0] == 200
         assert await rcode_of(server, "nosvc.testns.svc.cluster.local.") == dns.rcode.NXDOMAIN
 
