@@ -46,6 +46,10 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
+def pod_ip(n: int) -> str:
+    return f"172.{16 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+
+
 def objects(services: int, endpoints: int) -> dict[str, list[dict[str, Any]]]:
     namespaces = [f"ns{i}" for i in range(max(1, services // 100))]
     svcs, slices = [], []
@@ -66,9 +70,10 @@ def objects(services: int, endpoints: int) -> dict[str, list[dict[str, Any]]]:
                          "labels": {"kubernetes.io/service-name": name}},
             "addressType": "IPv4",
             "endpoints": [
-                {"addresses": [f"172.{16 + (i * endpoints + k) // 65536}.{((i * endpoints + k) // 256) % 256}.{(i * endpoints + k) % 256}"],
+                {"addresses": [pod_ip(i * endpoints + k)],
                  "conditions": {"ready": True, "serving": True, "terminating": False},
-                 "nodeName": f"node{k}", "targetRef": {"kind": "Pod", "name": f"{name}-{k}", "namespace": ns}}
+                 "nodeName": f"node{k}",
+                 "targetRef": {"kind": "Pod", "name": f"{name}-{k}", "namespace": ns}}
                 for k in range(endpoints)
             ],
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
@@ -109,10 +114,10 @@ async def api_server(data: dict[str, list[dict[str, Any]]], task_status: Any) ->
                 limit = int(query.get("limit") or len(items) or 1)
                 page = items[start : start + limit]
                 more = start + limit < len(items)
-                body = json.dumps({
-                    "metadata": {"resourceVersion": "1", **({"continue": str(start + limit)} if more else {})},
-                    "items": page,
-                }).encode()  # fmt: skip
+                meta = {"resourceVersion": "1"}
+                if more:
+                    meta["continue"] = str(start + limit)
+                body = json.dumps({"metadata": meta, "items": page}).encode()
                 await stream.send_all(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                     + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -221,9 +226,8 @@ def main() -> int:
     for key, value in result.items():
         print(f"{key:24} {value:12.3f}")
     ok = result["load_s"] < TARGET_SECONDS and result["rss_mb"] < TARGET_MB
-    print(
-        f"targets (load < {TARGET_SECONDS} s, resident < {TARGET_MB} MB): {'met' if ok else 'NOT met'}"
-    )
+    verdict = "met" if ok else "NOT met"
+    print(f"targets (load < {TARGET_SECONDS} s, resident < {TARGET_MB} MB): {verdict}")
     return 0
 
 

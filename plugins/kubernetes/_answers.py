@@ -17,12 +17,11 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+import dns.exception
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
 import dns.reversename
-
-import dns.exception
 
 from pycorefile.kube import EndpointAddress, ServiceRecord
 
