@@ -22,8 +22,11 @@ imports nothing else of pycorefile.
 - **Records**: ``ServiceRecord``, ``EndpointSliceRecord``, ``NamespaceRecord``
   and ``PodRecord`` with their ``trim_*`` functions: what DNS answers need.
 
-A plugin gives the reflector a ``Sink`` (``replace``, ``upsert``, ``remove``)
-and runs ``Reflector.run()`` in its background task.
+A plugin subscribes a ``Sink`` (``replace``, ``upsert``, ``remove``) with
+``subscribe``: one watch per kind, connection and selectors serves the whole
+process (every block, and both configurations across a reload), run as a
+trio system task until its last ``Subscription`` closes. ``Reflector`` alone
+runs the loop for a plugin that wants its own.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import random
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -69,16 +72,18 @@ __all__ = [
     "ReflectorStats",
     "Resource",
     "ServiceRecord",
+    "SharedWatch",
     "Sink",
     "Store",
+    "Subscription",
     "from_endpoint",
     "from_kubeconfig",
     "in_cluster",
+    "subscribe",
     "trim_endpoint_slice",
     "trim_namespace",
     "trim_pod",
     "trim_service",
-    "watch_all",
 ]
 
 log = logging.getLogger("pycorefile.kube")
@@ -853,11 +858,6 @@ class Reflector(Generic[R]):
         self._delay = self.backoff[0]
 
 
-def watch_all(reflectors: Sequence[Reflector[Any]]) -> Callable[[], bool]:
-    """A readiness check: True once every reflector has synced (and for ever after)."""
-    return lambda: all(r.synced for r in reflectors)
-
-
 @dataclass
 class Store(Generic[R]):
     """A plain ``Sink``: the records by key, and a count of changes."""
@@ -876,3 +876,151 @@ class Store(Generic[R]):
     def remove(self, key: ObjectKey) -> None:
         if self.records.pop(key, None) is not None:
             self.changes += 1
+
+
+# -- One watch per kind for the whole process ------------------------------------------
+
+
+class SharedWatch(Generic[R]):
+    """One reflector whose records every subscriber with the same key receives.
+
+    Its task is a trio system task, so it outlives the configuration whose
+    plugin started it: across a reload the new plugin subscribes (and gets
+    the records at once, already synced) before the old one leaves, and
+    nothing is listed again. The task stops when the last subscriber leaves.
+    """
+
+    def __init__(self, key: tuple[Any, ...], reflector_of: Callable[[Sink[R]], Reflector[R]]):
+        self.key = key
+        self.records: dict[ObjectKey, R] = {}
+        self.subscribers: list[Sink[R]] = []
+        self.reflector = reflector_of(self)
+        self._scope = trio.CancelScope()
+
+    # The reflector's sink: keep the records, pass every change on.
+
+    def replace(self, records: dict[ObjectKey, R]) -> None:
+        self.records = records
+        for sink in list(self.subscribers):
+            sink.replace(records)
+
+    def upsert(self, key: ObjectKey, record: R) -> None:
+        self.records[key] = record
+        for sink in list(self.subscribers):
+            sink.upsert(key, record)
+
+    def remove(self, key: ObjectKey) -> None:
+        self.records.pop(key, None)
+        for sink in list(self.subscribers):
+            sink.remove(key)
+
+    async def _run(self) -> None:
+        with self._scope:
+            try:
+                await self.reflector.run()
+            except Exception:  # a bug: never let it end the process's run
+                log.exception("kube: watch of %s failed", self.reflector.resource.plural)
+
+
+class Subscription:
+    """A plugin's hold on shared watches; ``close`` when the plugin shuts down."""
+
+    def __init__(self) -> None:
+        self.watches: list[tuple[SharedWatch[Any], Sink[Any]]] = []
+
+    @property
+    def reflectors(self) -> list[Reflector[Any]]:
+        return [watch.reflector for watch, _ in self.watches]
+
+    def synced(self) -> bool:
+        """True once every watch has been listed (and for ever after)."""
+        return bool(self.watches) and all(w.reflector.synced for w, _ in self.watches)
+
+    async def wait_synced(self) -> None:
+        for watch, _ in self.watches:
+            await watch.reflector.synced_event.wait()
+
+    def close(self) -> None:
+        hub = _HUB.get()
+        for watch, sink in self.watches:
+            if sink in watch.subscribers:
+                watch.subscribers.remove(sink)
+            if not watch.subscribers:
+                watch._scope.cancel()
+                hub.watches.pop(watch.key, None)
+                hub.release(watch.reflector.client)
+        self.watches.clear()
+
+
+class _Hub:
+    """The watches and clients of one trio run (the process, in a server)."""
+
+    def __init__(self) -> None:
+        self.watches: dict[tuple[Any, ...], SharedWatch[Any]] = {}
+        self.clients: dict[tuple[Connection, str], tuple[ApiClient, int]] = {}
+
+    def client(self, conn: Connection, user_agent: str) -> ApiClient:
+        key = (conn, user_agent)
+        found = self.clients.get(key)
+        client = found[0] if found is not None else ApiClient(conn, user_agent=user_agent)
+        self.clients[key] = (client, (found[1] if found is not None else 0) + 1)
+        return client
+
+    def release(self, client: ApiClient) -> None:
+        for key, (held, count) in list(self.clients.items()):
+            if held is client:
+                if count > 1:
+                    self.clients[key] = (held, count - 1)
+                else:
+                    del self.clients[key]
+                    trio.lowlevel.spawn_system_task(held.aclose)
+
+
+_HUB: trio.lowlevel.RunVar[_Hub] = trio.lowlevel.RunVar("pycorefile.kube hub")
+
+
+def subscribe(
+    subscription: Subscription,
+    conn: Connection,
+    resource: Resource,
+    trim: Callable[[Mapping[str, Any]], R | None],
+    sink: Sink[R],
+    *,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
+    user_agent: str = "pycorefile",
+) -> SharedWatch[R]:
+    """Receive ``resource``'s records in ``sink``, from the process's one watch of it.
+
+    Subscribers with the same connection, resource, selectors and ``trim``
+    share one LIST/WATCH; a later one gets the current records at once
+    (``sink.replace``) when the watch has synced. Call from trio (``startup``).
+    """
+    try:
+        hub = _HUB.get()
+    except LookupError:
+        hub = _Hub()
+        _HUB.set(hub)
+    key = (conn, resource, label_selector, field_selector, trim, user_agent)
+    watch = hub.watches.get(key)
+    if watch is None:
+        client = hub.client(conn, user_agent)
+
+        def reflector_of(shared: Sink[R]) -> Reflector[R]:
+            return Reflector(
+                client,
+                resource,
+                trim,
+                shared,
+                label_selector=label_selector,
+                field_selector=field_selector,
+            )
+
+        watch = SharedWatch(key, reflector_of)
+        hub.watches[key] = watch
+        trio.lowlevel.spawn_system_task(watch._run, name=f"kube watch {resource.plural}")
+    elif watch.reflector.synced:
+        sink.replace(dict(watch.records))
+    watch.subscribers.append(sink)
+    subscription.watches.append((watch, sink))
+    return watch

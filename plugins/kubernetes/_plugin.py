@@ -53,6 +53,7 @@ _RR = struct.Struct(">HHIH")
 _TO_QUESTION = b"\xc0\x0c"
 """An owner name that is the question's: a pointer to it."""
 RESOLV_CONF = "/etc/resolv.conf"
+USER_AGENT = "pycorefile/kubernetes"
 
 
 class KubernetesPlugin(Plugin):
@@ -69,8 +70,7 @@ class KubernetesPlugin(Plugin):
         self.lookup = Lookup(config, self.index, local_ips)
         self.search = search
         """This server's own resolv.conf search domains (the tail of autopath's path)."""
-        self.client: kube.ApiClient | None = None
-        self.reflectors: list[kube.Reflector[Any]] = []
+        self.subscription: kube.Subscription | None = None
         self._prepared: dict[bytes, PreparedReply] = {}
         """Finished replies by question (``Request.key`` less its DO and CD bits)."""
         self._dependents: dict[Dependency, set[bytes]] = {}
@@ -88,54 +88,54 @@ class KubernetesPlugin(Plugin):
 
     # -- Watching -----------------------------------------------------------------
 
-    def _make_reflectors(self, client: kube.ApiClient) -> list[kube.Reflector[Any]]:
+    def _subscribe(self) -> kube.Subscription:
+        """The watches this configuration needs, shared by the process (``kube.subscribe``)."""
         config, index = self.config, self.index
+        connection = config.connection
+        assert connection is not None
         labels = config.labels
-        reflectors: list[kube.Reflector[Any]] = [
-            kube.Reflector(
-                client, kube.SERVICES, kube.trim_service, index.service_sink, label_selector=labels
-            ),
-            kube.Reflector(
-                client,
-                kube.NAMESPACES,
-                kube.trim_namespace,
-                index.namespace_sink,
-                label_selector=config.namespace_labels,
-            ),
-        ]
+        held = kube.Subscription()
+
+        def watch(resource: kube.Resource, trim: Any, sink: Any, **selectors: str | None) -> None:
+            kube.subscribe(
+                held, connection, resource, trim, sink, user_agent=USER_AGENT, **selectors
+            )
+
+        watch(kube.SERVICES, kube.trim_service, index.service_sink, label_selector=labels)
+        watch(
+            kube.NAMESPACES,
+            kube.trim_namespace,
+            index.namespace_sink,
+            label_selector=config.namespace_labels,
+        )
         if not config.noendpoints:
-            reflectors.append(
-                kube.Reflector(
-                    client,
-                    kube.ENDPOINT_SLICES,
-                    kube.trim_endpoint_slice,
-                    index.slice_sink,
-                    label_selector=labels,
-                )
+            watch(
+                kube.ENDPOINT_SLICES,
+                kube.trim_endpoint_slice,
+                index.slice_sink,
+                label_selector=labels,
             )
         if config.pods == "verified":
-            reflectors.append(
-                kube.Reflector(
-                    client,
-                    kube.PODS,
-                    kube.trim_pod,
-                    index.pod_sink,
-                    label_selector=labels,
-                    field_selector=kube.POD_FIELD_SELECTOR,
-                )
+            watch(
+                kube.PODS,
+                kube.trim_pod,
+                index.pod_sink,
+                label_selector=labels,
+                field_selector=kube.POD_FIELD_SELECTOR,
             )
-        return reflectors
+        return held
+
+    @property
+    def reflectors(self) -> list[kube.Reflector[Any]]:
+        """The reflectors this plugin's watches run on (shared with other plugins)."""
+        return self.subscription.reflectors if self.subscription is not None else []
 
     async def startup(self) -> None:
-        """Connect and wait for the first sync, at most ``startup_timeout`` (as CoreDNS)."""
-        connection = self.config.connection
-        assert connection is not None
-        self.client = kube.ApiClient(connection, user_agent="pycorefile/kubernetes")
-        self.reflectors = self._make_reflectors(self.client)
+        """Subscribe and wait for the first sync, at most ``startup_timeout`` (as CoreDNS)."""
+        self.subscription = self._subscribe()
         with trio.move_on_after(self.config.startup_timeout) as scope:
             async with trio.open_nursery() as nursery:
-                for reflector in self.reflectors:
-                    nursery.start_soon(self._first_list, reflector)
+                nursery.start_soon(self.subscription.wait_synced)
                 waited = 0
                 while not self.ready():
                     await trio.sleep(0.1)
@@ -144,33 +144,16 @@ class KubernetesPlugin(Plugin):
                         log.info(
                             "plugin/kubernetes: waiting for Kubernetes API before starting server"
                         )
-                nursery.cancel_scope.cancel()
         if scope.cancelled_caught:
             log.warning("plugin/kubernetes: starting server with unsynced Kubernetes API")
 
-    async def _first_list(self, reflector: kube.Reflector[Any]) -> None:
-        try:
-            await reflector.list()
-        except Exception as exc:  # run() lists again, with backoff
-            reflector.stats.errors += 1
-            reflector.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "plugin/kubernetes: listing %s: %s", reflector.resource.plural, reflector.last_error
-            )
-
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                for reflector in self.reflectors:
-                    nursery.start_soon(reflector.run)
-        finally:
-            if self.client is not None:
-                with trio.CancelScope(shield=True):
-                    await self.client.aclose()
+    async def shutdown(self) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
 
     def ready(self) -> bool:
         """True once every watched kind has been listed; stays True through API outages."""
-        return bool(self.reflectors) and all(r.synced for r in self.reflectors)
+        return self.subscription is not None and self.subscription.synced()
 
     # -- Serving ------------------------------------------------------------------
 

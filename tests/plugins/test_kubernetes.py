@@ -574,3 +574,29 @@ async def test_rotated_token_is_read_again(
 
         await eventually(rotated, 60)
         assert "Bearer first-token" not in api.authorizations()
+
+
+# -- One watch per kind for the process -------------------------------------------------------
+
+
+async def test_blocks_and_reloads_share_the_watches(api: ApiServer) -> None:
+    from pycorefile import load_config
+
+    await populate(Objects(api.url))
+    two_blocks = corefile(api) + (
+        f"example.local:0 {{\n    bind 127.0.0.1\n    kubernetes {{\n        endpoint {api.url}\n    }}\n}}\n"
+    )
+    async with serve(two_blocks) as server:
+        assert server.config is not None
+        first, second = server.config.find("kubernetes")
+        assert isinstance(first, KubernetesPlugin) and isinstance(second, KubernetesPlugin)
+        assert [id(r) for r in first.reflectors] == [id(r) for r in second.reflectors]
+        lists = sum(r.stats.lists for r in first.reflectors)
+        assert lists == 3  # services, namespaces, endpointslices: once each
+        # A reload: the new configuration is synced at once, from the same watches.
+        config = await trio.to_thread.run_sync(lambda: load_config(corefile(api)))
+        await server.reload(config)
+        renewed = plugin_of(server)
+        assert renewed is not first and renewed.ready()
+        assert sum(r.stats.lists for r in renewed.reflectors) == lists
+        assert await rcode_of(server, "svc1.testns.svc.cluster.local.") == dns.rcode.NOERROR
