@@ -327,6 +327,13 @@ class ApiClient:
         self._token_read = -math.inf
         self.token_reads = 0
         """How many times the token file was read (for tests and logs)."""
+        self.host = httpx.URL(conn.server).netloc.decode()
+        self.requests: dict[tuple[str, str], int] = {}
+        """Requests by (HTTP status or ``<error>``, method): client-go's request counter."""
+
+    def _count(self, code: str, method: str = "GET") -> None:
+        key = (code, method)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     def _headers(self, force_token: bool = False) -> dict[str, str]:
         conn = self.conn
@@ -345,12 +352,17 @@ class ApiClient:
     async def get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         """GET a JSON document; ``ApiError`` for an error status (after one retry on 401)."""
         for attempt in range(2):
-            response = await self._http.get(
-                path,
-                params=dict(params),
-                headers=self._headers(force_token=attempt > 0),
-                extensions=self._extensions,
-            )
+            try:
+                response = await self._http.get(
+                    path,
+                    params=dict(params),
+                    headers=self._headers(force_token=attempt > 0),
+                    extensions=self._extensions,
+                )
+            except httpx.HTTPError:
+                self._count("<error>")
+                raise
+            self._count(str(response.status_code))
             if response.status_code == 401 and attempt == 0 and self.conn.token_file:
                 continue
             if response.status_code != 200:
@@ -375,7 +387,12 @@ class ApiClient:
             timeout=timeout,
             extensions=self._extensions,
         )
-        response = await self._http.send(request, stream=True)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError:
+            self._count("<error>")
+            raise
+        self._count(str(response.status_code))
         try:
             if response.status_code == 401 and self.conn.token_file:
                 self._token_read = -math.inf  # the next request reads the file again

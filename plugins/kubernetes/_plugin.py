@@ -54,6 +54,7 @@ _TO_QUESTION = b"\xc0\x0c"
 """An owner name that is the question's: a pointer to it."""
 RESOLV_CONF = "/etc/resolv.conf"
 USER_AGENT = "pycorefile/kubernetes"
+SHARED_KEY = "kubernetes.plugins"
 
 
 class KubernetesPlugin(Plugin):
@@ -71,6 +72,8 @@ class KubernetesPlugin(Plugin):
         self.search = search
         """This server's own resolv.conf search domains (the tail of autopath's path)."""
         self.subscription: kube.Subscription | None = None
+        self._reporting: list[KubernetesPlugin] = [self]
+        """Every kubernetes plugin of this configuration; the first reports the metrics."""
         self._prepared: dict[bytes, PreparedReply] = {}
         """Finished replies by question (``Request.key`` less its DO and CD bits)."""
         self._dependents: dict[Dependency, set[bytes]] = {}
@@ -84,7 +87,10 @@ class KubernetesPlugin(Plugin):
             log.warning("plugin/kubernetes: %s", warning)
         if config.pods == "verified" and config.connection is None:
             raise SetupError("pods verified needs a cluster", directives[0])
-        return cls(config, _local_ips(ctx.listen_hosts), _resolv_conf_search())
+        plugin = cls(config, _local_ips(ctx.listen_hosts), _resolv_conf_search())
+        plugin._reporting = ctx.shared.setdefault(SHARED_KEY, [])
+        plugin._reporting.append(plugin)
+        return plugin
 
     # -- Watching -----------------------------------------------------------------
 
@@ -322,8 +328,25 @@ class KubernetesPlugin(Plugin):
     # -- Metrics -----------------------------------------------------------------
 
     def metrics(self) -> Iterable[Metric]:
+        """CoreDNS's request counter, and the watches' state; once for the configuration
+        (the watches are shared by its kubernetes plugins: the first one reports them all)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        if self._reporting[0] is not self:
+            return []
+        reflectors: dict[int, kube.Reflector[Any]] = {}
+        for plugin in self._reporting:
+            for reflector in plugin.reflectors:
+                reflectors.setdefault(id(reflector), reflector)
+        clients = {id(r.client): r.client for r in reflectors.values()}
+        requests = CounterMetricFamily(
+            "coredns_kubernetes_rest_client_requests",
+            "Number of HTTP requests, partitioned by status code, method, and host.",
+            labels=["code", "method", "host"],
+        )
+        for client in clients.values():
+            for (code, method), count in sorted(client.requests.items()):
+                requests.add_metric([code, method, client.host], count)
         synced = GaugeMetricFamily(
             "pycorefile_kubernetes_synced",
             "1 when the kind has been listed from the Kubernetes API.",
@@ -334,7 +357,7 @@ class KubernetesPlugin(Plugin):
             "Watch events applied, by resource.",
             labels=["resource"],
         )
-        relists = CounterMetricFamily(
+        lists = CounterMetricFamily(
             "pycorefile_kubernetes_lists",
             "Complete LISTs of a resource (the first one, and after 410 Gone).",
             labels=["resource"],
@@ -344,13 +367,13 @@ class KubernetesPlugin(Plugin):
             "Failed LIST or WATCH requests, by resource.",
             labels=["resource"],
         )
-        for reflector in self.reflectors:
+        for reflector in reflectors.values():
             plural = reflector.resource.plural
             synced.add_metric([plural], 1.0 if reflector.synced else 0.0)
             events.add_metric([plural], reflector.stats.events)
-            relists.add_metric([plural], reflector.stats.lists)
+            lists.add_metric([plural], reflector.stats.lists)
             errors.add_metric([plural], reflector.stats.errors)
-        return [synced, events, relists, errors]
+        return [requests, synced, events, lists, errors]
 
 
 def _local_ips(hosts: Sequence[str]) -> tuple[str, ...]:

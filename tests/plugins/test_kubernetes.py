@@ -600,3 +600,38 @@ async def test_blocks_and_reloads_share_the_watches(api: ApiServer) -> None:
         assert renewed is not first and renewed.ready()
         assert sum(r.stats.lists for r in renewed.reflectors) == lists
         assert await rcode_of(server, "svc1.testns.svc.cluster.local.") == dns.rcode.NOERROR
+
+
+async def test_metrics_count_requests_once_for_shared_watches(api: ApiServer) -> None:
+    await populate(Objects(api.url))
+    text = corefile(api) + (
+        f"example.local:0 {{\n    bind 127.0.0.1\n"
+        f"    kubernetes {{\n        endpoint {api.url}\n    }}\n}}\n"
+    )
+    host = api.url.removeprefix("http://")
+    requests = (
+        "coredns_kubernetes_rest_client_requests_total",
+        (("code", "200"), ("host", host), ("method", "GET")),
+    )
+    async with serve(text) as server:
+        assert server.config is not None
+        first, second = server.config.find("kubernetes")
+        assert list(second.metrics()) == []  # the first plugin reports the shared watches
+
+        def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            return {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in first.metrics()
+                for sample in family.samples
+            }
+
+        async def watching() -> bool:
+            # One LIST and one WATCH per kind (services, namespaces, endpointslices),
+            # for both blocks.
+            return samples().get(requests) == 6
+
+        await eventually(watching)
+        found = samples()
+    assert found[("pycorefile_kubernetes_synced", (("resource", "services"),))] == 1
+    assert found[("pycorefile_kubernetes_lists_total", (("resource", "endpointslices"),))] == 1
+    assert found[("pycorefile_kubernetes_watch_events_total", (("resource", "services"),))] >= 9
