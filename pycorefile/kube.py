@@ -919,7 +919,7 @@ class SharedWatch(Generic[R]):
     def replace(self, records: dict[ObjectKey, R]) -> None:
         self.records = records
         for sink in list(self.subscribers):
-            sink.replace(records)
+            sink.replace(dict(records))  # each its own: a sink may keep and change it
 
     def upsert(self, key: ObjectKey, record: R) -> None:
         self.records[key] = record

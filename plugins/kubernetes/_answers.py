@@ -388,7 +388,7 @@ class Lookup:
             break
         if not hosts:
             for piece in self.index.slices_with_ip(ip):
-                if allowed and not self.namespace_exposed(piece.namespace):
+                if not piece.service or (allowed and not self.namespace_exposed(piece.namespace)):
                     continue
                 for address in piece.addresses:
                     if address.ip == ip:
