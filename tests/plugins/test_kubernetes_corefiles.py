@@ -173,3 +173,20 @@ def test_distribution_corefile_sets_up(
     connection = plugin.config.connection  # type: ignore[attr-defined]
     assert connection.server == "https://10.96.0.1:443"
     assert connection.token_file == str(tmp_path / "token")
+
+
+@pytest.mark.parametrize("manifest", ["cluster-dns.yaml", "node-local.yaml"])
+def test_deployed_corefiles_set_up(
+    manifest: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    (tmp_path / "token").write_text("token\n")
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT_DIR", str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    path = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / manifest
+    documents = list(yaml.safe_load_all(path.read_text()))
+    text = next(d["data"]["Corefile"] for d in documents if d["kind"] == "ConfigMap")
+    config = load_config(text)
+    assert config.find("kubernetes")
