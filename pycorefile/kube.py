@@ -735,7 +735,7 @@ class Reflector(Generic[R]):
                 self.stats.gone += 1
                 log.info("kube: %s: resource version expired, listing again", self.resource.plural)
                 must_list = True
-            except (ApiError, httpx.HTTPError, OSError) as exc:
+            except Exception as exc:  # the API, the network, a body that is not JSON...
                 self.stats.errors += 1
                 self._report(exc)
                 await trio.sleep(self._next_delay())

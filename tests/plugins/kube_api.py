@@ -190,6 +190,14 @@ class ApiServer:
 
         self.call(script)
 
+    def answer(self, verb: str, resource: str, payload: bytes) -> None:
+        """Every ``verb`` of ``resource`` gets ``payload`` as its body, status 200."""
+
+        def script(emulator: Any) -> None:
+            emulator[f"{verb} {RESOURCES[resource]}"] << payload
+
+        self.call(script)
+
     def authorizations(self) -> list[str]:
         """The Authorization header of every request the server under test made so far."""
 

@@ -635,3 +635,20 @@ async def test_metrics_count_requests_once_for_shared_watches(api: ApiServer) ->
     assert found[("pycorefile_kubernetes_synced", (("resource", "services"),))] == 1
     assert found[("pycorefile_kubernetes_lists_total", (("resource", "endpointslices"),))] == 1
     assert found[("pycorefile_kubernetes_watch_events_total", (("resource", "services"),))] >= 9
+
+
+async def test_an_unreadable_list_is_an_error_not_a_crash(api: ApiServer) -> None:
+    await populate(Objects(api.url))
+    api.answer("list", "services", b"<html>not the API</html>")
+    async with serve(corefile(api, "        startup_timeout 300ms\n")) as server:
+        plugin = plugin_of(server)
+        services = next(r for r in plugin.reflectors if r.resource.plural == "services")
+
+        async def failed_twice() -> bool:
+            return services.stats.errors >= 2  # and tried again, with backoff
+
+        await eventually(failed_twice)
+        assert "JSONDecodeError" in services.last_error
+        assert not plugin.ready()
+        reply = await query(server, "svc1.testns.svc.cluster.local.", "A")
+        assert reply.rcode() == dns.rcode.SERVFAIL
