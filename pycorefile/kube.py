@@ -335,14 +335,15 @@ class ApiClient:
         key = (code, method)
         self.requests[key] = self.requests.get(key, 0) + 1
 
-    def _headers(self, force_token: bool = False) -> dict[str, str]:
+    async def _headers(self, force_token: bool = False) -> dict[str, str]:
+        """The Authorization header; a token file is read again (in a thread) when due."""
         conn = self.conn
         if conn.token_file is not None:
             now = time.monotonic()
             if force_token or now - self._token_read >= TOKEN_REREAD_SECONDS:
                 try:
-                    with open(conn.token_file, encoding="utf-8") as f:
-                        self._token = f.read().strip()
+                    text = await trio.to_thread.run_sync(_read_token, conn.token_file)
+                    self._token = text.strip()
                     self.token_reads += 1
                 except OSError as exc:
                     log.warning("kube: cannot read token file %s: %s", conn.token_file, exc)
@@ -356,7 +357,7 @@ class ApiClient:
                 response = await self._http.get(
                     path,
                     params=dict(params),
-                    headers=self._headers(force_token=attempt > 0),
+                    headers=await self._headers(force_token=attempt > 0),
                     extensions=self._extensions,
                 )
             except httpx.HTTPError:
@@ -383,7 +384,7 @@ class ApiClient:
             "GET",
             path,
             params=dict(params),
-            headers=self._headers(),
+            headers=await self._headers(),
             timeout=timeout,
             extensions=self._extensions,
         )
@@ -404,6 +405,11 @@ class ApiClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _read_token(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def _api_error(status: int, body: bytes) -> ApiError:

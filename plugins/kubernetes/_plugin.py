@@ -164,13 +164,14 @@ class KubernetesPlugin(Plugin):
     # -- Serving ------------------------------------------------------------------
 
     def handle(self, request: Request) -> Result:
+        # Only names of our zones are ever prepared: a hit needs no name as text.
+        prepared = self._prepared.get(request.key[:-2])
+        if prepared is not None:
+            return prepared.render(request.wire, request.name_end, request.edns, request.do)
         name = request.name
         zone = match_zone(name, self.config.zones)
         if zone is None:
             return self.next.handle(request)
-        prepared = self._prepared.get(request.key[:-2])
-        if prepared is not None:
-            return prepared.render(request.wire, request.name_end, request.edns, request.do)
         qname = name_to_text(request.qname_wire)
         zone_as_asked = qname[len(qname) - len(zone) :] if zone != "." else "."
         answer = self.lookup.answer(qname, name, request.qtype, zone_as_asked)
