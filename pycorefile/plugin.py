@@ -18,6 +18,7 @@ from ._contract import tag
 from ._request import Handler, Request
 from ._types import HttpHandler, OnReply, Pending, Reply, Result
 from ._zones import ZoneError, in_zone, normalize_zones
+from .changes import DataChange, DataChanges
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClientSearchPath",
+    "DataChange",
+    "DataChanges",
     "Fallthrough",
     "Plugin",
     "PluginError",
@@ -94,6 +97,10 @@ class TcpTimeouts:
     max_queries: int | None = None
 
 
+DATA_CHANGES = "data_changes"
+"""Where ``SetupContext.shared`` holds the configuration's ``DataChanges``."""
+
+
 @dataclass
 class SetupContext:
     """What a plugin's setup can see of its server block and the server."""
@@ -139,6 +146,19 @@ class SetupContext:
             if other is plugin:
                 return tuple(chain[index + 1 :])
         return ()
+
+    @property
+    def data_changes(self) -> DataChanges:
+        """The configuration's announcements of changed local data (``pycorefile.changes``).
+
+        A plugin that answers from data it loads announces each change
+        through it; a plugin that remembers answers checks them against it.
+        One per configuration, shared by every block.
+        """
+        found = self.shared.get(DATA_CHANGES)
+        if not isinstance(found, DataChanges):
+            found = self.shared[DATA_CHANGES] = DataChanges()
+        return found
 
     def filter_queries(self, admits: Callable[[Request], bool], view: str = "") -> None:
         """Serve only the queries ``admits`` is true for (CoreDNS's server block filters).

@@ -24,7 +24,7 @@ PACKAGE = "pycorefile"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "metrics", "corefile", "capture", "kube"),
+    ("_version", "metrics", "corefile", "capture", "changes", "kube"),
     ("_wire", "_zones"),
     ("_types", "wire", "zones"),
     ("_request", "http"),
