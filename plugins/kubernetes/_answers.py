@@ -123,6 +123,14 @@ def address_from_reverse(name: str) -> str:
         return ""
 
 
+def reverse_name(ip: str) -> str:
+    """The lowercased reverse name of an IP (``1.0.0.10.in-addr.arpa.``); ``""`` for no IP."""
+    try:
+        return dns.reversename.from_address(ip).to_text().lower()
+    except (dns.exception.DNSException, ValueError):
+        return ""
+
+
 def endpoint_hostname(address: EndpointAddress, pod_names: bool) -> str:
     """An endpoint's name: its hostname, its pod's name (``endpoint_pod_names``), or its
     IP dashed (``10-1-0-2``)."""

@@ -7,8 +7,10 @@ prepared from an older state are known to be stale.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from pycorefile.kube import (
@@ -20,12 +22,15 @@ from pycorefile.kube import (
 )
 
 R = TypeVar("R")
+log = logging.getLogger("pycorefile.kubernetes")
 
 Dependency = tuple[str, ...]
 """What an answer is made from: ``("service", NS, NAME)``, ``("ip", IP)``, or one of below."""
 NAMESPACES: Dependency = ("namespaces",)
 PODS: Dependency = ("pods",)
 ANY_SERVICE: Dependency = ("any service",)
+RELISTED: Dependency = ("relisted",)
+"""A LIST replaced a whole kind: anything may have changed."""
 STATIC: Dependency = ("static",)
 """Made from nothing that changes (an invalid name, ``dns-version``)."""
 
@@ -45,22 +50,41 @@ class ClusterIndex:
         self.pods_by_ip: dict[str, dict[ObjectKey, None]] = {}
         self.generation = 0
         """Counts changes of anything an answer may read."""
-        self.listeners: list[Callable[[Dependency], None]] = []
-        """Told what changed (each ``Dependency`` touched), after the change."""
+        self.listeners: list[Callable[[Sequence[Dependency]], None]] = []
+        """Told what changed (the ``Dependency``s touched), right after each change; after a
+        LIST, once with ``RELISTED`` (the changes it made are not told one by one)."""
+        self._listing = False
         self.modified = int(time.time())
         """Unix time of the last Service or endpoint change (the SOA serial)."""
-        self.service_sink = _Sink(self._add_service, self._drop_service)
-        self.slice_sink = _Sink(self._add_slice, self._drop_slice)
-        self.namespace_sink = _Sink(self._add_namespace, self._drop_namespace)
-        self.pod_sink = _Sink(self._add_pod, self._drop_pod)
+        self.service_sink = _Sink(self, self._add_service, self._drop_service)
+        self.slice_sink = _Sink(self, self._add_slice, self._drop_slice)
+        self.namespace_sink = _Sink(self, self._add_namespace, self._drop_namespace)
+        self.pod_sink = _Sink(self, self._add_pod, self._drop_pod)
 
     def _changed(self, changes: Iterable[Dependency], serial: bool = True) -> None:
         self.generation += 1
         if serial:
             self.modified = int(time.time())
-        for change in dict.fromkeys(changes):
-            for listener in self.listeners:
-                listener(change)
+        if self._listing:
+            return
+        self._tell(list(dict.fromkeys(changes)))
+
+    def _tell(self, changes: list[Dependency]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(changes)
+            except Exception:  # a bug: the index itself is already up to date
+                log.exception("plugin/kubernetes: a listener failed on a change")
+
+    @contextmanager
+    def listed(self) -> Iterator[None]:
+        """Around a LIST's changes: told once, as ``RELISTED``, at the end."""
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
+            self._tell([RELISTED])
 
     # -- Services -----------------------------------------------------------------
 
@@ -159,7 +183,8 @@ class ClusterIndex:
 def _service_changes(record: ServiceRecord | None) -> list[Dependency]:
     if record is None:
         return []
-    return [("service", record.namespace, record.name)] + [("ip", ip) for ip in record.cluster_ips]
+    ips = [("ip", ip) for ip in record.cluster_ips if ip != "None"]
+    return [("service", record.namespace, record.name), *ips]
 
 
 def _slice_changes(record: EndpointSliceRecord | None) -> list[Dependency]:
@@ -182,18 +207,23 @@ class _Sink(Generic[R]):
     """A ``kube.Sink`` over one kind's add and drop functions."""
 
     def __init__(
-        self, add: Callable[[ObjectKey, R], None], drop: Callable[[ObjectKey], None]
+        self,
+        index: ClusterIndex,
+        add: Callable[[ObjectKey, R], None],
+        drop: Callable[[ObjectKey], None],
     ) -> None:
+        self._index = index
         self._add = add
         self._drop = drop
         self._keys: set[ObjectKey] = set()
 
     def replace(self, records: dict[ObjectKey, R]) -> None:
         """A new LIST: what it lacks is deleted, the rest added or updated in place."""
-        for key in self._keys - records.keys():
-            self.remove(key)
-        for key, record in records.items():
-            self.upsert(key, record)
+        with self._index.listed():
+            for key in self._keys - records.keys():
+                self.remove(key)
+            for key, record in records.items():
+                self.upsert(key, record)
 
     def upsert(self, key: ObjectKey, record: R) -> None:
         self._keys.add(key)

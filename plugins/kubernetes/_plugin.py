@@ -25,6 +25,7 @@ from pycorefile import (
     kube,
     pass_on,
 )
+from pycorefile.plugin import DataChanges
 from pycorefile.wire import OUR_PAYLOAD, PreparedReply, name_to_text
 from pycorefile.zones import match_zone
 
@@ -37,8 +38,17 @@ from ._answers import (
     is_reverse,
     name_wire,
     parse_name,
+    reverse_name,
 )
-from ._index import ANY_SERVICE, NAMESPACES, PODS, STATIC, ClusterIndex, Dependency
+from ._index import (
+    ANY_SERVICE,
+    NAMESPACES,
+    PODS,
+    RELISTED,
+    STATIC,
+    ClusterIndex,
+    Dependency,
+)
 from ._parse import KubernetesConfig, parse_kubernetes
 
 if TYPE_CHECKING:
@@ -65,6 +75,7 @@ class KubernetesPlugin(Plugin):
         config: KubernetesConfig,
         local_ips: tuple[str, ...] = (),
         search: tuple[str, ...] = (),
+        changes: DataChanges | None = None,
     ) -> None:
         self.config = config
         self.index = ClusterIndex()
@@ -77,6 +88,10 @@ class KubernetesPlugin(Plugin):
         self._prepared: dict[bytes, PreparedReply] = {}
         """Finished replies by question (``Request.key`` less its DO and CD bits)."""
         self._dependents: dict[Dependency, set[bytes]] = {}
+        self._followed: set[str] = set()
+        """Names whose answers followed a CNAME in the zone: announced at any Service change."""
+        self._forward_zones = tuple(z for z in config.zones if not is_reverse(z))
+        self.changes = changes if changes is not None else DataChanges()
         self.index.listeners.append(self._changed)
         self._zone_wires = tuple((z, dns.name.from_text(z).to_wire() or b"") for z in config.zones)
 
@@ -87,7 +102,7 @@ class KubernetesPlugin(Plugin):
             log.warning("plugin/kubernetes: %s", warning)
         if config.pods == "verified" and config.connection is None:
             raise SetupError("pods verified needs a cluster", directives[0])
-        plugin = cls(config, _local_ips(ctx.listen_hosts), _resolv_conf_search())
+        plugin = cls(config, _local_ips(ctx.listen_hosts), _resolv_conf_search(), ctx.data_changes)
         plugin._reporting = ctx.shared.setdefault(SHARED_KEY, [])
         plugin._reporting.append(plugin)
         return plugin
@@ -220,6 +235,7 @@ class KubernetesPlugin(Plugin):
         Namespaces change rarely: a change of one drops every prepared reply.
         """
         if answer.followed:
+            self._followed.add(name)
             return ANY_SERVICE
         if is_reverse(name):
             ip = address_from_reverse(name)
@@ -234,18 +250,33 @@ class KubernetesPlugin(Plugin):
             return ("service", query.namespace, query.service)
         return ANY_SERVICE if not query.kind else STATIC
 
-    def _changed(self, change: Dependency) -> None:
-        """The index tells what changed: drop the replies made from it."""
-        if change == NAMESPACES:
-            self._forget_all()
-            return
-        for depends in (change, ANY_SERVICE) if change != PODS else (change,):
-            for key in self._dependents.pop(depends, ()):
-                self._prepared.pop(key, None)
+    def _changed(self, changes: Sequence[Dependency]) -> None:
+        """The index tells what changed: drop the replies made from it, and announce the
+        names whose answers may differ now (a cache or autopath in front forgets them)."""
+        names: set[str] = set()
+        below: set[str] = set()
+        for change in changes:
+            if change in (NAMESPACES, RELISTED):
+                self._forget_all()
+                below.update(self.config.zones)
+                continue
+            for depends in (change, ANY_SERVICE) if change != PODS else (change,):
+                for key in self._dependents.pop(depends, ()):
+                    self._prepared.pop(key, None)
+            if change == PODS:
+                below.update(f"pod.{zone}" for zone in self._forward_zones)
+            elif change[0] == "service":
+                _, namespace, service = change
+                below.update(f"{service}.{namespace}.svc.{zone}" for zone in self._forward_zones)
+                names.update(self._followed)
+            elif change[0] == "ip" and (reverse := reverse_name(change[1])):
+                names.add(reverse)
+        self.changes.announce(names, below=below, source=self.name)
 
     def _forget_all(self) -> None:
         self._prepared.clear()
         self._dependents.clear()
+        self._followed.clear()
 
     # -- Replies as bytes -----------------------------------------------------------
 

@@ -652,3 +652,27 @@ async def test_an_unreadable_list_is_an_error_not_a_crash(api: ApiServer) -> Non
         assert not plugin.ready()
         reply = await query(server, "svc1.testns.svc.cluster.local.", "A")
         assert reply.rcode() == dns.rcode.SERVFAIL
+
+
+async def test_changes_reach_clients_through_a_cache_in_front(api: ApiServer) -> None:
+    objects = Objects(api.url)
+    await populate(objects)
+    # ttl 60 and a cache: without the plugin's announcements of what changed, what the
+    # cache holds would be answered for a minute.
+    async with serve(corefile(api, "        ttl 60\n", extra="    cache 300\n")) as server:
+        name = "cached.testns.svc.cluster.local."
+        assert await rcode_of(server, name) == dns.rcode.NXDOMAIN  # cached (denial)
+        await objects.create("services", service("testns", "cached", ["10.0.0.70"], HTTP))
+
+        async def answered(ip: str) -> bool:
+            reply = await query(server, name, "A")
+            return bool(reply.answer) and [r.to_text() for r in reply.answer[0]] == [ip]
+
+        await eventually(lambda: answered("10.0.0.70"), 10)
+        assert await answered("10.0.0.70")  # now from the cache
+        await objects.patch(
+            "services", "testns", "cached", {"spec": {"clusterIP": "10.0.0.71", "clusterIPs": ["10.0.0.71"]}}
+        )  # fmt: skip
+        await eventually(lambda: answered("10.0.0.71"), 10)
+        ptr = await query(server, "71.0.0.10.in-addr.arpa.", "PTR")
+        assert ptr.answer[0][0].to_text() == "cached.testns.svc.cluster.local."
