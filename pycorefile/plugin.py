@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import dns.message
 import dns.name
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LOOKUP_DEPTH",
+    "ClientSearchPath",
     "DataChange",
     "DataChanges",
     "Fallthrough",
@@ -315,6 +316,27 @@ class Plugin:
     @classmethod
     def has_background_task(cls) -> bool:
         return cls.run is not Plugin.run
+
+
+# -- Hooks between plugins -----------------------------------------------------------
+
+
+@runtime_checkable
+class ClientSearchPath(Protocol):
+    """A plugin that knows each client's DNS search path (``autopath @PLUGIN``).
+
+    *kubernetes* finds the client's pod by its source IP (``pods verified``)
+    and gives ``NS.svc.ZONE``, ``svc.ZONE``, ``ZONE`` and its own resolv.conf
+    search domains. A third-party plugin offers the same by having this
+    method. (A plugin whose search path is the same for every client, as
+    *meshhosts* in a sidecar, has ``search_path()`` instead.)
+    """
+
+    def search_path_for(self, request: Request) -> Sequence[str] | None:
+        """The search domains of the client that sent ``request``, first to last
+        (FQDNs), or None when it is unknown: autopath then leaves the query alone.
+        Called for every query autopath may search for: it must be a quick lookup."""
+        ...
 
 
 # -- Wrappers --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ PACKAGE = "pycorefile"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "metrics", "corefile", "capture", "changes", "files", "re2"),
+    ("_version", "metrics", "corefile", "capture", "changes", "files", "re2", "kube"),
     ("_wire", "_zones"),
     ("_types", "wire", "zones", "rename"),
     ("_request", "http"),
