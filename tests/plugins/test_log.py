@@ -294,7 +294,7 @@ EVERY_PLACEHOLDER = (
         ("nx.test.", "AAAA", ("NXDOMAIN", "qr,aa,rd", "NXDOMAIN", "denial")),
         ("nodata.test.", "MX", ("NOERROR", "qr,aa,rd", "NODATA", "denial")),
         ("deleg.test.", "NS", ("NOERROR", "qr,rd", "DELEGATION", "success")),
-        ("fail.test.", "TXT", ("SERVFAIL", "qr,rd", "SERVERROR", "error")),
+        ("fail.test.", "TXT", ("SERVFAIL", "qr,rd", "SERVERERROR", "error")),
     ],
 )
 async def test_every_placeholder_read_back(
@@ -406,8 +406,8 @@ TYPIFY_CASES = [
     ("nx", "A", False, "NXDOMAIN", "denial"),
     ("nxbare", "A", False, "NXDOMAIN", "denial"),  # NXDOMAIN without an SOA: still a denial
     ("nodata", "A", False, "NODATA", "denial"),
-    ("fail", "A", False, "SERVERROR", "error"),
-    ("notimp", "A", False, "SERVERROR", "error"),
+    ("fail", "A", False, "SERVERERROR", "error"),
+    ("notimp", "A", False, "SERVERERROR", "error"),
     ("refused", "A", False, "OTHERERROR", "error"),
     ("nxanswer", "A", False, "OTHERERROR", "error"),  # NXDOMAIN with records
     ("badvers", "A", True, "OTHERERROR", "error"),  # extended rcode 16, header NOERROR
