@@ -82,13 +82,17 @@ def records(wire: bytes, start: int = 0) -> Iterator[Record]:
     """
     if len(wire) < HEADER_LEN:
         raise WireError("shorter than a DNS header")
-    _qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(wire, 4)
-    offset = start or question_end(wire)
+    qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(wire, 4)
     size = len(wire)
     unpack = _RR.unpack_from
     section = ANSWER
     authority_end = ancount + nscount
     try:
+        offset = start
+        if not offset:
+            offset = HEADER_LEN
+            for _ in range(qdcount):
+                offset = skip_name(wire, offset) + 4
         for index in range(authority_end + arcount):
             if index >= ancount:
                 section = ADDITIONAL if index >= authority_end else AUTHORITY

@@ -17,7 +17,6 @@ import dns.rdataclass
 import dns.rdatatype
 
 from pycorefile import Request
-
 from pycorefile.response import reply_class, typify
 
 COMMON_FORMAT = (

@@ -143,7 +143,11 @@ TYPIFY_CASES: list[tuple[str, bytes, ReplyType]] = [
     ("UPDATE", reply(opcode=dns.opcode.UPDATE), ReplyType.UPDATE),
     ("no question", reply(rcode=dns.rcode.SERVFAIL, question=False), ReplyType.SERVERERROR),
     ("SERVFAIL with answers", reply(rcode=dns.rcode.SERVFAIL, answer=A), ReplyType.SERVERERROR),
-    ("NXDOMAIN with answers, no OPT", reply(rcode=dns.rcode.NXDOMAIN, answer=A), ReplyType.OTHERERROR),
+    (
+        "NXDOMAIN with answers, no OPT",
+        reply(rcode=dns.rcode.NXDOMAIN, answer=A),
+        ReplyType.OTHERERROR,
+    ),
     ("valid signature, DO", reply(answer=A, authority=(SIG_OK,), do=True), ReplyType.NOERROR),
 ]
 
