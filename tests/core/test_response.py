@@ -217,7 +217,7 @@ def test_records_match_what_dnspython_reads() -> None:
     assert [(s, t, c, ttl) for s, t, c, ttl, *_ in walked] == expected
     assert opt[:3] == (ADDITIONAL, dns.rdatatype.OPT, 1232)
     assert opt[3] & 0x8000  # DO
-    for _section, rtype, _rclass, ttl, name_at, rdata_at, rdata_end in walked:
+    for _section, _rtype, _rclass, ttl, name_at, rdata_at, _rdata_end in walked:
         assert int.from_bytes(wire[rdata_at - TTL_BEFORE_RDATA : rdata_at - 2], "big") == ttl
         owner, _ = dns.name.from_wire(wire, name_at)
         assert owner.is_absolute()
