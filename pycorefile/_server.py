@@ -28,6 +28,7 @@ from ._http import HttpLimits, HttpListener
 from ._request import Request
 from ._tcp import Send, TcpConnection, TcpLimits
 from ._types import HttpHandler, ListenerKey
+from .plugin import StartupError
 
 log = logging.getLogger("pycorefile")
 
@@ -60,10 +61,6 @@ class ServerOptions:
     """Share DNS ports with sibling processes (SO_REUSEPORT): the ``-workers`` mode."""
     http_socket: str | None = None
     """Serve every HTTP route on this unix socket instead of its address (workers)."""
-
-
-class StartupError(Exception):
-    """A plugin could not start; the configuration is not served."""
 
 
 def _set_recv_buffer(sock: socket.socket, size: int) -> None:

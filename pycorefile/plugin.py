@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ._contract import tag
-from ._request import Handler, Request
-from ._types import HttpHandler, OnReply, Pending, Reply, Result
+import dns.rcode
+
+from ._contract import STACKTRACE, tag
+from ._request import FailureObserver, Handler, ReplyObserver, Request
+from ._types import Client, HttpHandler, OnReply, Pending, Reply, Result, Route
 from ._zones import ZoneError, in_zone, normalize_zones
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
 
@@ -24,11 +26,18 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "Client",
+    "End",
+    "FailureObserver",
     "Fallthrough",
     "Plugin",
     "PluginError",
+    "Reloader",
+    "ReplyObserver",
+    "Route",
     "SetupContext",
     "SetupError",
+    "StartupError",
     "TcpTimeouts",
     "Wrapper",
     "check_args",
@@ -83,6 +92,69 @@ class PluginError(Exception):
         self.rcode = rcode
 
 
+class StartupError(Exception):
+    """A plugin could not start: raise it from ``startup`` or ``run``.
+
+    The configuration is not served: a server starting with it exits 1 with
+    the message, a reload keeps the running configuration. (*forward* raises
+    it when its loop probe comes back, as CoreDNS's *loop* plugin stops the
+    server.) Start the message with ``plugin/NAME:``.
+    """
+
+
+def with_stacktrace(exc: BaseException) -> None:
+    """Ask the server to log this panic (an exception that is not a ``PluginError``)
+    with its traceback: what ``errors { stacktrace }`` does, as CoreDNS's."""
+    setattr(exc, STACKTRACE, True)
+
+
+class End:
+    """What the last plugin's ``next`` is: SERVFAIL, as CoreDNS's ``plugin.NextOrFailure``.
+
+    A server block with no chain at all answers ``rcode`` REFUSED instead, as
+    CoreDNS answers a zone whose block has no plugin chain (``build_chain``).
+    ``Plugin.is_last`` tells a plugin whether its ``next`` is this.
+    """
+
+    __slots__ = ("after", "rcode")
+
+    def __init__(self, after: str, rcode: int = dns.rcode.SERVFAIL) -> None:
+        self.after = after
+        self.rcode = rcode
+
+    def handle(self, request: Request) -> Reply:
+        return request.error(self.rcode)
+
+
+class Reloader(Protocol):
+    """How a plugin asks the running server to reload its Corefile (the *reload* plugin).
+
+    ``SetupContext.reloader`` gives it when the server can reload (the
+    command line's runner); None otherwise (tests, embedders).
+    """
+
+    def files(self) -> list[str]:
+        """The Corefile and every file it imports, as served (the Corefile alone before)."""
+        ...
+
+    def read_corefile(self) -> list[ServerBlock]:
+        """The Corefile as it is on disk now, parsed (imports expanded).
+
+        Blocks on files and a child process: call it from a worker thread.
+        Raises ``CorefileError`` or ``OSError`` when it cannot be read or parsed.
+        """
+        ...
+
+    async def reload(self, reason: str) -> bool:
+        """Build the Corefile anew and serve it; False (logged with ``reason``, counted as a
+        failed reload) when it is broken: the running configuration keeps serving."""
+        ...
+
+    def serves(self, plugin: Plugin) -> bool:
+        """True while ``plugin`` belongs to the configuration being served."""
+        ...
+
+
 @dataclass(frozen=True)
 class TcpTimeouts:
     """A server block's DNS-over-TCP settings (the timeouts plugin); None keeps the default."""
@@ -91,6 +163,10 @@ class TcpTimeouts:
     write: float | None = None
     idle: float | None = None
     max_queries: int | None = None
+
+
+RELOADER_KEY = "runner"
+"""Where a server that can reload puts its ``Reloader`` in the shared state."""
 
 
 @dataclass
@@ -110,6 +186,14 @@ class SetupContext:
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
     plugins: dict[str, Plugin] = field(default_factory=dict)
     """The block's plugins by name, in chain order, complete once every directive is set up."""
+    blocks: list[ServerBlock] = field(default_factory=list)
+    """Every server block of the Corefile this configuration is built from (imports expanded)."""
+
+    @property
+    def reloader(self) -> Reloader | None:
+        """The running server's reload hook, when it can reload (see ``Reloader``)."""
+        found = self.shared.get(RELOADER_KEY)
+        return found if found is not None and hasattr(found, "read_corefile") else None
 
     @property
     def zones(self) -> tuple[str, ...]:
@@ -166,6 +250,11 @@ class Plugin:
     """True when the plugin answers classes other than IN (CHAOS, ...)."""
 
     next: Handler
+
+    @property
+    def is_last(self) -> bool:
+        """True when no plugin comes after this one in its chain (``next`` is ``End``)."""
+        return isinstance(self.next, End)
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> Plugin:

@@ -39,12 +39,12 @@ import trio
 from dns._asyncbackend import Backend
 
 from ._app import load_config, open_server
-from ._chain import End, compile_chain
+from ._chain import compile_chain
 from ._contract import settle
 from ._request import Handler, Request
 from ._server import Server
 from ._types import Pending, Reply, Result
-from .plugin import Plugin
+from .plugin import End, Plugin
 
 __all__ = [
     "Dropped",

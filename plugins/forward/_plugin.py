@@ -21,8 +21,7 @@ import outcome
 import trio
 
 from pycorefile import Directive, Pending, Plugin, PluginError, Request, Result, SetupContext
-from pycorefile._chain import End
-from pycorefile._server import StartupError
+from pycorefile.plugin import StartupError
 
 from ._loop import LoopDetector, Probe
 from ._message import Checked, Question, client_reply, new_id, probe_query, rcode_label
@@ -439,7 +438,7 @@ class ForwardPlugin(Plugin):
                 return reply
             if index + 1 < len(covering):
                 continue
-            if isinstance(self.next, End):
+            if self.is_last:
                 return reply  # no plugin after us: the upstream's answer stands
             # The next plugin writes the reply: it is credited, not us (we were
             # credited when we started waiting).

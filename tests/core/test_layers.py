@@ -26,7 +26,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_version", "metrics", "corefile", "capture"),
     ("_wire", "_zones"),
-    ("_types", "wire", "zones"),
+    ("_types", "wire", "zones", "response"),
     ("_request", "http"),
     ("_contract",),
     ("plugin",),

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from pycorefile import Server
-from pycorefile._server import StartupError
+from pycorefile.plugin import StartupError
 from pycorefile.testing import Upstream, query, serve
 from pycorefile_plugins.forward import ForwardPlugin, Proxy
 
