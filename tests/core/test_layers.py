@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_types", "wire", "zones", "response"),
     ("_request", "http"),
     ("_contract",),
-    ("plugin",),
+    ("plugin", "renaming"),
     ("_chain", "_registry"),
     ("_config",),
     ("_dispatch",),

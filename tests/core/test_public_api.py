@@ -51,16 +51,17 @@ def violations(source: str, path: Path, root: Path = ROOT) -> list[str]:
     own = package[:2]  # pycorefile_plugins.NAME: this plugin's own package
     found = []
     for node in ast.walk(ast.parse(source, file)):
-        targets: list[list[str]] = []
         if isinstance(node, ast.Import):
             targets = [alias.name.split(".") for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = _absolute(node.module, node.level, package)
             if node.level and not package:
                 continue  # an example's own modules
+            base = _absolute(node.module, node.level, package)
+            # ``from pycorefile import _wire`` names a module, ``from x import _name`` a
+            # private name: either way the last part's underscore says private.
             targets = [[*base, alias.name] for alias in node.names]
-            # ``from pycorefile import _wire`` names a module; ``from x import Name`` does not:
-            # a private name imported from a public module is caught by its leading underscore.
+        else:
+            continue
         for parts in targets:
             problem = _problem(parts, own)
             if problem:
