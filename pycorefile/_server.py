@@ -417,9 +417,12 @@ class Server:
             self.listeners[key] = lst
             lst.use(config)
             await self._nursery.start(lst.run)
-        for key, lst in self.listeners.items():
-            if key in config.routes:
-                lst.use(config)
+        for key in [k for k in self.listeners if k not in config.routes]:
+            # No block listens here any more: stop answering now; queries in flight
+            # finish, then the sockets close (the listener's task ends).
+            self.listeners.pop(key).stop_accepting()
+        for lst in self.listeners.values():
+            lst.use(config)
         for addr, h in new_http.items():
             self.http[addr] = h
             self._nursery.start_soon(h.serve)

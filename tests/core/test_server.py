@@ -14,7 +14,7 @@ import dns.rdatatype
 import pytest
 import trio
 
-from pycorefile import Server, open_server
+from pycorefile import Server, load_config, open_server
 from pycorefile._server import ServerOptions
 from pycorefile._tcp import TcpLimits
 from pycorefile.testing import make_query, query, query_wire
@@ -289,3 +289,29 @@ async def test_ipv6_loopback_listener() -> None:
     async with open_server(corefile, registry=registry()) as srv:
         reply = await query(("::1", srv.port()), "example.org", "AAAA")
         assert reply.additional[0][0].address == "::1"
+
+
+async def test_a_listener_removed_by_a_reload_stops_answering() -> None:
+    two = ".:0 {\n    bind 127.0.0.1\n    whoami\n}\n.:0 {\n    bind 127.0.0.2\n    whoami\n}\n"
+    one = ".:0 {\n    bind 127.0.0.1\n    whoami\n}\n"
+    async with open_server(two, registry=registry()) as srv:
+        kept = ("127.0.0.1", srv.port(("dns", "127.0.0.1", 0)))
+        removed = ("127.0.0.2", srv.port(("dns", "127.0.0.2", 0)))
+        assert (await query(removed, "example.org", "A")).rcode() == dns.rcode.NOERROR
+        await srv.reload(load_config(one, registry=registry()))
+        assert (await query(kept, "example.org", "A")).rcode() == dns.rcode.NOERROR
+        assert not await answers(removed)
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream(*removed)
+        assert [key for key in srv.listeners] == [("dns", "127.0.0.1", 0)]
+        with trio.fail_after(5):
+            while any(host == "127.0.0.2" for _proto, host, _port in srv.addresses):
+                await trio.sleep(0.05)
+
+
+async def answers(address: tuple[str, int]) -> bool:
+    """True when a UDP query to ``address`` gets a reply within a second."""
+    try:
+        return await query_wire(address, make_query("example.org").to_wire(), timeout=1) is not None
+    except ConnectionRefusedError:
+        return False  # the port is closed (ICMP port unreachable)
