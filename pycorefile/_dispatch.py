@@ -172,7 +172,7 @@ class Dispatcher:
             pos += length + 1
 
     async def answer(self, request: Request) -> bytes:
-        """Run the chain with waiting allowed (the listener's watchdog keeps the deadline)."""
+        """Run the chain with waiting allowed (the listener cancels it at the query deadline)."""
         pending, request.pending = request.pending, None
         assert pending is not None, "answer() is for a query whose chain returned Pending"
         try:
