@@ -10,7 +10,7 @@ instance into the chain, and then calls ``handle`` for each query.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -186,6 +186,10 @@ class SetupContext:
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
     plugins: dict[str, Plugin] = field(default_factory=dict)
     """The block's plugins by name, in chain order, complete once every directive is set up."""
+    query_filters: list[Callable[[Request], bool]] = field(default_factory=list)
+    """Conditions a query must meet to be served by this block (``filter_queries``)."""
+    view: str = ""
+    """The block's view name: the ``view`` label of its metrics (the view plugin sets it)."""
     blocks: list[ServerBlock] = field(default_factory=list)
     """Every server block of the Corefile this configuration is built from (imports expanded)."""
 
@@ -218,6 +222,21 @@ class SetupContext:
             if other is plugin:
                 return tuple(chain[index + 1 :])
         return ()
+
+    def filter_queries(self, admits: Callable[[Request], bool], view: str = "") -> None:
+        """Serve only the queries ``admits`` is true for (CoreDNS's server block filters).
+
+        Blocks with filters may share a zone and port: for a query, the blocks
+        of the most specific zone are tried in Corefile order and the first
+        whose filters all admit it serves it (a block without filters admits
+        every query); when none does, the blocks of less specific zones are
+        tried, and a query no block takes is REFUSED. ``admits`` runs for every
+        query routed to the zone, before any plugin, and must not wait; an
+        exception counts as false. ``view`` names the block in metrics.
+        """
+        self.query_filters.append(admits)
+        if view:
+            self.view = view
 
     def http_route(self, address: str, path: str, handler: HttpHandler) -> None:
         """Serve ``path`` on the HTTP listener at ``address`` (``:8080``, ``localhost:9153``)."""
