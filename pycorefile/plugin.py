@@ -20,6 +20,7 @@ from ._contract import STACKTRACE, tag
 from ._request import FailureObserver, Handler, ReplyObserver, Request
 from ._types import Client, HttpHandler, OnReply, Pending, Reply, Result, Route
 from ._zones import ZoneError, in_zone, normalize_zones
+from .changes import DataChange, DataChanges
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Client",
+    "DataChange",
+    "DataChanges",
     "End",
     "FailureObserver",
     "Fallthrough",
@@ -167,6 +170,8 @@ class TcpTimeouts:
 
 RELOADER_KEY = "runner"
 """Where a server that can reload puts its ``Reloader`` in the shared state."""
+DATA_CHANGES = "data_changes"
+"""Where ``SetupContext.shared`` holds the configuration's ``DataChanges``."""
 
 
 @dataclass
@@ -222,6 +227,19 @@ class SetupContext:
             if other is plugin:
                 return tuple(chain[index + 1 :])
         return ()
+
+    @property
+    def data_changes(self) -> DataChanges:
+        """The configuration's announcements of changed local data (``pycorefile.changes``).
+
+        A plugin that answers from data it loads announces each change
+        through it; a plugin that remembers answers checks them against it.
+        One per configuration, shared by every block.
+        """
+        found = self.shared.get(DATA_CHANGES)
+        if not isinstance(found, DataChanges):
+            found = self.shared[DATA_CHANGES] = DataChanges()
+        return found
 
     def filter_queries(self, admits: Callable[[Request], bool], view: str = "") -> None:
         """Serve only the queries ``admits`` is true for (CoreDNS's server block filters).

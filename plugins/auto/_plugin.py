@@ -41,7 +41,10 @@ class AutoPlugin(Plugin):
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> AutoPlugin:
-        return cls(parse_auto(directives, ctx))
+        plugin = cls(parse_auto(directives, ctx))
+        changes = ctx.data_changes
+        plugin.zones.on_change = lambda origin: changes.announce(below=(origin,), source="auto")
+        return plugin
 
     # -- Answering ------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class FilePlugin(Plugin):
         zones = ZoneSet("file", config.fallthrough)
         for entry in config.files:
             _load_at_setup(entry, zones)
+        changes = ctx.data_changes
+        zones.on_change = lambda origin: changes.announce(below=(origin,), source="file")
         return cls(config, zones)
 
     # -- Answering ------------------------------------------------------------------

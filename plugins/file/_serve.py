@@ -75,7 +75,7 @@ class ZoneSet:
         self.sources: dict[str, ZoneSource] = {}
         self._origins: tuple[str, ...] = ()
         self._memo: dict[bytes, PreparedReply] = {}
-        self.on_change: Callable[[str], None] | None = None
+        self.on_change: Callable[[str], object] | None = None
         """Told the origin of every zone that changed, appeared or went away."""
 
     # -- Which zones ---------------------------------------------------------------
@@ -106,7 +106,7 @@ class ZoneSet:
     def _changed(self, origin: str) -> None:
         self._memo = {}
         # The one place a zone change is told to whoever keeps answers derived from it
-        # (caches): the server's "data changed" announcement goes here once it exists.
+        # (caches, autopath): the plugins announce it as a change of the whole zone.
         if self.on_change is not None:
             self.on_change(origin)
 

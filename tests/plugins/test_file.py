@@ -455,3 +455,20 @@ async def test_denials_carry_the_nsec_records_with_do(tmp_path: Path) -> None:
     nsecs = [r.name.to_text() for r in missing.authority if r.rdtype == dns.rdatatype.NSEC]
     assert nsecs == ["a.example.org.", "example.org."]  # covers b, and the wildcard *.example.org
     assert [r.rdtype for r in plain.authority] == [dns.rdatatype.SOA]
+
+
+async def test_a_reloaded_zone_is_answered_through_the_cache_at_once(tmp_path: Path) -> None:
+    # The zone's TTL is 60 s: only the zone's change announcement can make the cache
+    # in front forget the old answer before then.
+    zone = tmp_path / "db.example.org"
+    zone.write_text(_zone_text(1, "192.0.2.1"))
+    text = f"example.org:0 {{\n bind 127.0.0.1\n cache\n file {zone} {{\n  reload 100ms\n }}\n}}\n"
+    with collect_logs(logging.INFO) as records:
+        async with serve(text) as server:
+            for _ in range(2):  # the second is a cache hit
+                assert _address(await query(server, "www.example.org", "A")) == "192.0.2.1"
+            zone.write_text(_zone_text(2, "192.0.2.2"))
+            with trio.fail_after(20):
+                while not any("Successfully reloaded" in r.getMessage() for r in records):
+                    await trio.sleep(0.05)
+            assert _address(await query(server, "www.example.org", "A")) == "192.0.2.2"
