@@ -29,7 +29,9 @@ from ._http import HttpLimits, HttpListener
 from ._request import Request
 from ._tcp import Send, TcpConnection, TcpLimits
 from ._types import HttpHandler, ListenerKey
-from .plugin import StartupError
+from .plugin import BOUND_PORTS, StartupError
+
+__all__ = ["DnsListener", "Server", "ServerOptions", "StartupError"]
 
 log = logging.getLogger("pycorefile")
 
@@ -459,6 +461,11 @@ class Server:
             for address in self._http_addresses(config):
                 if address not in self.http:
                     new_http[address] = self._bind_http(address)
+            # Where each listener is bound, for plugins that query their own server (loop).
+            config.shared[BOUND_PORTS] = {
+                key: (new_dns.get(key) or self.listeners[key]).addresses[0][2]
+                for key in config.routes
+            }
             # Plugins start before any query reaches them.
             await self._nursery.start(self._run_config, config)
         except BaseException:

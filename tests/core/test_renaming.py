@@ -1,4 +1,4 @@
-"""pycorefile.renaming: names renamed by suffix both ways, and replies renamed back on their
+"""pycorefile.rename: names renamed by suffix both ways, and replies renamed back on their
 bytes and on the parsed message (the same answer either way)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dns.rdatatype
 import pytest
 
 from pycorefile import Pending, Request, Result, settle
-from pycorefile.renaming import SuffixRename, ask_renamed, rename_message, rename_wire
+from pycorefile.rename import SuffixRename, ask_renamed, rename_message, rename_wire
 from pycorefile.testing import NextHandler, make_request
 
 

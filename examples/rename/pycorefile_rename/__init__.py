@@ -5,7 +5,7 @@ a pure parse function (``rules.py``) and a plugin class written against the
 serving contract (``plugin.py``). The renaming itself -- the question asked
 under the new name, the reply renamed back on its bytes or on the parsed
 message, now or once a wait is over, and the metrics credit -- is
-``pycorefile.renaming``, the public helper for plugins that rewrite names.
+``pycorefile.rename``, the public helper for plugins that rewrite names.
 """
 
 from .plugin import RenamePlugin

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pycorefile import Directive, Plugin, Request, Result, SetupContext
-from pycorefile.renaming import ask_renamed
+from pycorefile.rename import ask_renamed
 
 from .rules import RenameConfig, parse_rename
 

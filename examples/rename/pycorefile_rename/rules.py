@@ -1,7 +1,7 @@
 """What a ``rename`` line says: a pure parse function, no I/O.
 
 ``parse_rename`` turns the block's ``rename FROM TO`` lines into a
-``RenameConfig``: one ``SuffixRename`` (from ``pycorefile.renaming``, which
+``RenameConfig``: one ``SuffixRename`` (from ``pycorefile.rename``, which
 also renames the replies back) per line, the most specific first. Testable
 without a server.
 """
@@ -15,7 +15,7 @@ import dns.exception
 import dns.name
 
 from pycorefile import Directive, SetupError, check_args
-from pycorefile.renaming import SuffixRename
+from pycorefile.rename import SuffixRename
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pycorefile import (
     SetupContext,
     load_config,
 )
-from pycorefile.renaming import SuffixRename
+from pycorefile.rename import SuffixRename
 from pycorefile.testing import (
     NextHandler,
     Upstream,

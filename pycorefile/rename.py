@@ -1,11 +1,11 @@
-"""Asking the rest of the chain another name, and giving the client the reply under its own.
+"""Name rewriting of queries and replies: for plugins that ask the rest of the chain another
+question than the client's (*rewrite*, the *rename* example).
 
-A plugin that rewrites names (the *rename* example, a *rewrite* plugin) asks
-the plugins after it a question under another name and must hand the client
-the reply to the question it asked: the question as the client spelled it,
-and the names of the records under the new name put back under the old one.
-This module does that for the common case, a suffix swap (``FROM`` to
-``TO``), on every path:
+Such a plugin gives the client its reply under the question it asked: the
+question put back, and owner names and the names in record data mapped back.
+Nothing here does I/O.
+
+For the common case, a suffix swap (``FROM`` to ``TO``), on every path:
 
 - ``SuffixRename`` says which names are renamed and how, both ways, on wire
   names (no dnspython for a name that is not renamed).
@@ -17,20 +17,31 @@ This module does that for the common case, a suffix swap (``FROM`` to
   usual shape (``rename_wire``, about ten times cheaper), else on the parsed
   message (``rename_message``). Both give the same answer.
 
-Nothing here does I/O.
+For any mapping, on dnspython messages:
+
+- ``Record`` is one resource record of a reply, with its section, owner, TTL
+  and data, to change freely; ``records(msg)`` lists them (authority, answer,
+  additional: the order CoreDNS's rewrite visits them) and
+  ``set_records(msg, records)`` puts them back, records of one owner, class
+  and type that follow each other forming one RRset again.
+- ``map_names(msg, owner=..., value=...)`` maps every owner name and every
+  name in the data of the types in ``NAME_FIELDS``.
+- ``restore_question(msg, name, rdtype, rdclass)`` puts the client's question back.
 """
 
 from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
@@ -38,16 +49,139 @@ from ._contract import then
 from ._request import Handler, Request
 from ._types import Reply, Result
 from ._wire import HEADER_LEN, WireError, name_labels
-from .response import records
+from .response import ADDITIONAL, ANSWER, AUTHORITY
+from .response import records as wire_records
 
 __all__ = [
+    "ADDITIONAL",
+    "ANSWER",
+    "AUTHORITY",
+    "COMPRESSIBLE_NAME_FIELDS",
     "NAME_FIELDS",
+    "Record",
     "SuffixRename",
     "ask_renamed",
+    "map_names",
+    "records",
     "rename_message",
     "rename_reply",
     "rename_wire",
+    "restore_question",
+    "set_records",
 ]
+
+NAME_FIELDS: Mapping[int, tuple[str, ...]] = {
+    dns.rdatatype.CNAME: ("target",),
+    dns.rdatatype.DNAME: ("target",),
+    dns.rdatatype.NS: ("target",),
+    dns.rdatatype.PTR: ("target",),
+    dns.rdatatype.MX: ("exchange",),
+    dns.rdatatype.SRV: ("target",),
+    dns.rdatatype.NAPTR: ("replacement",),
+    dns.rdatatype.SOA: ("mname",),
+}
+"""The name in a record's data that CoreDNS's rewrite maps (``answer value``): one per type
+(the SOA's primary server, not its mailbox)."""
+
+NameMap = Callable[[dns.name.Name], dns.name.Name]
+
+
+@dataclass
+class Record:
+    """One resource record of a message; change its fields and ``set_records`` it back."""
+
+    section: int
+    name: dns.name.Name
+    ttl: int
+    rdata: dns.rdata.Rdata
+
+    @property
+    def rdtype(self) -> int:
+        return int(self.rdata.rdtype)
+
+
+def records(msg: dns.message.Message) -> list[Record]:
+    """Every record of the authority, answer and additional sections, in that order (the
+    OPT record is not one of them)."""
+    out: list[Record] = []
+    for section, rrsets in (
+        (AUTHORITY, msg.authority),
+        (ANSWER, msg.answer),
+        (ADDITIONAL, msg.additional),
+    ):
+        for rrset in rrsets:
+            out.extend(Record(section, rrset.name, rrset.ttl, rdata) for rdata in rrset)
+    return out
+
+
+def set_records(msg: dns.message.Message, new: Iterable[Record]) -> dns.message.Message:
+    """Replace the sections' records with ``new`` (in their order; each into its section)."""
+    sections: dict[int, list[dns.rrset.RRset]] = {ANSWER: [], AUTHORITY: [], ADDITIONAL: []}
+    for record in new:
+        rrsets = sections[record.section]
+        rdata = record.rdata
+        last = rrsets[-1] if rrsets else None
+        if (
+            last is None
+            or last.name != record.name
+            or last.rdtype != rdata.rdtype
+            or last.rdclass != rdata.rdclass
+            or last.ttl != record.ttl
+        ):
+            last = dns.rrset.RRset(record.name, rdata.rdclass, rdata.rdtype)
+            rrsets.append(last)
+        last.add(rdata, record.ttl)
+    msg.answer, msg.authority, msg.additional = (
+        sections[ANSWER],
+        sections[AUTHORITY],
+        sections[ADDITIONAL],
+    )
+    return msg
+
+
+def value_name(
+    rdata: dns.rdata.Rdata, fields: Mapping[int, tuple[str, ...]] = NAME_FIELDS
+) -> dns.name.Name | None:
+    """The (first) name in a record's data that ``fields`` lists, or None."""
+    names = fields.get(rdata.rdtype, ())
+    return getattr(rdata, names[0]) if names else None
+
+
+def map_names(
+    msg: dns.message.Message,
+    owner: NameMap | None = None,
+    value: NameMap | None = None,
+    fields: Mapping[int, tuple[str, ...]] = NAME_FIELDS,
+) -> dns.message.Message:
+    """Every owner name through ``owner`` and every name of ``fields`` in record data through
+    ``value`` (None leaves them), in place; the question is not changed."""
+    changed = []
+    for record in records(msg):
+        if owner is not None:
+            record.name = owner(record.name)
+        names = fields.get(record.rdtype, ()) if value is not None else ()
+        if names:
+            assert value is not None
+            record.rdata = record.rdata.replace(
+                **{field: value(getattr(record.rdata, field)) for field in names}
+            )
+        changed.append(record)
+    return set_records(msg, changed)
+
+
+def restore_question(
+    msg: dns.message.Message, name: dns.name.Name, rdtype: int, rdclass: int
+) -> dns.message.Message:
+    """The message's question made ``name`` (letter case as given), ``rdtype``, ``rdclass``."""
+    msg.question = [
+        dns.rrset.RRset(
+            name, dns.rdataclass.RdataClass.make(rdclass), dns.rdatatype.RdataType.make(rdtype)
+        )
+    ]
+    return msg
+
+
+# -- Renaming by suffix, on every path ---------------------------------------------------
 
 _U16 = struct.Struct(">H")
 
@@ -155,14 +289,15 @@ def rename_reply(reply: Reply, rename: SuffixRename, asked: Request, renamed: Re
     return rename_message(reply, rename, asked.qname, renamed.qname)
 
 
-NAME_FIELDS = {
+COMPRESSIBLE_NAME_FIELDS: Mapping[int, tuple[str, ...]] = {
     dns.rdatatype.NS: ("target",),
     dns.rdatatype.CNAME: ("target",),
     dns.rdatatype.PTR: ("target",),
     dns.rdatatype.MX: ("exchange",),
     dns.rdatatype.SOA: ("mname", "rname"),
 }
-"""The names in a record's data that are renamed back (those the wire may compress)."""
+"""The names in record data that the wire may compress (RFC 3597 section 4): those
+``rename_message`` maps back, as ``rename_wire`` does on the bytes."""
 
 
 def rename_message(
@@ -170,33 +305,20 @@ def rename_message(
 ) -> dns.message.Message:
     """The reply to ``renamed`` turned into the reply to ``asked``, changed in place.
 
-    The question, every owner name and every name of ``NAME_FIELDS`` in record
-    data that is under the target go back under the source; the renamed
-    question itself becomes ``asked`` exactly, letter case included. Other
-    names stay as they are.
+    The question, every owner name and every name of ``COMPRESSIBLE_NAME_FIELDS``
+    in record data that is under the target go back under the source; the
+    renamed question itself becomes ``asked`` exactly, letter case included.
+    Other names stay as they are.
     """
 
     def back(name: dns.name.Name) -> dns.name.Name:
         return asked if name == renamed else rename.back(name)
 
-    msg.question = [_renamed(rrset, back) for rrset in msg.question]
-    msg.answer = [_renamed(rrset, back) for rrset in msg.answer]
-    msg.authority = [_renamed(rrset, back) for rrset in msg.authority]
-    msg.additional = [_renamed(rrset, back) for rrset in msg.additional]
-    return msg
-
-
-def _renamed(
-    rrset: dns.rrset.RRset, back: Callable[[dns.name.Name], dns.name.Name]
-) -> dns.rrset.RRset:
-    out = dns.rrset.RRset(back(rrset.name), rrset.rdclass, rrset.rdtype, rrset.covers)
-    out.update_ttl(rrset.ttl)
-    fields = NAME_FIELDS.get(rrset.rdtype, ())
-    for rdata in rrset:
-        if fields:
-            rdata = rdata.replace(**{field: back(getattr(rdata, field)) for field in fields})
-        out.add(rdata)
-    return out
+    msg.question = [
+        dns.rrset.RRset(back(question.name), question.rdclass, question.rdtype)
+        for question in msg.question
+    ]
+    return map_names(msg, owner=back, value=back, fields=COMPRESSIBLE_NAME_FIELDS)
 
 
 # -- On the wire bytes -------------------------------------------------------------------
@@ -254,7 +376,7 @@ def _rename_wire(reply: bytes, rename: SuffixRename, asked: bytes, renamed: byte
     pointers: dict[int, int] = {}  # position of each pointer in the reply -> its new target
     walk = _Names(reply, question_end, landings, rename.target_labels, pointers, delta)
     end = question_end + 4
-    for _section, rtype, _class, _ttl, name_at, data, data_end in records(reply, end):
+    for _section, rtype, _class, _ttl, name_at, data, data_end in wire_records(reply, end):
         end = data_end
         walk.name(name_at)
         if rtype in _OBSOLETE_COMPRESSIBLE:
