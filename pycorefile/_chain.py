@@ -77,14 +77,17 @@ def known_path(plugins: Sequence[Plugin]) -> tuple[Plugin, KnownAnswer] | None:
 
     The known-answer plugin is the first one with ``serve_known`` when every
     plugin before it is a wrapper that is transparent on success (errors) or
-    says what it does to a known answer (``on_known_reply``: loadbalance);
-    the call is its ``serve_known``, followed by those wrappers'
-    ``on_known_reply``, innermost first, as their ``on_reply`` would be.
+    says what it does to a known answer (``on_known_reply``: loadbalance), or
+    a plugin that decides by the question alone (``decides_by_question``:
+    local, any, chaos); the call is its ``serve_known``, followed by those
+    wrappers' ``on_known_reply``, innermost first, as their ``on_reply`` would be.
     """
     reshapers: list[Wrapper] = []
     for plugin in plugins:
         if has_known(plugin):
             return plugin, _reshaped(plugin.serve_known, reshapers[::-1])
+        if type(plugin).decides_by_question:
+            continue
         if not is_wrapper(plugin):
             return None
         cls = type(plugin)

@@ -313,6 +313,14 @@ class Plugin:
     """False for setup-only directives (bind, health, ...): not linked into the chain."""
     any_class: ClassVar[bool] = False
     """True when the plugin answers classes other than IN (CHAOS, ...)."""
+    decides_by_question: ClassVar[bool] = False
+    """True when the question alone (name, type, class) decides whether the plugin answers,
+    and every query it does not answer is passed on untouched (local, any, chaos).
+
+    A known-answer plugin after it (cache) may then answer first, on the
+    server's fast path: a question this plugin answers never reached the
+    plugins after it, so none of them holds an answer for it.
+    """
     coredns_handler: ClassVar[bool] = False
     """For a plugin that does not serve queries here (``serves_queries`` False) but is
     a handler in CoreDNS's chain (prometheus, bufsize): a block with it has a chain,

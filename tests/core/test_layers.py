@@ -24,7 +24,7 @@ PACKAGE = "pycorefile"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "metrics", "corefile", "capture", "changes", "re2"),
+    ("_version", "metrics", "corefile", "capture", "changes", "files", "re2"),
     ("_wire", "_zones"),
     ("_types", "wire", "zones", "response"),
     ("_request", "http"),
