@@ -2,7 +2,7 @@
 
 ``compile_chain`` (at configuration build time) links a block's plugins and
 picks its known-answer plugin; ``Step`` is the link of a plugin that answers;
-``End`` is what the last plugin's ``next`` is.
+``End`` (public in ``pycorefile.plugin``) is what the last plugin's ``next`` is.
 """
 
 from __future__ import annotations
@@ -10,29 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeGuard
 
-import dns.rcode
-
 from ._contract import tag
 from ._request import Handler, Request
-from ._types import KnownAnswer, Pending, Reply, Result
+from ._types import KnownAnswer, Pending, Result
 from .plugin import Plugin, Wrapper
-
-
-class End:
-    """What the last plugin's ``next`` is: SERVFAIL, as CoreDNS's ``plugin.NextOrFailure``.
-
-    A server block with no chain at all answers ``rcode`` REFUSED instead, as
-    CoreDNS answers a zone whose block has no plugin chain (``build_chain``).
-    """
-
-    __slots__ = ("after", "rcode")
-
-    def __init__(self, after: str, rcode: int = dns.rcode.SERVFAIL) -> None:
-        self.after = after
-        self.rcode = rcode
-
-    def handle(self, request: Request) -> Reply:
-        return request.error(self.rcode)
 
 
 class Step:
@@ -96,14 +77,17 @@ def known_path(plugins: Sequence[Plugin]) -> tuple[Plugin, KnownAnswer] | None:
 
     The known-answer plugin is the first one with ``serve_known`` when every
     plugin before it is a wrapper that is transparent on success (errors) or
-    says what it does to a known answer (``on_known_reply``: loadbalance);
-    the call is its ``serve_known``, followed by those wrappers'
-    ``on_known_reply``, innermost first, as their ``on_reply`` would be.
+    says what it does to a known answer (``on_known_reply``: loadbalance), or
+    a plugin that decides by the question alone (``decides_by_question``:
+    local, any, chaos); the call is its ``serve_known``, followed by those
+    wrappers' ``on_known_reply``, innermost first, as their ``on_reply`` would be.
     """
     reshapers: list[Wrapper] = []
     for plugin in plugins:
         if has_known(plugin):
             return plugin, _reshaped(plugin.serve_known, reshapers[::-1])
+        if type(plugin).decides_by_question:
+            continue
         if not is_wrapper(plugin):
             return None
         cls = type(plugin)
