@@ -13,10 +13,12 @@ from pycorefile import (
     SetupContext,
     SetupError,
     check_args,
+    kube,
     parse_duration,
     parse_zones,
 )
 
+from ._kube import KubeSourceConfig
 from ._sources import MAX_FILE_SIZE, normalize_host
 from ._table import InlineEntry
 
@@ -26,7 +28,22 @@ DEFAULT_DOMAIN = "cluster.local."
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 CLIENT_NAMESPACE = "@client"
 """``namespace @client``: each client's namespace, from the pod that has its address."""
-_ONCE = ("namespace", "domain", "ttl", "reload", "fallthrough", "resolv_conf", "max_file_size")
+_ONCE = (
+    "namespace",
+    "domain",
+    "ttl",
+    "reload",
+    "fallthrough",
+    "resolv_conf",
+    "max_file_size",
+    "kubernetes",
+    "kubeconfig",
+    "endpoint",
+    "labels",
+    "startup_timeout",
+)
+_KUBE_OPTIONS = ("kubeconfig", "endpoint", "namespaces", "labels", "startup_timeout")
+DEFAULT_STARTUP_TIMEOUT = 5.0
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -49,17 +66,24 @@ class MeshHostsConfig:
     """Bytes one file may have; a bigger file is a failed load."""
     source: str = "Corefile"
     """Where the directive is (``FILE:LINE``), for log messages."""
+    kubernetes: KubeSourceConfig | None = None
+    """The ``kubernetes`` source: watch the API (None: files and inline lines only)."""
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    """How long the start waits for the API's first LIST of every kind."""
 
 
 def parse_meshhosts(
     directives: Sequence[Directive],
     ctx: SetupContext,
     environ: Mapping[str, str] | None = None,
+    *,
+    connect: bool = True,
 ) -> MeshHostsConfig:
     """Read ``meshhosts [ZONES...] { ... }`` (once per server block).
 
     ``environ`` is where ``namespace env VAR`` looks (the process environment
-    by default).
+    by default). ``connect`` False skips resolving the API's connection (tests
+    of the parser).
     """
     d = directives[0]
     zones = tuple(parse_zones(d.args, ctx, d))
@@ -67,6 +91,8 @@ def parse_meshhosts(
     inline: list[InlineEntry] = []
     seen: set[str] = set()
     values: dict[str, object] = {}
+    kube_options: dict[str, Directive] = {}
+    namespaces: set[str] = set()
     for opt in d.block or ():
         name = opt.name
         if name in _ONCE:
@@ -105,8 +131,38 @@ def parse_meshhosts(
         elif name == "max_file_size":
             check_args(opt, 1, 1)
             values["max_file_size"] = _size(opt)
+        elif name == "kubernetes":
+            check_args(opt, 0, 0)
+            kube_options[name] = opt
+        elif name in _KUBE_OPTIONS:
+            kube_options[name] = opt
+            if name == "kubeconfig":
+                check_args(opt, 1, 2)
+            elif name == "endpoint":
+                check_args(opt, 1, 1)
+            elif name == "namespaces":
+                check_args(opt, 1)
+                for i, arg in enumerate(opt.args):
+                    namespaces.add(_valid_namespace(arg, opt, i, "namespaces: "))
+            elif name == "labels":
+                check_args(opt, 1)
+                values["labels"] = " ".join(opt.args)
+            else:
+                check_args(opt, 1, 1)
+                values["startup_timeout"] = parse_duration(opt.args[0], opt, 0)
         else:
             raise SetupError(f"unknown property '{name}'", opt)
+    kubernetes = None
+    if kube_options and "kubernetes" not in kube_options:
+        stray = next(iter(kube_options.values()))
+        raise SetupError(f"'{stray.name}' needs the 'kubernetes' option (the API source)", stray)
+    if "kubernetes" in kube_options and connect:
+        kubernetes = KubeSourceConfig(
+            _connection(kube_options),
+            frozenset(namespaces),
+            str(values["labels"]) if "labels" in values else None,
+            pods="namespace" not in values and bool(values.get("client_namespace")),
+        )
     fallthrough = values.get("fallthrough")
     assert fallthrough is None or isinstance(fallthrough, Fallthrough)
     return MeshHostsConfig(
@@ -122,7 +178,24 @@ def parse_meshhosts(
         resolv_conf=str(values.get("resolv_conf", DEFAULT_RESOLV_CONF)),
         max_file_size=int(values.get("max_file_size", MAX_FILE_SIZE)),  # type: ignore[call-overload]
         source=f"{d.file}:{d.line}",
+        kubernetes=kubernetes,
+        startup_timeout=float(values.get("startup_timeout", DEFAULT_STARTUP_TIMEOUT)),  # type: ignore[arg-type]
     )
+
+
+def _connection(options: Mapping[str, Directive]) -> kube.Connection:
+    """Where the API is: ``kubeconfig`` wins over ``endpoint``; neither is in-cluster."""
+    kubeconfig, endpoint = options.get("kubeconfig"), options.get("endpoint")
+    try:
+        if kubeconfig is not None:
+            context = kubeconfig.args[1] if len(kubeconfig.args) == 2 else None
+            return kube.from_kubeconfig(kubeconfig.args[0], context)
+        if endpoint is not None:
+            return kube.from_endpoint(endpoint.args[0])
+        return kube.in_cluster()
+    except kube.ConfigError as exc:
+        where = kubeconfig or endpoint or options["kubernetes"]
+        raise SetupError(str(exc), where, 0 if where.args else None) from None
 
 
 def _namespace(opt: Directive, environ: Mapping[str, str]) -> str:
