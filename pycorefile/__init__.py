@@ -14,6 +14,8 @@ from ._types import Pending, Reply, Result
 from ._version import __version__
 from .corefile import CorefileError, Directive, ServerBlock
 from .plugin import (
+    DataChange,
+    DataChanges,
     Fallthrough,
     Plugin,
     PluginError,
@@ -28,6 +30,8 @@ from .plugin import (
 __all__ = [
     "DROP",
     "CorefileError",
+    "DataChange",
+    "DataChanges",
     "Directive",
     "Fallthrough",
     "Handler",

@@ -6,20 +6,23 @@ completely, and only a configuration that built without error is served.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dns.rcode
 
 from ._chain import End, compile_chain
 from ._registry import Registry
-from ._request import FailureObserver, Handler, ReplyObserver
+from ._request import FailureObserver, Handler, ReplyObserver, Request
 from ._types import HttpHandler, KnownAnswer, ListenerKey
 from ._zones import zone_wire
 from .corefile import CorefileError, Directive, ServerBlock, ZoneKey, normalize_keys
 from .plugin import Plugin, SetupContext, SetupError, TcpTimeouts, parse_address
 
 SERVED_TRANSPORTS = ("dns",)
+
+log = logging.getLogger("pycorefile")
 
 
 @dataclass
@@ -39,6 +42,20 @@ class BlockConfig:
     """That plugin's name (the ``plugin`` label of what it answers)."""
     tcp_timeouts: TcpTimeouts | None = None
     """What the timeouts plugin sets for the block's listeners."""
+    filters: tuple[Callable[[Request], bool], ...] = ()
+    """Conditions a query must meet to be served here (``SetupContext.filter_queries``)."""
+    view: str = ""
+    """The block's view name (the ``view`` metric label)."""
+
+    def admits(self, request: Request) -> bool:
+        """True when every filter of the block lets ``request`` in (an error is a no)."""
+        for admits in self.filters:
+            try:
+                if not admits(request):
+                    return False
+            except Exception:
+                return False
+        return True
 
     @property
     def server_label(self) -> str:
@@ -51,11 +68,36 @@ class BlockConfig:
 @dataclass(eq=False)
 class BlockRoute:
     """Where queries for ``zone`` on one listener go (hashed by identity): a ``Route``
-    that knows its block's configuration."""
+    that knows its block's configuration.
+
+    Blocks with query filters may share a zone on a listener: the route of the
+    first (in Corefile order) links to the next by ``alternative``, and
+    ``selective`` tells the dispatcher to choose among them per query.
+    """
 
     zone: str
     config: BlockConfig
     server: str
+    alternative: BlockRoute | None = None
+    selective: bool = False
+    known: KnownAnswer | None = None
+    """The block's fast path, when the route needs no choice between blocks."""
+
+    def __post_init__(self) -> None:
+        self.selective = bool(self.config.filters)
+        self.known = None if self.selective else self.config.known
+
+    @property
+    def view(self) -> str:
+        return self.config.view
+
+    def add_alternative(self, route: BlockRoute) -> None:
+        """Try ``route`` after this one (and those already added) for the same zone."""
+        last = self
+        while last.alternative is not None:
+            last = last.alternative
+        last.alternative = route
+        self.selective, self.known = True, None
 
 
 @dataclass
@@ -173,12 +215,21 @@ def build_config(
             p.block, p.keys, hosts, p.plugins, chain, any(pl.any_class for pl in chain_plugins)
         )
         config.tcp_timeouts = p.ctx.tcp_timeouts
+        config.filters, config.view = tuple(p.ctx.query_filters), p.ctx.view
         if known is not None:
             config.known, config.known_by = known.serve_known, known.name
         configs.append(config)
         for key in p.keys:
             for host in hosts or [""]:
                 ident = (key.transport, key.zone, key.port, host)
+                label = f"{key.transport}://{host}:{key.port}"
+                on_listener = routes.setdefault((key.transport, host, key.port), {})
+                route = BlockRoute(key.zone, config, label)
+                shared_zone = on_listener.get(zone_wire(key.zone))
+                if shared_zone is not None and (config.filters or _any_filtered(shared_zone)):
+                    _warn_if_shadowed(shared_zone, p.block, key)
+                    shared_zone.add_alternative(route)
+                    continue
                 if ident in seen:
                     first = seen[ident]
                     where = f" on {host}" if host else ""
@@ -191,9 +242,7 @@ def build_config(
                         tok.column if tok else p.block.column,
                     )
                 seen[ident] = p.block
-                label = f"{key.transport}://{host}:{key.port}"
-                on_listener = routes.setdefault((key.transport, host, key.port), {})
-                on_listener[zone_wire(key.zone)] = BlockRoute(key.zone, config, label)
+                on_listener[zone_wire(key.zone)] = route
     _check_overlap(routes)
 
     http: dict[tuple[str, int], dict[str, HttpHandler]] = {}
@@ -205,6 +254,28 @@ def build_config(
                 raise CorefileError(str(exc), p.block.file, p.block.line, p.block.column) from None
             http.setdefault((host, port), {})[path] = handler
     return Config(configs, routes, http, observers, shared, corefile, failure_observers)
+
+
+def _any_filtered(route: BlockRoute | None) -> bool:
+    while route is not None:
+        if route.config.filters:
+            return True
+        route = route.alternative
+    return False
+
+
+def _warn_if_shadowed(route: BlockRoute | None, block: ServerBlock, key: ZoneKey) -> None:
+    """A block after an unfiltered one for the same zone is never reached: say so."""
+    while route is not None:
+        if not route.config.filters:
+            first = route.config.block
+            log.warning(
+                "%s:%d: the server block for %s is never used: the block at %s:%d has no view "
+                "and takes every query first (put filtered blocks before it)",
+                block.file, block.line, key, first.file, first.line,
+            )  # fmt: skip
+            return
+        route = route.alternative
 
 
 def in_coredns_chain(plugin: Plugin) -> bool:

@@ -75,7 +75,7 @@ class Dispatcher:
             # The fast path: a query that the chain's first plugin answers from
             # memory (a cache hit, a mesh name) is answered with no Request.
             if route is not None and fields[_QCLASS] == 1:
-                known = route.config.known
+                known = route.known
                 if known is not None:
                     fast = self._known(data, client, proto, fields, key, route, known)
                     if fast is not None:
@@ -86,6 +86,8 @@ class Dispatcher:
             if refusal is not None:
                 return refusal or None
             route = self._only_root or self.route(key, request.name_end - 12)
+        if route is not None and route.selective:
+            route = self.select(request)
         if route is None:
             return self.finish(request, request.error(dns.rcode.REFUSED))
         request.route = route
@@ -166,6 +168,25 @@ class Dispatcher:
             route = routes.get(key[pos:name_len])
             if route is not None:
                 return route
+            length = key[pos]
+            if length == 0:
+                return None
+            pos += length + 1
+
+    def select(self, request: Request) -> BlockRoute | None:
+        """The block for a query where blocks with filters share zones (the view plugin).
+
+        The most specific zone first; its blocks in Corefile order; the first
+        that admits the query takes it. None when no block does (REFUSED).
+        """
+        key, name_len = request.key, request.name_end - _wire.HEADER_LEN
+        pos = 0
+        while True:
+            route = self.routes.get(key[pos:name_len])
+            while route is not None:
+                if route.config.admits(request):
+                    return route
+                route = route.alternative
             length = key[pos]
             if length == 0:
                 return None

@@ -74,6 +74,7 @@ class _Unrouted:
 
     zone = "."
     server = ""
+    view = ""
 
 
 _NO_ROUTE: Route = _Unrouted()

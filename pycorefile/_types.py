@@ -71,6 +71,11 @@ class Route(Protocol):
         """The block's listener as a metric label (``dns://:53``; empty when unrouted)."""
         ...
 
+    @property
+    def view(self) -> str:
+        """The block's view name (the ``view`` metric label; empty for most blocks)."""
+        ...
+
 
 Client = tuple[str, int] | tuple[str, int, int, int]
 """A client's address as the socket gives it (IPv6 adds flow info and scope)."""

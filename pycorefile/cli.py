@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from functools import partial
+from typing import TextIO
 
 import trio
 
@@ -129,9 +130,13 @@ def _positive(text: str) -> int:
     return value
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """CoreDNS's log shape: ``[LEVEL] message`` on standard output, no timestamp."""
-    handler = logging.StreamHandler(sys.stdout)
+def setup_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """CoreDNS's log shape: ``[LEVEL] message`` on standard output, no timestamp.
+
+    The tools that print data and exit (``-dump``, ``-allocations``) log to
+    ``stream``, standard error, so that their output stays that data alone.
+    """
+    handler = logging.StreamHandler(sys.stdout if stream is None else stream)
     handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
     root = logging.getLogger("pycorefile")
     root.handlers[:] = [handler]
@@ -147,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return capture_main(rest[1:])
     args = _parser().parse_args(argv)
-    setup_logging()
+    # The data tools' output is JSON alone: their warnings (an import glob that
+    # matches nothing, ...) go to standard error.
+    setup_logging(stream=sys.stderr if args.dump or args.allocations else None)
     if args.extra:
         print(f"extra command line arguments: {args.extra}", file=sys.stderr)
         return 1

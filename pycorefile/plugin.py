@@ -10,7 +10,7 @@ instance into the chain, and then calls ``handle`` for each query.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,12 +18,15 @@ from ._contract import tag
 from ._request import Handler, Request
 from ._types import HttpHandler, OnReply, Pending, Reply, Result
 from ._zones import ZoneError, in_zone, normalize_zones
+from .changes import DataChange, DataChanges
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "DataChange",
+    "DataChanges",
     "Fallthrough",
     "Plugin",
     "PluginError",
@@ -93,6 +96,10 @@ class TcpTimeouts:
     max_queries: int | None = None
 
 
+DATA_CHANGES = "data_changes"
+"""Where ``SetupContext.shared`` holds the configuration's ``DataChanges``."""
+
+
 @dataclass
 class SetupContext:
     """What a plugin's setup can see of its server block and the server."""
@@ -110,6 +117,10 @@ class SetupContext:
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
     plugins: dict[str, Plugin] = field(default_factory=dict)
     """The block's plugins by name, in chain order, complete once every directive is set up."""
+    query_filters: list[Callable[[Request], bool]] = field(default_factory=list)
+    """Conditions a query must meet to be served by this block (``filter_queries``)."""
+    view: str = ""
+    """The block's view name: the ``view`` label of its metrics (the view plugin sets it)."""
 
     @property
     def zones(self) -> tuple[str, ...]:
@@ -134,6 +145,34 @@ class SetupContext:
             if other is plugin:
                 return tuple(chain[index + 1 :])
         return ()
+
+    @property
+    def data_changes(self) -> DataChanges:
+        """The configuration's announcements of changed local data (``pycorefile.changes``).
+
+        A plugin that answers from data it loads announces each change
+        through it; a plugin that remembers answers checks them against it.
+        One per configuration, shared by every block.
+        """
+        found = self.shared.get(DATA_CHANGES)
+        if not isinstance(found, DataChanges):
+            found = self.shared[DATA_CHANGES] = DataChanges()
+        return found
+
+    def filter_queries(self, admits: Callable[[Request], bool], view: str = "") -> None:
+        """Serve only the queries ``admits`` is true for (CoreDNS's server block filters).
+
+        Blocks with filters may share a zone and port: for a query, the blocks
+        of the most specific zone are tried in Corefile order and the first
+        whose filters all admit it serves it (a block without filters admits
+        every query); when none does, the blocks of less specific zones are
+        tried, and a query no block takes is REFUSED. ``admits`` runs for every
+        query routed to the zone, before any plugin, and must not wait; an
+        exception counts as false. ``view`` names the block in metrics.
+        """
+        self.query_filters.append(admits)
+        if view:
+            self.view = view
 
     def http_route(self, address: str, path: str, handler: HttpHandler) -> None:
         """Serve ``path`` on the HTTP listener at ``address`` (``:8080``, ``localhost:9153``)."""

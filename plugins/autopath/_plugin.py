@@ -200,7 +200,9 @@ def _wire_records(wire: bytes) -> Iterator[tuple[bool, int, int]]:
 class _Stored:
     """A synthesized answer kept for its lifetime, its TTLs aged once per second."""
 
-    __slots__ = ("age", "current", "expires", "names", "original", "stored", "success")
+    __slots__ = (
+        "age", "current", "expires", "generation", "names", "original", "stored", "success",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -209,7 +211,10 @@ class _Stored:
         lifetime: int,
         success: bool,
         names: tuple[str, ...],
+        generation: int = 0,
     ) -> None:
+        self.generation = generation
+        """The data-changes generation when the search began (``pycorefile.changes``)."""
         self.success = success
         """True for a found name (counted as an autopath success), False for NXDOMAIN."""
         self.names = names
@@ -233,14 +238,16 @@ class _Search:
     """One autopath search: the candidates tried in turn, and what their replies decide."""
 
     __slots__ = (
-        "_candidates", "base", "first", "index", "keep_denial", "lifetime", "path", "plugin",
-        "request",
+        "_candidates", "base", "first", "generation", "index", "keep_denial", "lifetime", "path",
+        "plugin", "request",
     )  # fmt: skip
 
     def __init__(
         self, plugin: AutopathPlugin, request: Request, path: SearchPath, base: tuple[bytes, ...]
     ) -> None:
         self.plugin = plugin
+        self.generation = plugin.changes.generation
+        """The data-changes generation when the search began: its stored answer's stamp."""
         self.request = request
         self.path = path
         self.base = base
@@ -300,7 +307,10 @@ class _Search:
                 return None
             lifetime = self.lifetime if self.keep_denial else 0
             asked = self.asked(self.index - 1)
-            return self.plugin.all_nxdomain(request, self.first, lifetime, asked), False
+            return (
+                self.plugin.all_nxdomain(request, self.first, lifetime, asked, self.generation),
+                False,
+            )
         if rcode != _NOERROR:
             # SERVFAIL, REFUSED, a drop...: the search cannot be finished here. The
             # client gets the same failure for the name it asked and goes on
@@ -314,7 +324,10 @@ class _Search:
             return passed_on(request, rcode, reply), False
         lifetime = min(self.lifetime, reply_lifetime(reply))
         target = self.candidates[index]
-        return self.plugin.synthesize(request, target, reply, lifetime, asked), True
+        return (
+            self.plugin.synthesize(request, target, reply, lifetime, asked, self.generation),
+            True,
+        )
 
 
 class AutopathPlugin(Plugin):
@@ -330,6 +343,8 @@ class AutopathPlugin(Plugin):
     def __init__(self, config: AutopathConfig, ctx: SetupContext) -> None:
         self.config = config
         self._ctx = ctx
+        self.changes = ctx.data_changes
+        """Announcements of changed local data: a stored answer they affect is forgotten."""
         self._all_zones = "." in config.zones
         self._zone_wires = tuple(
             w for w in (dns.name.from_text(z).to_wire() for z in config.zones) if w is not None
@@ -446,6 +461,8 @@ class AutopathPlugin(Plugin):
             return None
         key = request.key
         stored = self._stored.get(key)
+        if stored is not None and stored.generation != self.changes.generation:
+            stored = self._current(key, stored)
         if stored is not None:
             now = time.monotonic()
             if now >= stored.expires:
@@ -468,6 +485,16 @@ class AutopathPlugin(Plugin):
         ):
             return None
         return _Search(self, request, search, wire_labels(name[:start]))
+
+    def _current(self, key: bytes, stored: _Stored) -> _Stored | None:
+        """``stored``, or None (forgotten) when a change of local data since its search
+        may have changed the answer of any name it asked."""
+        changes = self.changes
+        if any(changes.affects(name, stored.generation) for name in stored.names):
+            del self._stored[key]
+            return None
+        stored.generation = changes.generation
+        return stored
 
     def admitted(self, request: Request, names: tuple[str, ...]) -> bool:
         """True when every later plugin that decides by client lets this one ask ``names``.
@@ -511,6 +538,7 @@ class AutopathPlugin(Plugin):
         reply: Reply,
         lifetime: int,
         asked: tuple[str, ...],
+        generation: int = 0,
     ) -> bytes:
         """CNAME from the name asked to ``target``, then ``reply``'s records.
 
@@ -539,11 +567,16 @@ class AutopathPlugin(Plugin):
         out.authority.extend(won.authority)
         prepared = PreparedReply.from_message(out)
         if lifetime > 0 and not won.flags & dns.flags.TC:
-            self._store(request, prepared, lifetime, True, asked)
+            self._store(request, prepared, lifetime, True, asked, generation)
         return prepared.render(request.wire, request.name_end, request.edns, request.do)
 
     def all_nxdomain(
-        self, request: Request, first: Reply, lifetime: int, asked: tuple[str, ...]
+        self,
+        request: Request,
+        first: Reply,
+        lifetime: int,
+        asked: tuple[str, ...],
+        generation: int = 0,
     ) -> Reply:
         """Every candidate (``asked``) is NXDOMAIN: the reply for the name asked (the first try's).
 
@@ -558,7 +591,7 @@ class AutopathPlugin(Plugin):
                 )
             except (WireError, struct.error, IndexError, dns.exception.DNSException):
                 return first
-            self._store(request, prepared, lifetime, False, asked)
+            self._store(request, prepared, lifetime, False, asked, generation)
         return first
 
     def _store(
@@ -568,13 +601,16 @@ class AutopathPlugin(Plugin):
         lifetime: int,
         success: bool,
         asked: tuple[str, ...],
+        generation: int,
     ) -> None:
         if not self.admitted(request, asked):
             return  # an acl after autopath shaped it for this client alone
         stored = self._stored
         if len(stored) >= MAX_STORED:
             del stored[next(iter(stored))]
-        stored[request.key] = _Stored(prepared, time.monotonic(), lifetime, success, asked)
+        stored[request.key] = _Stored(
+            prepared, time.monotonic(), lifetime, success, asked, generation
+        )
 
     # -- Metrics ----------------------------------------------------------------
 

@@ -10,6 +10,11 @@ entries, and ``verify`` with a timeout) run in the plugin's background task,
 fed through a bounded channel, so a hit never waits and a verification that
 outlasts its timeout still refreshes the entry.
 
+Each entry is stamped with the data-changes generation (``pycorefile.changes``)
+current when its question was asked; a hit under another generation first
+checks that no change of local data announced since (meshhosts loading a new
+table) affects its name, else the entry is forgotten and the query is a miss.
+
 The next plugin is asked with the AD bit set, as CoreDNS's cache asks, so an
 entry records whether upstream validated the data whichever client asked
 first; the AD bit is shown only to clients that set AD or DO (RFC 6840
@@ -31,6 +36,7 @@ import dns.rcode
 import trio
 
 from pycorefile import (
+    DataChanges,
     Directive,
     Pending,
     Plugin,
@@ -42,7 +48,7 @@ from pycorefile import (
     settle,
     then,
 )
-from pycorefile.wire import FLAG_AD, HEADER_LEN, MAX_TCP
+from pycorefile.wire import FLAG_AD, HEADER_LEN, MAX_TCP, name_to_text
 from pycorefile.zones import in_zone
 
 from ._classify import Category, classify, parse_reply, quick_classify, stored_form
@@ -68,12 +74,19 @@ _REFRESHING_RCODES = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 class _Refresh:
     """One queued refresh: a prefetch, a stale entry's, or a verification a query waits for."""
 
-    __slots__ = ("answer", "done", "entry", "exclusive", "request")
+    __slots__ = ("answer", "done", "entry", "exclusive", "generation", "request")
 
     def __init__(
-        self, request: Request, entry: Entry, exclusive: bool, done: trio.Event | None
+        self,
+        request: Request,
+        entry: Entry,
+        exclusive: bool,
+        done: trio.Event | None,
+        generation: int,
     ) -> None:
         self.request = request
+        self.generation = generation
+        """The data-changes generation when the refresh was queued (stamps its entry)."""
         self.entry = entry
         self.exclusive = exclusive
         """True when this refresh holds ``entry.refreshing`` (one at a time per entry)."""
@@ -103,8 +116,12 @@ class _Counts:
 class CachePlugin(Plugin):
     """Answer repeated questions from memory; store what the next plugin answers."""
 
-    def __init__(self, config: CacheConfig, server_label: str = "") -> None:
+    def __init__(
+        self, config: CacheConfig, server_label: str = "", changes: DataChanges | None = None
+    ) -> None:
         self.config = config
+        self._changes = DataChanges() if changes is None else changes
+        """Announcements of changed local data: an entry they affect is forgotten."""
         self.server_label = server_label
         self.zones_label = ",".join(config.zones)
         self.clock: Callable[[], float] = time.monotonic
@@ -126,13 +143,19 @@ class CachePlugin(Plugin):
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> CachePlugin:
         key = ctx.keys[0]
         host = ctx.listen_hosts[0] if ctx.listen_hosts else ""
-        return cls(parse_cache(directives, ctx), f"{key.transport}://{host}:{key.port}")
+        return cls(
+            parse_cache(directives, ctx), f"{key.transport}://{host}:{key.port}", ctx.data_changes
+        )
 
     # -- Answering ------------------------------------------------------------
 
     def handle(self, request: Request) -> Result:
         key = request.key
         entry = self._success_get(key) or self._denial_get(key)
+        generation = self._changes.generation
+        if entry is not None and entry.generation != generation and not self._current(key, entry):
+            self._forget(key, entry)  # local data changed the answer: a miss
+            entry = None
         if entry is not None:
             now = self.clock()
             if now < entry.expires:
@@ -149,13 +172,13 @@ class CachePlugin(Plugin):
         asked = request if request.flags & FLAG_AD else _asking(request, request.max_size)
         result = self.next.handle(asked)
         if not isinstance(result, Pending):
-            return self._store(request, asked, result, entry)
+            return self._store(request, asked, result, entry, generation)
         # The miss is counted when the wait ends, however it ends: a wait that is
         # dropped before it starts (REFUSED over max_in_flight) asked nothing.
         request.answered_by = asked.answered_by
         return then(
             result,
-            lambda reply: self._store(request, asked, reply, entry),
+            lambda reply: self._store(request, asked, reply, entry, generation),
             lambda exc: self._failed_miss(request, exc),
             lambda: self._count_miss(request),
         )
@@ -170,11 +193,22 @@ class CachePlugin(Plugin):
         entry = self._success_get(key) or self._denial_get(key)
         if entry is None:
             return None
+        if entry.generation != self._changes.generation and not self._current(key, entry):
+            return None  # outdated by a change of local data: handle forgets it
         now = self.clock()
         if now >= entry.expires:
             return None
         counts = self._counts.get(server) or self._count_for(server)
         return self._answer(entry, now, counts, wire, name_end, edns, do)
+
+    def _current(self, key: bytes, entry: Entry) -> bool:
+        """False when a change of local data since ``entry`` was asked may have changed it;
+        else the entry is stamped current (its next hit costs one comparison)."""
+        changes = self._changes
+        if changes.affects(name_to_text(key[:-6]), entry.generation):
+            return False
+        entry.generation = changes.generation
+        return True
 
     def _hit(self, request: Request, entry: Entry, now: float) -> bytes:
         counts = self._counts.get(request.route.server) or self._count(request)
@@ -245,12 +279,13 @@ class CachePlugin(Plugin):
         if stale.verify_timeout <= 0:
             if exclusive:
                 entry.refreshing = True
+            generation = self._changes.generation
             try:
                 reply = await self._ask(_asking(request, request.max_size))
             finally:
                 if exclusive:
                     entry.refreshing = False
-            return self._refreshed(request, reply, entry)
+            return self._refreshed(request, reply, entry, generation)
         job = self._schedule(request, entry, exclusive=exclusive, waited=True)
         if job is None or job.done is None:
             return None  # too many refreshes queued: the upstream is not keeping up
@@ -277,7 +312,9 @@ class CachePlugin(Plugin):
             _log_failed_refresh(request, exc)
         return None
 
-    def _refreshed(self, request: Request, reply: Reply | None, old: Entry) -> Entry | Reply | None:
+    def _refreshed(
+        self, request: Request, reply: Reply | None, old: Entry, generation: int
+    ) -> Entry | Reply | None:
         """Take a refresh of ``old``'s question, with CoreDNS's rules for refreshing.
 
         Only a complete NOERROR or NXDOMAIN for the question asked counts
@@ -290,7 +327,7 @@ class CachePlugin(Plugin):
         """
         now = self.clock()
         if reply is not None:
-            out, fresh, category = self._prepare(request, reply, now)
+            out, fresh, category = self._prepare(request, reply, now, generation)
             if (
                 category is not None
                 and category is not Category.UNUSABLE
@@ -307,20 +344,27 @@ class CachePlugin(Plugin):
 
     # -- Storing --------------------------------------------------------------
 
-    def _store(self, request: Request, asked: Request, reply: Reply, old: Entry | None) -> Reply:
-        """A miss's reply (to ``asked``, the copy with AD set): counted, stored if it may be."""
+    def _store(
+        self, request: Request, asked: Request, reply: Reply, old: Entry | None, generation: int
+    ) -> Reply:
+        """A miss's reply (to ``asked``, the copy with AD set): counted, stored if it may be.
+
+        ``generation`` is the data-changes generation when it was asked.
+        """
         self._count_miss(request)
         request.answered_by = asked.answered_by
-        return self._settle(request, reply, self.clock(), old)
+        return self._settle(request, reply, self.clock(), old, generation)
 
     def _failed_miss(self, request: Request, exc: Exception) -> Reply:
         """A miss the rest of the chain failed after a wait: counted, never stored."""
         self._count_miss(request)
         raise exc
 
-    def _settle(self, request: Request, reply: Reply, now: float, old: Entry | None) -> Reply:
+    def _settle(
+        self, request: Request, reply: Reply, now: float, old: Entry | None, generation: int
+    ) -> Reply:
         """Store a reply from the next plugin if it may be; return what to send."""
-        out, entry, _ = self._prepare(request, reply, now)
+        out, entry, _ = self._prepare(request, reply, now, generation)
         if entry is None:
             if old is not None:
                 self._forget(request.key, old)
@@ -330,10 +374,11 @@ class CachePlugin(Plugin):
         return entry.view.render(request.wire, request.name_end, request.edns, request.do)
 
     def _prepare(
-        self, request: Request, reply: Reply, now: float
+        self, request: Request, reply: Reply, now: float, generation: int
     ) -> tuple[Reply, Entry | None, Category | None]:
         """The reply to send (rendered once if it was a message), the entry to
-        store, and the reply's category (None: unreadable or another question)."""
+        store (stamped with ``generation``, the data-changes generation when it
+        was asked), and the reply's category (None: unreadable or another question)."""
         msg: dns.message.Message | None = None
         if isinstance(reply, dns.message.Message):
             msg = reply
@@ -369,7 +414,7 @@ class CachePlugin(Plugin):
         stored, duration, offsets = stored_form(wire, category, settings, config.servfail_ttl)
         if duration <= 0:
             return reply, None, category
-        return reply, Entry(stored, category, now, duration, offsets), category
+        return reply, Entry(stored, category, now, duration, offsets, generation), category
 
     def _keep_old(self, old: Entry, category: Category, now: float) -> bool:
         """True when, under ``serve_stale_policy prefer_positive``, a refresh's
@@ -445,7 +490,11 @@ class CachePlugin(Plugin):
         if exclusive and entry.refreshing:
             return None
         job = _Refresh(
-            _asking(request, MAX_TCP), entry, exclusive, trio.Event() if waited else None
+            _asking(request, MAX_TCP),
+            entry,
+            exclusive,
+            trio.Event() if waited else None,
+            self._changes.generation,
         )
         try:
             self._jobs.send_nowait(job)
@@ -468,7 +517,7 @@ class CachePlugin(Plugin):
             reply: Reply | None = None
             with trio.move_on_after(REFRESH_DEADLINE):
                 reply = await self._ask(job.request)
-            job.answer = self._refreshed(job.request, reply, job.entry)
+            job.answer = self._refreshed(job.request, reply, job.entry, job.generation)
         finally:
             if job.exclusive:
                 job.entry.refreshing = False

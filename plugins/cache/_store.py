@@ -24,8 +24,8 @@ class Entry:
     """
 
     __slots__ = (
-        "category", "duration", "expires", "hits", "last_hit", "recheck_at", "refreshing",
-        "stale_view", "stored", "used", "view", "view_age",
+        "category", "duration", "expires", "generation", "hits", "last_hit", "recheck_at",
+        "refreshing", "stale_view", "stored", "used", "view", "view_age",
     )  # fmt: skip
 
     def __init__(
@@ -35,6 +35,7 @@ class Entry:
         stored: float,
         duration: float,
         offsets: Sequence[int] | None = None,
+        generation: int = 0,
     ) -> None:
         self.view = PreparedReply(wire, offsets)
         self.view_age = 0
@@ -50,6 +51,9 @@ class Entry:
         self.refreshing = False
         self.recheck_at = 0.0
         """Until when a failed refresh is not tried again (``serve_stale`` FAILURE_RECHECK)."""
+        self.generation = generation
+        """The data-changes generation when the reply was asked for (``pycorefile.changes``):
+        a hit with another generation first checks that no change since affects the name."""
 
     def aged(self, age: int) -> PreparedReply:
         """The reply with every TTL lowered by ``age`` seconds (remembered for reuse)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dns.flags
@@ -166,6 +166,71 @@ class Chase:
 Found = Answer | Rotation | Chase
 
 
+# -- What a new table changes -------------------------------------------------------
+
+
+def changed_names(
+    old: Mapping[str, HostEntry], new: Mapping[str, HostEntry], domain: str, namespace: str
+) -> tuple[frozenset[str], frozenset[str]]:
+    """What answers may differ between the tables built from ``old`` and ``new``.
+
+    The names of every entry that is new, gone or different (each name form:
+    FQDN, short names, alt hosts), the reverse names of its addresses (PTR),
+    the ExternalNames whose chain reaches a changed name, and every name
+    above those (empty non-terminals appear and vanish); and, second, the
+    parents of changed wildcards, under which every name may have changed.
+    Pure and proportional to the tables' size: run it off the event loop.
+    """
+    names: set[str] = set()
+    below: set[str] = set()
+
+    def claim(entry: HostEntry) -> None:
+        for name in names_of(entry, domain, namespace):
+            names.add(name)
+            if name.startswith("*."):
+                below.add(name[2:])
+        for address in entry.addresses:
+            names.add(reverse_name(address))
+
+    for host, entry in old.items():
+        if new.get(host) != entry:
+            claim(entry)
+    for host, entry in new.items():
+        if old.get(host) != entry:
+            claim(entry)
+    if not names:
+        return frozenset(), frozenset()
+    aliases = {id(e): e for table in (old, new) for e in table.values() if e.cname}
+    for _ in range(MAX_CNAME_CHAIN + 1):
+        reached = [
+            e for e in aliases.values() if e.host not in names and _covered(e.cname, names, below)
+        ]
+        if not reached:
+            break
+        for entry in reached:
+            claim(entry)
+    for name in list(names):
+        while name != ".":
+            name = name.partition(".")[2] or "."
+            if name in names:
+                break
+            names.add(name)
+    return frozenset(names), frozenset(below)
+
+
+def _covered(name: str, names: set[str], below: set[str]) -> bool:
+    """True when ``name`` is one of ``names`` or at or under one of ``below``."""
+    if name in names:
+        return True
+    while below:
+        if name in below:
+            return True
+        if name == ".":
+            return False
+        name = name.partition(".")[2] or "."
+    return False
+
+
 # -- The prepared table -------------------------------------------------------------
 
 
@@ -191,11 +256,15 @@ class PreparedTable:
     stored under their own name (``\\x01*`` + parent).
     """
 
-    __slots__ = ("_apexes", "_fallthrough", "_zones", "answers", "entries", "known", "wildcards")
+    __slots__ = (
+        "_apexes", "_fallthrough", "_zones", "answers", "entries", "hosts", "known", "wildcards",
+    )  # fmt: skip
 
     def __init__(self, table: MeshTable, settings: Settings) -> None:
         builder = _Builder(settings)
         builder.add_table(table)
+        self.hosts: Mapping[str, HostEntry] = table.entries
+        """The entries the answers were built from (to tell what the next table changes)."""
         self.answers: dict[bytes, Answer | Rotation] = builder.answers
         self.known: dict[bytes, Answer | Chase] = builder.known
         self.wildcards = builder.wildcards

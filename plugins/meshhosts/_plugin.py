@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pycorefile import Directive, Plugin, Request, Result, SetupContext, then
+from pycorefile import DataChanges, Directive, Plugin, Request, Result, SetupContext, then
 
-from ._answers import Chase, PreparedTable, Settings
+from ._answers import Chase, PreparedTable, Settings, changed_names
 from ._parse import MeshHostsConfig, parse_meshhosts
 from ._sources import (
     MAX_FILE_SIZE,
@@ -109,11 +109,16 @@ class MeshHostsPlugin(Plugin):
     The table is a ``PreparedTable`` (answers as wire bytes keyed on the
     question); a reload builds a new one off the query path and replaces the
     ``_table`` attribute in one assignment, so a query sees the old table or
-    the new one, never a mix.
+    the new one, never a mix, and announces in the same step which names the
+    new table answers differently (``SetupContext.data_changes``), so that
+    the cache and autopath in front of it forget those answers.
     """
 
-    def __init__(self, config: MeshHostsConfig, server_label: str = "") -> None:
+    def __init__(
+        self, config: MeshHostsConfig, server_label: str = "", changes: DataChanges | None = None
+    ) -> None:
         self.config = config
+        self._changes = DataChanges() if changes is None else changes
         self.server_label = server_label
         self.zones_label = ",".join(config.zones)
         self._sources: Sources | None = None
@@ -137,7 +142,7 @@ class MeshHostsPlugin(Plugin):
         config = parse_meshhosts(directives, ctx)
         key = ctx.keys[0]
         host = ctx.listen_hosts[0] if ctx.listen_hosts else ""
-        return cls(config, f"{key.transport}://{host}:{key.port}")
+        return cls(config, f"{key.transport}://{host}:{key.port}", ctx.data_changes)
 
     # -- Answering ------------------------------------------------------------------
 
@@ -164,6 +169,17 @@ class MeshHostsPlugin(Plugin):
         self, sources: Sources, allocations: Mapping[str, tuple[str, str]]
     ) -> PreparedTable:
         return prepare_table(sources, self.config, allocations)
+
+    def _prepare_change(
+        self, sources: Sources, allocations: Mapping[str, tuple[str, str]], old: PreparedTable
+    ) -> tuple[PreparedTable, frozenset[str], frozenset[str]]:
+        """The new table, and what it changes from ``old`` (``changed_names``)."""
+        table = self._prepare(sources, allocations)
+        with _cyclic_gc_paused():
+            names, below = changed_names(
+                old.hosts, table.hosts, self.config.domain, self.config.namespace
+            )
+        return table, names, below
 
     async def startup(self) -> None:
         """Load the files; a file that is there but cannot be used stops the start.
@@ -226,13 +242,20 @@ class MeshHostsPlugin(Plugin):
         self._explicit = explicit_addresses(sources, self.config.inline)
         # The allocator may block (autoalloc locks and writes its state file): in a thread.
         allocations = await trio.to_thread.run_sync(self._allocate, sources, abandon_on_cancel=True)
+        old = self._table
         try:
-            table = await trio.to_thread.run_sync(self._prepare, sources, allocations)
+            table, names, below = await trio.to_thread.run_sync(
+                self._prepare_change, sources, allocations, old
+            )
         except Exception:
             self.load_failures += 1
             log.exception("plugin/meshhosts: building the table failed; keeping the last one")
             return False
+        if self._table is not old:  # another build swapped in meanwhile: changed against that
+            names, below = frozenset(), frozenset((".",))
+        # The swap and its announcement in one step: the next query sees both.
         self._table = table
+        self._changes.announce(names, below=below, source=self.name or "meshhosts")
         self._allocations = allocations
         self._loaded = True
         self._rebuild = False

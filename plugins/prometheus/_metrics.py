@@ -60,10 +60,10 @@ _HOT_ROW_LEN = _HOT_DURATION_AT + len(DURATION_BUCKETS) + 1
 HOT_ROWS_MAX = 4096
 """Hot rows kept before they are folded into the size-free rows (bounds memory)."""
 
-RowKey = tuple[str, str, str, int, int, int, str, bool]
-"""(server, zone, proto, family, query type (monitored, or ``OTHER_TYPE``), rcode, plugin,
-DO bit)."""
-HotKey = tuple[str, str, str, int, int, int, str, bool, int, int]
+RowKey = tuple[str, str, str, str, int, int, int, str, bool]
+"""(server, zone, view, proto, family, query type (monitored, or ``OTHER_TYPE``), rcode,
+plugin, DO bit)."""
+HotKey = tuple[str, str, str, str, int, int, int, str, bool, int, int]
 """A ``RowKey`` plus the request and response sizes in bytes."""
 
 _FIRST_BOUND = DURATION_BUCKETS[0]
@@ -140,15 +140,18 @@ class Observer:
 
     counters: Counters
     enabled: set[tuple[str, str]] = field(default_factory=set)
+    blocks: list[SetupContext] = field(default_factory=list)
+    """The blocks that enable prometheus (their view is known once setup is done)."""
     listeners: list[tuple[str, str, int]] = field(default_factory=list)
     """(server label, host, port) of every enabled block, to label dropped queries."""
     _dropped_labels: dict[Any, str] = field(default_factory=dict)
-    _route_labels: dict[Route, tuple[str, str] | tuple[()]] = field(default_factory=dict)
+    _route_labels: dict[Route, tuple[str, str, str] | tuple[()]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._hot = self.counters.hot
 
     def add_block(self, ctx: SetupContext) -> None:
+        self.blocks.append(ctx)
         for label, zone, host, port in server_labels(ctx):
             self.enabled.add((label, zone))
             self.listeners.append((label, host, port))
@@ -158,7 +161,7 @@ class Observer:
         route = request.route
         labels = None
         if not route.server:  # no block took it: labelled by the listener it came to
-            labels = (self._dropped_label(request), DROPPED)
+            labels = (self._dropped_label(request), DROPPED, "")
         self.observe_known(
             route,
             request.proto,
@@ -175,7 +178,7 @@ class Observer:
     def observe_known(
         self, route: Route, proto: str, client: Client, qtype: int, do: bool,
         answered_by: str, asked: int, wire: bytes, started: float,
-        labels: tuple[str, str] | None = None,
+        labels: tuple[str, str, str] | None = None,
     ) -> None:  # fmt: skip
         """A reply given from what the server read, with no Request (its fast path)."""
         if labels is None:
@@ -185,10 +188,11 @@ class Observer:
             if not known:
                 return  # a block without prometheus: not counted, as in CoreDNS
             labels = known
-        server, zone = labels
+        server, zone, view = labels
         key = (
             server,
             zone,
+            view,
             proto,
             2 if ":" in client[0] else 1,
             qtype if qtype in _TYPE_CODES else OTHER_TYPE,
@@ -212,10 +216,16 @@ class Observer:
         else:
             row[_HOT_DURATION_AT + bisect_left(DURATION_BUCKETS, seconds)] += 1
 
-    def _labels_of(self, route: Route) -> tuple[str, str] | tuple[()]:
-        """``(server, zone)`` of a block, or ``()`` when it is not counted (remembered)."""
-        labels = (route.server, route.zone)
-        found = self._route_labels[route] = labels if labels in self.enabled else ()
+    def _labels_of(self, route: Route) -> tuple[str, str, str] | tuple[()]:
+        """``(server, zone, view)`` of a block, or ``()`` when it is not counted (remembered)."""
+        view = route.view
+        counted = (route.server, route.zone) in self.enabled and any(
+            ctx.view == view and (route.server, route.zone) in
+            {(label, zone) for label, zone, _h, _p in server_labels(ctx)}
+            for ctx in self.blocks
+        )  # fmt: skip
+        labels = (route.server, route.zone, view)
+        found = self._route_labels[route] = labels if counted else ()
         return found
 
     def failed(self, request: Request, exc: Exception) -> None:
@@ -287,9 +297,8 @@ def core_families(
     durations: dict[tuple[str, ...], list[float]] = {}
     request_sizes: dict[tuple[str, ...], list[float]] = {}
     response_sizes: dict[tuple[str, ...], list[float]] = {}
-    view = ""
     for key, row in list(counters.fold().items()):
-        server, zone, proto, ip_family, qtype_code, rcode, plugin, do = key
+        server, zone, view, proto, ip_family, qtype_code, rcode, plugin, do = key
         count = row[_COUNT]
         k = (server, zone, view, proto, str(ip_family), qtype_label(qtype_code))
         requests[k] = requests.get(k, 0) + count

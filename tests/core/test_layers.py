@@ -24,7 +24,7 @@ PACKAGE = "pycorefile"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "metrics", "corefile", "capture"),
+    ("_version", "metrics", "corefile", "capture", "changes"),
     ("_wire", "_zones"),
     ("_types", "wire", "zones"),
     ("_request", "http"),

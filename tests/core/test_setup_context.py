@@ -77,3 +77,16 @@ def test_plugins_after_lists_the_rest_of_the_chain_in_order() -> None:
     # Each block's context knows its own plugins only.
     assert after(other) == []
     assert [p.name for p in other.ctx.plugins_after(other)] == ["whoami"]
+
+
+def test_data_changes_are_one_per_configuration() -> None:
+    """Every block of a configuration sees one DataChanges; a new configuration a new one."""
+    config = load_config(COREFILE, registry=registry(), dns_port=1053)
+    org, net = (
+        next(p for p in block.plugins if isinstance(p, ProbePlugin)) for block in config.blocks
+    )
+    assert org.ctx.data_changes is net.ctx.data_changes
+    assert org.ctx.data_changes.generation == 0
+    again = load_config(COREFILE, registry=registry(), dns_port=1053)
+    probe = next(p for p in again.blocks[0].plugins if isinstance(p, ProbePlugin))
+    assert probe.ctx.data_changes is not org.ctx.data_changes

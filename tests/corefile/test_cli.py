@@ -90,3 +90,16 @@ def test_validate_reports_syntax_errors_too(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{conf}:1:4 - Expected another address" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_dump_with_an_import_matching_nothing_prints_json_and_warns_on_stderr(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "Corefile"
+    conf.write_text(". {\n  import nothing-here-*.conf\n  whoami\n}\n")
+    result = run("-conf", str(conf), "-dump")
+    assert result.returncode == 0, result.stderr
+    dumped = json.loads(result.stdout)
+    assert [d["name"] for d in dumped[0]["directives"]] == ["whoami"]
+    assert "No files matching import glob pattern" in result.stderr
+    assert "No files matching" not in result.stdout

@@ -1,0 +1,96 @@
+"""``grpc FROM TO... { except ...; tls ...; tls_servername NAME; policy P; fallthrough }``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pycorefile import Directive, Fallthrough, SetupError, check_args
+from pycorefile.zones import ZoneError, in_zone, normalize_zones
+from pycorefile_plugins.forward import TlsSettings, UpstreamAddress, parse_to
+
+MAX_UPSTREAMS = 15
+POLICIES = ("random", "round_robin", "sequential")
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    zone: str
+    upstreams: tuple[UpstreamAddress, ...]
+    ignored: tuple[str, ...] = ()
+    tls: TlsSettings | None = None
+    tls_servername: str = ""
+    policy: str = "random"
+    fallthrough: Fallthrough = field(default_factory=Fallthrough)
+
+    def matches(self, name: str) -> bool:
+        """True when ``name`` is under FROM and not under an ``except`` name (FROM never is)."""
+        if not in_zone(name, self.zone):
+            return False
+        if name == self.zone:
+            return True
+        return not any(in_zone(name, ignored) for ignored in self.ignored)
+
+
+def parse_grpc(directives: Sequence[Directive]) -> GrpcConfig:
+    """The block's ``grpc`` directive (once per block), checked as CoreDNS checks it."""
+    d = directives[0]
+    check_args(d, 2)
+    try:
+        zone = normalize_zones([d.args[0]])[0]
+    except ZoneError:
+        raise SetupError(f"unable to normalize '{d.args[0]}'", d, 0) from None
+    upstreams: list[UpstreamAddress] = []
+    for index, arg in enumerate(d.args[1:], start=1):
+        text = arg[len("grpc://") :] if arg.lower().startswith("grpc://") else arg
+        if "://" in text:
+            raise SetupError(f"'{arg.split('://')[0]}' is not supported by grpc", d, index)
+        upstreams.extend(parse_to(text, d, index))
+    if not upstreams:
+        raise SetupError("no upstream addresses", d)
+    if len(upstreams) > MAX_UPSTREAMS:
+        raise SetupError(f"more than {MAX_UPSTREAMS} TOs configured: {len(upstreams)}", d)
+    config = GrpcConfig(zone, tuple(upstreams))
+    for option in d.block or ():
+        config = _apply(option, config)
+    return config
+
+
+def _apply(option: Directive, config: GrpcConfig) -> GrpcConfig:
+    name, args = option.name, option.args
+    if name == "except":
+        check_args(option, 1)
+        try:
+            ignored = normalize_zones(list(args))
+        except ZoneError as exc:
+            raise SetupError(str(exc), option, 0) from None
+        return _replace(config, ignored=config.ignored + tuple(ignored))
+    if name == "tls":
+        check_args(option, 0, 3)
+        for index, path in enumerate(args):
+            if not os.path.isfile(path):
+                raise SetupError(f"tls: no such file: '{path}'", option, index)
+        if len(args) == 1:
+            return _replace(config, tls=TlsSettings(ca=args[0]))
+        if len(args) >= 2:
+            ca = args[2] if len(args) == 3 else None
+            return _replace(config, tls=TlsSettings(args[0], args[1], ca))
+        return _replace(config, tls=TlsSettings())
+    if name == "tls_servername":
+        check_args(option, 1, 1)
+        return _replace(config, tls_servername=args[0])
+    if name == "policy":
+        check_args(option, 1, 1)
+        if args[0] not in POLICIES:
+            raise SetupError(f"unknown policy '{args[0]}'", option, 0)
+        return _replace(config, policy=args[0])
+    if name == "fallthrough":
+        return _replace(config, fallthrough=Fallthrough.parse(option))
+    raise SetupError(f"unknown property '{name}'", option)
+
+
+def _replace(config: GrpcConfig, **changes: object) -> GrpcConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)  # type: ignore[arg-type]
