@@ -391,13 +391,14 @@ class AutopathPlugin(Plugin):
     ) -> bytes | None:
         # The server's fast path: a stored search answer, when no later plugin
         # decides by client (acl), is exactly what ``handle`` answers. Anything
-        # else (a search to run, an expired answer to drop) takes the chain.
+        # else (a search to run, an expired answer to drop, an answer to check
+        # against changes of local data since its search) takes the chain.
         if self._gates:
             return None
         if self._source is not None:
             self._current_search()  # a changed search path forgets the stored answers
         stored = self._stored.get(key)
-        if stored is None:
+        if stored is None or stored.generation != self.changes.generation:
             return None
         now = time.monotonic()
         if now >= stored.expires:
