@@ -23,8 +23,10 @@ from .plugin import (
     SetupError,
     Wrapper,
     check_args,
+    lookup,
     parse_duration,
     parse_zones,
+    reply_message,
 )
 
 __all__ = [
@@ -50,10 +52,12 @@ __all__ = [
     "__version__",
     "check_args",
     "load_config",
+    "lookup",
     "open_server",
     "parse_duration",
     "parse_zones",
     "pass_on",
+    "reply_message",
     "settle",
     "then",
     "within",

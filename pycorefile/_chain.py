@@ -14,7 +14,7 @@ import dns.rcode
 
 from ._contract import tag
 from ._request import Handler, Request
-from ._types import Pending, Reply, Result
+from ._types import KnownAnswer, Pending, Reply, Result
 from .plugin import Plugin, Wrapper
 
 
@@ -80,19 +80,67 @@ def has_known(plugin: Plugin) -> bool:
 def compile_chain(plugins: Sequence[Plugin], end: Handler) -> tuple[Handler, Plugin | None]:
     """Link plugins (outermost first); return the entry and the known-answer plugin.
 
-    The known-answer plugin is the first one with ``serve_known`` when every
-    plugin before it is a wrapper transparent on success (errors): the server
-    may then ask it before making a Request, and fall back to the chain.
+    The known-answer plugin is the one ``known_path`` finds: the server may
+    ask it before making a Request, and fall back to the chain.
     """
     handler: Handler = end
     for plugin in reversed(plugins):
         plugin.next = handler
         handler = plugin if is_wrapper(plugin) else Step(plugin)
-    known: Plugin | None = None
+    found = known_path(plugins)
+    return handler, found[0] if found is not None else None
+
+
+def known_path(plugins: Sequence[Plugin]) -> tuple[Plugin, KnownAnswer] | None:
+    """The known-answer plugin and what the server calls for a known answer.
+
+    The known-answer plugin is the first one with ``serve_known`` when every
+    plugin before it is a wrapper that is transparent on success (errors) or
+    says what it does to a known answer (``on_known_reply``: loadbalance), or
+    a plugin that decides by the question alone (``decides_by_question``:
+    local, any, chaos); the call is its ``serve_known``, followed by those
+    wrappers' ``on_known_reply``, innermost first, as their ``on_reply`` would be.
+    """
+    reshapers: list[Wrapper] = []
     for plugin in plugins:
         if has_known(plugin):
-            known = plugin
-            break
-        if not (is_wrapper(plugin) and type(plugin).transparent_on_success()):
-            break
-    return handler, known
+            return plugin, _reshaped(plugin.serve_known, reshapers[::-1])
+        if type(plugin).decides_by_question:
+            continue
+        if not is_wrapper(plugin):
+            return None
+        cls = type(plugin)
+        if cls.reshapes_known():
+            reshapers.append(plugin)
+        elif not cls.transparent_on_success():
+            return None
+    return None
+
+
+def _reshaped(serve_known: KnownAnswer, reshapers: Sequence[Wrapper]) -> KnownAnswer:
+    """``serve_known`` whose answers go through ``reshapers`` (innermost first)."""
+    if not reshapers:
+        return serve_known
+    steps = tuple(r.on_known_reply for r in reshapers)
+    if len(steps) == 1:
+        (step,) = steps
+
+        def known_once(
+            wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
+        ) -> bytes | None:
+            reply = serve_known(wire, key, name_end, edns, do, server)
+            return None if reply is None else step(reply)
+
+        return known_once
+
+    def known(
+        wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
+    ) -> bytes | None:
+        reply = serve_known(wire, key, name_end, edns, do, server)
+        if reply is None:
+            return None
+        for each in steps:
+            reply = each(reply)
+        return reply
+
+    return known

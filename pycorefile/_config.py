@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import dns.rcode
 
-from ._chain import End, compile_chain
-from ._registry import Registry
+from ._chain import End, compile_chain, known_path
+from ._registry import Registry, unknown_directive
 from ._request import FailureObserver, Handler, ReplyObserver, Request
 from ._types import HttpHandler, KnownAnswer, ListenerKey
 from ._zones import zone_wire
@@ -36,12 +36,17 @@ class BlockConfig:
     chain: Handler
     any_class: bool
     known: KnownAnswer | None = None
-    """The known-answer plugin's ``serve_known`` (the fast path): the first plugin
-    with one, when only wrappers transparent on success (errors) come before it."""
+    """What the server calls for a known answer (the fast path): the first plugin
+    with ``serve_known``, when only wrappers transparent on success (errors) or
+    that say what they do to a known answer (loadbalance) come before it
+    (``_chain.known_path``)."""
     known_by: str = ""
     """That plugin's name (the ``plugin`` label of what it answers)."""
     tcp_timeouts: TcpTimeouts | None = None
     """What the timeouts plugin sets for the block's listeners."""
+    udp_cap: int | None = None
+    """What the bufsize plugin sets: the EDNS payload the chain sees at most and the
+    cap on UDP replies (None: the server's, 1232 bytes)."""
     filters: tuple[Callable[[Request], bool], ...] = ()
     """Conditions a query must meet to be served here (``SetupContext.filter_queries``)."""
     view: str = ""
@@ -157,7 +162,7 @@ def build_config(
         for directive in block.directives:
             if directive.name not in registry:
                 raise CorefileError(
-                    f"Unknown directive '{directive.name}'",
+                    unknown_directive(directive.name),
                     directive.file,
                     directive.line,
                     directive.column,
@@ -203,7 +208,7 @@ def build_config(
     for p in pending:
         chain_plugins = [pl for pl in p.plugins if pl.serves_queries]
         empty = not any(map(in_coredns_chain, p.plugins))
-        chain, known = compile_chain(
+        chain, _known = compile_chain(
             chain_plugins,
             End(
                 chain_plugins[-1].name if chain_plugins else "",
@@ -215,9 +220,11 @@ def build_config(
             p.block, p.keys, hosts, p.plugins, chain, any(pl.any_class for pl in chain_plugins)
         )
         config.tcp_timeouts = p.ctx.tcp_timeouts
+        config.udp_cap = p.ctx.udp_payload
         config.filters, config.view = tuple(p.ctx.query_filters), p.ctx.view
+        known = known_path(chain_plugins)
         if known is not None:
-            config.known, config.known_by = known.serve_known, known.name
+            config.known_by, config.known = known[0].name, known[1]
         configs.append(config)
         for key in p.keys:
             for host in hosts or [""]:
@@ -281,12 +288,13 @@ def _warn_if_shadowed(route: BlockRoute | None, block: ServerBlock, key: ZoneKey
 def in_coredns_chain(plugin: Plugin) -> bool:
     """True for a plugin CoreDNS links into a block's handler chain.
 
-    Those that serve queries, and *prometheus*: a handler in CoreDNS, a reply
-    observer here. A block with none of them has no chain in CoreDNS, which
+    Those that serve queries, and those that are a handler in CoreDNS but not
+    here (``coredns_handler``: *prometheus*, a reply observer here; *bufsize*,
+    a setting of the block here). A block with none of them has no chain in CoreDNS, which
     answers it REFUSED (a block with only ``bind``, or empty); a chain that
     runs off its end answers SERVFAIL.
     """
-    return plugin.serves_queries or plugin.name == "prometheus"
+    return plugin.serves_queries or plugin.coredns_handler
 
 
 def _check_overlap(routes: dict[ListenerKey, dict[bytes, BlockRoute]]) -> None:

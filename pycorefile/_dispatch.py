@@ -23,9 +23,9 @@ import dns.rcode
 
 from . import _wire
 from ._config import BlockRoute
-from ._contract import STACKTRACE, plugin_of, settle
+from ._contract import STACKTRACE, plugin_of, settle, then
 from ._request import FailureObserver, ReplyObserver, Request, parse_question
-from ._types import Client, KnownAnswer, Pending, Reply
+from ._types import Client, KnownAnswer, Pending, Reply, Result
 from .plugin import PluginError
 
 # Offsets into the fields ``parse_question`` reads (see ``_wire.QueryFields``).
@@ -91,7 +91,10 @@ class Dispatcher:
         if route is None:
             return self.finish(request, request.error(dns.rcode.REFUSED))
         request.route = route
+        request.resolver = self
         config = route.config
+        if config.udp_cap is not None:
+            request.limit_payload(config.udp_cap)
         if request.qclass != 1 and not config.any_class:
             return self.finish(request, request.error(dns.rcode.REFUSED))
         try:
@@ -123,7 +126,10 @@ class Dispatcher:
         if reply is None:
             return None
         if len(reply) > 512:  # every client takes 512 bytes
-            limit = _wire.reply_limit(proto, edns, fields[_PAYLOAD], self.udp_cap)
+            cap = route.config.udp_cap
+            limit = _wire.reply_limit(
+                proto, edns, fields[_PAYLOAD], self.udp_cap if cap is None else cap
+            )
             if len(reply) > limit:
                 reply = _wire.fit_reply(reply, limit)
         answered_by = route.config.known_by
@@ -172,6 +178,28 @@ class Dispatcher:
             if length == 0:
                 return None
             pos += length + 1
+
+    def resolve(self, request: Request) -> Result:
+        """A question a plugin asks the server (``plugin.lookup``): routed and answered as a
+        client's would be, by the block of the longest zone, but not sized for a client
+        nor told to the observers. Never raises: a failure is its error reply.
+        """
+        route = self.route(request.key, request.name_end - _wire.HEADER_LEN)
+        if route is not None and route.selective:
+            route = self.select(request)  # a view's filters see the looked-up question
+        if route is None:
+            return request.error(dns.rcode.REFUSED)
+        request.route = route
+        request.resolver = self
+        if request.qclass != 1 and not route.config.any_class:
+            return request.error(dns.rcode.REFUSED)
+        try:
+            result = route.config.chain.handle(request)
+        except Exception as exc:
+            return self.failed(request, exc)
+        if type(result) is Pending:
+            return then(result, None, lambda exc: self.failed(request, exc))
+        return result
 
     def select(self, request: Request) -> BlockRoute | None:
         """The block for a query where blocks with filters share zones (the view plugin).

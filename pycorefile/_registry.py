@@ -11,17 +11,40 @@ from .plugin import Plugin
 ENTRY_POINT_GROUP = "pycorefile.plugins"
 
 ORDER: tuple[str, ...] = (
-    # Like CoreDNS's plugin.cfg: first is outermost. Position in the chain comes
-    # from here, never from the Corefile. Names not built in are harmless; they
-    # keep CoreDNS's positions for plugins someone may add later.
-    "root", "metadata", "timeouts", "multisocket", "reload", "nsid", "bufsize", "bind",
-    "debug", "trace", "ready", "health", "pprof", "prometheus", "errors", "log",
-    "dnstap", "local", "dns64", "any", "chaos", "loadbalance", "tsig", "rewrite",
-    "autopath", "acl", "cache", "header", "dnssec", "minimal", "template", "transfer",
-    "hosts", "autoalloc", "meshhosts", "k8s_external", "kubernetes", "file", "auto",
-    "secondary", "etcd", "loop", "forward", "grpc", "erratic", "whoami", "on", "sign",
-    "view",
+    # Like CoreDNS's plugin.cfg (all of it, in its order) plus our own plugins
+    # (OWN_PLUGINS): first is outermost. Position in the chain comes from here,
+    # never from the Corefile. Names not built in are harmless; they keep
+    # CoreDNS's positions for plugins someone may add later.
+    "root", "metadata", "geoip", "cancel", "proxyproto", "quic", "grpc_server", "https",
+    "https3", "timeouts", "multisocket", "reload", "nsid", "bufsize", "bind", "debug",
+    "trace", "ready", "health", "pprof", "shed", "prometheus", "errors", "log", "dnstap",
+    "local", "dns64", "any", "chaos", "loadbalance", "tsig", "rewrite", "autopath", "acl",
+    "cache", "header", "dnssec", "tls", "minimal", "template", "transfer", "hosts",
+    "autoalloc", "meshhosts", "route53", "azure", "clouddns", "k8s_external", "kubernetes",
+    "file", "auto", "secondary", "etcd", "loop", "forward", "grpc", "erratic", "whoami",
+    "on", "sign", "view", "nomad",
 )  # fmt: skip
+
+OWN_PLUGINS: frozenset[str] = frozenset({"autoalloc", "meshhosts"})
+"""Plugins of ``ORDER`` that are pycorefile's own, not CoreDNS's."""
+
+COMPATIBILITY_DOC = "docs/compatibility.md"
+"""Where each CoreDNS plugin's state in pycorefile is listed."""
+
+
+def coredns_plugins() -> tuple[str, ...]:
+    """CoreDNS's plugins (its plugin.cfg), in chain order."""
+    return tuple(name for name in ORDER if name not in OWN_PLUGINS)
+
+
+def unknown_directive(name: str) -> str:
+    """The error for a directive no installed plugin has, naming CoreDNS plugins we lack."""
+    if name in ORDER and name not in OWN_PLUGINS:
+        return (
+            f"Unknown directive '{name}': a CoreDNS plugin that pycorefile does not have "
+            f"(see {COMPATIBILITY_DOC})"
+        )
+    return f"Unknown directive '{name}'"
 
 
 class RegistryError(Exception):

@@ -93,8 +93,8 @@ class Request(QueryInfo):
     """
 
     __slots__ = (
-        "_message", "_name", "answered_by", "client", "key", "local", "max_size", "pending",
-        "proto", "route", "started", "wire",
+        "_message", "_name", "answered_by", "client", "depth", "key", "local", "max_size",
+        "pending", "proto", "resolver", "route", "started", "wire",
     )  # fmt: skip
 
     def __init__(
@@ -128,6 +128,12 @@ class Request(QueryInfo):
         self.route: Route = _NO_ROUTE
         self.pending: Pending | None = None
         """What the server awaits for this query when the chain had to wait."""
+        self.resolver: Resolver | None = None
+        """What asks the server a new question for a plugin (``plugin.lookup``); set by the
+        server's dispatcher, None for a request no server routed (plugin tests)."""
+        self.depth = 0
+        """How many lookups deep this request is: 0 for a client's query, 1 for a question
+        a plugin asked the server while answering it, ... (``plugin.lookup`` bounds it)."""
         self.started = time.perf_counter()
 
     def flagged(self, bits: int) -> Request:
@@ -163,12 +169,27 @@ class Request(QueryInfo):
         new.local = self.local
         new.max_size = self.max_size
         new.route = self.route
+        new.resolver = self.resolver
+        new.depth = self.depth
         new.started = self.started
         new._message = None
         new._name = self._name
         new.answered_by = ""
         new.pending = None
         return new
+
+    def limit_payload(self, cap: int) -> None:
+        """Apply a server block's EDNS payload limit (the bufsize plugin).
+
+        UDP replies are capped to ``cap`` instead of the server's cap, and a
+        larger payload in the query is lowered to ``cap``, in the query's bytes
+        too: every plugin sees the lowered one (forward sends it upstream).
+        """
+        self.max_size = _wire.reply_limit(self.proto, self.edns, self.edns_payload, cap)
+        if self.edns and self.edns_payload > cap:
+            self.wire = _wire.with_payload(self.wire, cap)
+            self.edns_payload = cap
+            self._message = None
 
     @property
     def info(self) -> QueryInfo:
@@ -223,6 +244,20 @@ class Request(QueryInfo):
             raise ValueError(f"not one wire name: {name_wire!r}")
         new.max_size = _wire.MAX_TCP
         new.route = self.route
+        new.resolver = self.resolver
+        new.depth = self.depth
+        return new
+
+    def with_query(self, wire: bytes) -> Request:
+        """A copy of this request whose query is ``wire`` (another question, class or EDNS
+        record, as *rewrite* makes): the client, transport, route, server to look up in
+        and lookup depth are kept, the reply limit is 65535 bytes (the client's request
+        sizes the final reply). Raises ``ValueError`` when ``wire`` is not a query."""
+        new = Request(wire, self.client, self.proto, self.local)  # WireError is a ValueError
+        new.max_size = _wire.MAX_TCP
+        new.route = self.route
+        new.resolver = self.resolver
+        new.depth = self.depth
         return new
 
     # -- Where it is served ---------------------------------------------------
@@ -342,6 +377,20 @@ class ReplyObserver(Protocol):
 
         ``asked`` is the query's size, ``started`` its ``time.perf_counter()``.
         """
+
+
+class Resolver(Protocol):
+    """Asks the server a new question from inside a plugin: what ``plugin.lookup`` calls.
+
+    The server's dispatcher is one: ``resolve`` routes the request to its
+    server block as a client's query would be (the longest zone, the class
+    check) and runs that block's chain, without sizing the reply for a client
+    or telling the observers. It never raises: a failure of the chain becomes
+    its error reply (the rcode of a ``PluginError``, SERVFAIL for a bug, which
+    is logged and counted as a panic), now or after the wait.
+    """
+
+    def resolve(self, request: Request) -> Result: ...
 
 
 FailureObserver = Callable[[Request, Exception], None]

@@ -28,6 +28,9 @@ from ._http import HttpLimits, HttpListener
 from ._request import Request
 from ._tcp import Send, TcpConnection, TcpLimits
 from ._types import HttpHandler, ListenerKey
+from .plugin import BOUND_PORTS, StartupError
+
+__all__ = ["DnsListener", "Server", "ServerOptions", "StartupError"]
 
 log = logging.getLogger("pycorefile")
 
@@ -60,10 +63,6 @@ class ServerOptions:
     """Share DNS ports with sibling processes (SO_REUSEPORT): the ``-workers`` mode."""
     http_socket: str | None = None
     """Serve every HTTP route on this unix socket instead of its address (workers)."""
-
-
-class StartupError(Exception):
-    """A plugin could not start; the configuration is not served."""
 
 
 def _set_recv_buffer(sock: socket.socket, size: int) -> None:
@@ -405,6 +404,11 @@ class Server:
             for address in self._http_addresses(config):
                 if address not in self.http:
                     new_http[address] = self._bind_http(address)
+            # Where each listener is bound, for plugins that query their own server (loop).
+            config.shared[BOUND_PORTS] = {
+                key: (new_dns.get(key) or self.listeners[key]).addresses[0][2]
+                for key in config.routes
+            }
             # Plugins start before any query reaches them.
             await self._nursery.start(self._run_config, config)
         except BaseException:

@@ -265,6 +265,30 @@ def extended_errors(wire: bytes) -> bytes:
     return b"".join(found)
 
 
+def with_payload(wire: bytes, payload: int) -> bytes:
+    """``wire`` (a query) with its OPT record's UDP payload size set to ``payload``.
+
+    Unchanged when it has no OPT record or cannot be read that far.
+    """
+    try:
+        qdcount, ancount, nscount, arcount = struct.unpack_from(">HHHH", wire, 4)
+        offset = HEADER_LEN
+        for _ in range(qdcount):
+            offset = skip_name(wire, offset) + 4
+        for _ in range(ancount + nscount):
+            offset = _skip_rr(wire, offset)
+        for _ in range(arcount):
+            end = skip_name(wire, offset)
+            if end + 10 > len(wire):
+                break
+            if _U16.unpack_from(wire, end)[0] == TYPE_OPT:
+                return wire[: end + 2] + _U16.pack(payload) + wire[end + 4 :]
+            offset = end + 10 + _U16.unpack_from(wire, end + 8)[0]
+    except (WireError, struct.error):
+        pass
+    return wire
+
+
 def reply_rcode(wire: bytes) -> int:
     """The (non-extended) rcode of a reply."""
     return wire[3] & 0xF if len(wire) >= 4 else dns.rcode.SERVFAIL

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import dns.name
 
 from .corefile._keys import KeyProblem, fqdn, is_domain_name
@@ -59,3 +61,11 @@ def match_zone(name: str, zones: list[str] | tuple[str, ...]) -> str | None:
         if in_zone(name, zone) and (best is None or len(zone) > len(best)):
             best = zone
     return best
+
+
+def reverse_name(address: str) -> str:
+    """The PTR owner of a canonical address (``10.0.0.1`` -> ``1.0.0.10.in-addr.arpa.``)."""
+    if ":" not in address:
+        return ".".join(reversed(address.split("."))) + ".in-addr.arpa."
+    nibbles = socket.inet_pton(socket.AF_INET6, address).hex()
+    return ".".join(reversed(nibbles)) + ".ip6.arpa."

@@ -9,10 +9,15 @@ instance into the chain, and then calls ``handle`` for each query.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import dns.message
+import dns.name
+import dns.rcode
 
 from ._contract import tag
 from ._request import Handler, Request
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "MAX_LOOKUP_DEPTH",
+    "ClientSearchPath",
     "DataChange",
     "DataChanges",
     "Fallthrough",
@@ -32,13 +39,16 @@ __all__ = [
     "PluginError",
     "SetupContext",
     "SetupError",
+    "StartupError",
     "TcpTimeouts",
     "Wrapper",
     "check_args",
     "go_duration",
+    "lookup",
     "parse_duration",
     "parse_http_address",
     "parse_zones",
+    "reply_message",
 ]
 
 
@@ -86,6 +96,19 @@ class PluginError(Exception):
         self.rcode = rcode
 
 
+class StartupError(Exception):
+    """A plugin cannot start, or must stop its server (the loop plugin found a loop).
+
+    Raised from ``startup`` the configuration is not served; raised from
+    ``run`` the server stops. Either way the message is shown and a server
+    started from the command line exits with status 1.
+    """
+
+
+BOUND_PORTS = "bound_ports"
+"""``SetupContext.shared`` key: each listener's bound port, set before plugins start."""
+
+
 @dataclass(frozen=True)
 class TcpTimeouts:
     """A server block's DNS-over-TCP settings (the timeouts plugin); None keeps the default."""
@@ -112,6 +135,10 @@ class SetupContext:
     """Addresses the block listens on; empty means every interface (the bind plugin sets it)."""
     tcp_timeouts: TcpTimeouts | None = None
     """The block's TCP timeouts, when the timeouts plugin sets them."""
+    udp_payload: int | None = None
+    """The block's EDNS payload limit, when the bufsize plugin sets it: the chain sees
+    a client's larger payload lowered to it, and UDP replies are capped to it (instead
+    of the server's 1232 bytes)."""
     shared: dict[str, Any] = field(default_factory=dict)
     """State shared by every block of one configuration (e.g. one metrics registry)."""
     http_routes: list[tuple[str, str, HttpHandler]] = field(default_factory=list)
@@ -129,6 +156,21 @@ class SetupContext:
         for key in self.keys:
             seen.setdefault(key.zone, None)
         return tuple(seen)
+
+    def own_address(self) -> tuple[str, int]:
+        """Where a query to this block goes: its first key's first listen address
+        and port, the port as bound (use at startup or later: a key's port 0 is
+        known once bound). An address bound to every interface (or none given)
+        is reached on the loopback address."""
+        key = self.keys[0]
+        host = self.listen_hosts[0] if self.listen_hosts else ""
+        ports = self.shared.get(BOUND_PORTS) or {}
+        port = ports.get((key.transport, host, key.port), key.port)
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, port
 
     def plugin(self, name: str) -> Plugin | None:
         """Another plugin of this block, by directive name (use at startup or later)."""
@@ -203,6 +245,18 @@ class Plugin:
     """False for setup-only directives (bind, health, ...): not linked into the chain."""
     any_class: ClassVar[bool] = False
     """True when the plugin answers classes other than IN (CHAOS, ...)."""
+    decides_by_question: ClassVar[bool] = False
+    """True when the question alone (name, type, class) decides whether the plugin answers,
+    and every query it does not answer is passed on untouched (local, any, chaos).
+
+    A known-answer plugin after it (cache) may then answer first, on the
+    server's fast path: a question this plugin answers never reached the
+    plugins after it, so none of them holds an answer for it.
+    """
+    coredns_handler: ClassVar[bool] = False
+    """For a plugin that does not serve queries here (``serves_queries`` False) but is
+    a handler in CoreDNS's chain (prometheus, bufsize): a block with it has a chain,
+    so a query no plugin answers gets SERVFAIL, not REFUSED, as in CoreDNS."""
 
     next: Handler
 
@@ -264,6 +318,27 @@ class Plugin:
         return cls.run is not Plugin.run
 
 
+# -- Hooks between plugins -----------------------------------------------------------
+
+
+@runtime_checkable
+class ClientSearchPath(Protocol):
+    """A plugin that knows each client's DNS search path (``autopath @PLUGIN``).
+
+    *kubernetes* finds the client's pod by its source IP (``pods verified``)
+    and gives ``NS.svc.ZONE``, ``svc.ZONE``, ``ZONE`` and its own resolv.conf
+    search domains. A third-party plugin offers the same by having this
+    method. (A plugin whose search path is the same for every client, as
+    *meshhosts* in a sidecar, has ``search_path()`` instead.)
+    """
+
+    def search_path_for(self, request: Request) -> Sequence[str] | None:
+        """The search domains of the client that sent ``request``, first to last
+        (FQDNs), or None when it is unknown: autopath then leaves the query alone.
+        Called for every query autopath may search for: it must be a quick lookup."""
+        ...
+
+
 # -- Wrappers --------------------------------------------------------------------------
 
 
@@ -302,10 +377,31 @@ class Wrapper(Plugin):
     def on_cancel(self, request: Request) -> None:
         return None
 
+    def on_known_reply(self, reply: bytes) -> bytes:
+        """What ``on_reply`` does, done to the bytes of a known answer (no Request).
+
+        Optional. A wrapper with ``on_reply`` but no ``on_query`` that states it
+        keeps the server's known-answer path open behind it: an answer the
+        known-answer plugin gives (a cache hit) goes through this instead of
+        through ``on_reply`` (loadbalance shuffles it). It must give the same
+        reply ``on_reply`` would give for those bytes.
+        """
+        return reply
+
     @classmethod
     def transparent_on_success(cls) -> bool:
         """True when the class's handle is the derived one that looks at failures only."""
         return cls.handle is _handle_failed_only
+
+    @classmethod
+    def reshapes_known(cls) -> bool:
+        """True when the class changes replies but says how for a known answer
+        (``on_known_reply``), and looks at no query (``on_query``)."""
+        return (
+            cls.handle is _handle_general
+            and cls.on_query is Wrapper.on_query
+            and cls.on_known_reply is not Wrapper.on_known_reply
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -395,6 +491,61 @@ def _handle_general(self: Wrapper, request: Request) -> Result:
 _DERIVED = (_handle_failed_only, _handle_before_only, _handle_general)
 Wrapper.handle = _handle_failed_only  # type: ignore[method-assign,assignment]
 """A bare Wrapper passes everything on (its subclasses derive their own)."""
+
+
+# -- Asking the server a new question -------------------------------------------------
+
+MAX_LOOKUP_DEPTH = 8
+"""How many lookups may nest (a lookup asked while answering a lookup, ...): beyond it the
+lookup answers SERVFAIL, so a loop of lookups (a template whose CNAME points at a name the
+same template answers with a CNAME back) ends. CoreDNS's file plugin stops at 8 too."""
+
+log = logging.getLogger("pycorefile")
+
+
+def lookup(request: Request, name: str | dns.name.Name | bytes, qtype: int | None = None) -> Result:
+    """Ask the server ``name`` (and ``qtype``, default the request's) while answering ``request``.
+
+    CoreDNS's ``upstream.Lookup``: the new question goes through the server from
+    the top, routed to the server block of the longest zone as a client's query
+    would be, and that block's whole chain answers it (cache, forward, ...). It
+    keeps the request's client, ID, flags and EDNS record. The result is a reply
+    now or a ``Pending`` (use ``then``); it is never an exception: a failure of
+    the chain is its error reply (SERVFAIL, or a ``PluginError``'s rcode).
+
+    Loops end: a request carries how many lookups deep it is, and beyond
+    ``MAX_LOOKUP_DEPTH`` the lookup is answered SERVFAIL (and logged). The reply
+    is not sized for a client (up to 65535 bytes) and not counted in the
+    server's metrics: the client's query is. ``name`` is text, a dnspython name
+    or an uncompressed wire name; ``ValueError`` for one that is not a valid
+    question name.
+
+    A request that no server routed (a plugin test driving ``handle``) has no
+    server to ask: ``pycorefile.testing.run`` gives it one that runs the tested
+    chain from the top; otherwise the lookup is answered SERVFAIL.
+    """
+    inner = request.derive(name, qtype)
+    inner.depth = request.depth + 1
+    resolver = request.resolver
+    if inner.depth > MAX_LOOKUP_DEPTH:
+        log.warning(
+            "lookup of %s %s: more than %d nested lookups (a loop?); answered SERVFAIL",
+            inner.name,
+            inner.type_name,
+            MAX_LOOKUP_DEPTH,
+        )
+        return inner.error(dns.rcode.SERVFAIL)
+    if resolver is None:
+        return inner.error(dns.rcode.SERVFAIL)
+    return resolver.resolve(inner)
+
+
+def reply_message(reply: Reply) -> dns.message.Message:
+    """A reply as a dnspython ``Message``: parsed when it is wire bytes (a new one, yours to
+    change), else the ``Message`` itself (yours too: see "Who owns a returned Message")."""
+    if isinstance(reply, bytes | bytearray):
+        return dns.message.from_wire(bytes(reply), ignore_trailing=True)
+    return reply
 
 
 # -- Parsing helpers shared by plugins ------------------------------------------------

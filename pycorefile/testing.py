@@ -40,11 +40,11 @@ from dns._asyncbackend import Backend
 
 from ._app import load_config, open_server
 from ._chain import End, compile_chain
-from ._contract import settle
+from ._contract import settle, then
 from ._request import Handler, Request
 from ._server import Server
 from ._types import Pending, Reply, Result
-from .plugin import Plugin
+from .plugin import Plugin, PluginError
 
 __all__ = [
     "Dropped",
@@ -565,7 +565,31 @@ def _start(
     options: dict[str, bool | int | str | tuple[str, int]],
 ) -> tuple[Request, Result]:
     request = query if isinstance(query, Request) else make_request(query, rdtype, **options)  # type: ignore[arg-type]
+    if request.resolver is None:
+        request.resolver = _ChainResolver(handler)
     return request, handler.handle(request)
+
+
+class _ChainResolver:
+    """What ``plugin.lookup`` asks in a test driven by ``run``: the tested chain, from the top.
+
+    As the server's: a failure of the chain becomes its error reply.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def resolve(self, request: Request) -> Result:
+        request.resolver = self
+        try:
+            result = self.handler.handle(request)
+        except Exception as exc:
+            return self._failed(request, exc)
+        return then(result, None, lambda exc: self._failed(request, exc))
+
+    @staticmethod
+    def _failed(request: Request, exc: Exception) -> Reply:
+        return request.error(exc.rcode if isinstance(exc, PluginError) else dns.rcode.SERVFAIL)
 
 
 def _finish(request: Request, reply: Reply) -> dns.message.Message:

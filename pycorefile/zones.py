@@ -6,7 +6,15 @@ zone (``10.0.0.0/24``) expands to its reverse zones, as in CoreDNS.
 
 from __future__ import annotations
 
-from ._zones import ZoneError, in_zone, match_zone, normalize_zone, normalize_zones, reverse_zones
+from ._zones import (
+    ZoneError,
+    in_zone,
+    match_zone,
+    normalize_zone,
+    normalize_zones,
+    reverse_name,
+    reverse_zones,
+)
 
 __all__ = [
     "ZoneError",
@@ -14,5 +22,6 @@ __all__ = [
     "match_zone",
     "normalize_zone",
     "normalize_zones",
+    "reverse_name",
     "reverse_zones",
 ]

@@ -151,3 +151,10 @@ def test_attack_soak_runs_every_attack_and_the_server_survives() -> None:
     assert attacks["types"]["sent"] > 0 and attacks["malformed"]["udp_sent"] > 0
     assert attacks["loop_probes"]["sent"] > 0 and attacks["sigusr1"]["sent"] > 0
     assert attacks["mesh_file"]["bad_date"] > 0  # the first rewrite is a damaged one
+
+
+def test_kubernetes_scale_loads_and_reports() -> None:
+    out = run("bench/kubernetes_scale.py", "-s", "300", "-e", "2")
+    assert re.search(r"^services\s+300\.000$", out, re.M), out
+    assert re.search(r"^endpoints\s+600\.000$", out, re.M), out
+    assert re.search(r"^slice_event_ms\s+\d+\.\d+$", out, re.M), out

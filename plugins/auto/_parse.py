@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pycorefile import Directive, SetupContext, SetupError, check_args, parse_zones
+from pycorefile.re2 import Re2Error, compile_re2
 from pycorefile_plugins.file import parse_reload
 
 log = logging.getLogger("pycorefile")
@@ -97,9 +98,9 @@ def _compile(option: Directive, index: int) -> re.Pattern[str]:
     if len(text) > MAX_PATTERN_LEN:
         raise SetupError("regexp too large", option, index)
     try:
-        pattern = re.compile(text)
-    except re.error as exc:
-        raise SetupError(f"error parsing regexp: {exc}: `{text}`", option, index) from None
+        pattern = compile_re2(text)
+    except Re2Error as exc:
+        raise SetupError(f"error parsing regexp: {exc}", option, index) from None
     if pattern.groups == 0:
         raise SetupError("Need at least one sub expression", option, index)
     return pattern

@@ -19,6 +19,7 @@ import dns.rdtypes.ANY.CNAME
 import dns.rrset
 
 from pycorefile import Directive, Pending, Plugin, Reply, Request, Result, SetupContext, then
+from pycorefile.plugin import ClientSearchPath
 from pycorefile.wire import (
     PreparedReply,
     WireError,
@@ -351,6 +352,9 @@ class AutopathPlugin(Plugin):
         )
         self._search = SearchPath(config.search)
         self._source: Callable[[], Iterable[str]] | None = None
+        self._client_source: Callable[[Request], Sequence[str] | None] | None = None
+        self._client_paths: dict[tuple[str, ...], SearchPath] = {}
+        """Search paths given per client (``ClientSearchPath``), made ready once each."""
         self._raw: object = None
         self._raw_copy: tuple[str, ...] = ()
         self._warned: set[str] = set()
@@ -377,10 +381,14 @@ class AutopathPlugin(Plugin):
         other = self._ctx.plugin(name)
         if other is None:
             raise RuntimeError(f"plugin '{name}' (from {self.config.source}) is not loaded")
+        if isinstance(other, ClientSearchPath):
+            self._client_source = other.search_path_for
+            return
         method = getattr(other, "search_path", None)
         if not callable(method):
             raise RuntimeError(
-                f"plugin '{name}' does not supply a search path (it has no search_path method)"
+                f"plugin '{name}' does not supply a search path "
+                "(it has no search_path or search_path_for method)"
             )
         self._source = method
 
@@ -456,12 +464,26 @@ class AutopathPlugin(Plugin):
         """None to pass the query on, a stored answer, or the search to run."""
         if request.qtype not in SEARCHED_TYPES or request.qclass != dns.rdataclass.IN:
             return None
-        search = self._search if self._source is None else self._current_search()
+        if self._client_source is not None:
+            found = self._client_search(request)
+            if found is None:
+                return None
+            search = found
+        else:
+            search = self._search if self._source is None else self._current_search()
         first = search.first
         if not first:
             return None
         key = request.key
         stored = self._stored.get(key)
+        if (
+            stored is not None
+            and self._client_source is not None
+            and suffix_start(key[: request.name_end - 12], first) <= 0
+        ):
+            # Kept for a client of another search path: only one whose path starts
+            # above the name may have it (for the others, the name is just a name).
+            stored = None
         if stored is not None and stored.generation != self.changes.generation:
             stored = self._current(key, stored)
         if stored is not None:
@@ -518,6 +540,25 @@ class AutopathPlugin(Plugin):
                 self._raw_copy = copy
             self._raw = raw
         return self._search
+
+    def _client_search(self, request: Request) -> SearchPath | None:
+        """The search path of this request's client, from the supplying plugin.
+
+        Stored answers stay valid across clients: a stored name lies below the
+        first search domain of the path that found it, and every client whose
+        path starts there has that same path.
+        """
+        assert self._client_source is not None
+        domains = self._client_source(request)
+        if not domains:
+            return None
+        key = tuple(domains)
+        path = self._client_paths.get(key)
+        if path is None:
+            if len(self._client_paths) >= MAX_STORED:
+                self._client_paths.clear()
+            path = self._client_paths[key] = SearchPath(self._valid_domains(key))
+        return path
 
     def _valid_domains(self, domains: tuple[str, ...]) -> tuple[str, ...]:
         out: list[str] = []

@@ -23,8 +23,9 @@ import dns.rdatatype
 import dns.rrset
 import trio
 
-from pycorefile import Handler, PluginError, Request, Result
+from pycorefile import Handler, PluginError, Reply, Request, Result, then
 from pycorefile.plugin import Fallthrough
+from pycorefile.plugin import lookup as ask_server
 from pycorefile.wire import PreparedReply
 from pycorefile.zones import match_zone
 
@@ -142,6 +143,13 @@ class ZoneSet:
         qname = dns.name.from_text(request.name)
         answer = lookup(zone, qname, request.qtype, request.do)
         answer = self._resolve_elsewhere(zone, answer, request.qtype, request.do)
+        if answer.external is not None and request.qtype != dns.rdatatype.CNAME:
+            # A target outside every zone here: ask the server, as CoreDNS's upstream
+            # lookup does; such a reply depends on others' data and is not remembered.
+            return then(
+                ask_server(request, answer.external),
+                lambda reply: self._followed(request, qname, zone, answer, reply),
+            )
         if (
             not answer.answer
             and (answer.result is Found.NXDOMAIN or answer.empty_non_terminal)
@@ -161,11 +169,30 @@ class ZoneSet:
         self._memo[memo_key] = prepared
         return prepared.render(request.wire, request.name_end, request.edns, request.do)
 
+    def _followed(
+        self, request: Request, qname: dns.name.Name, zone: Zone, answer: Answer, reply: Reply
+    ) -> bytes:
+        """The CNAME chain with the server's answer for its target appended (CoreDNS's
+        ``externalLookup``): the target's rcode, the zone's NS in authority."""
+        msg = reply if isinstance(reply, dns.message.Message) else dns.message.from_wire(reply)
+        rcode = msg.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            result = Found.NXDOMAIN
+        elif rcode == dns.rcode.SERVFAIL:
+            result = Found.SERVFAIL
+        elif rcode == dns.rcode.NOERROR and not msg.answer:
+            result = Found.NODATA
+        else:
+            result = Found.SUCCESS
+        followed = Answer(result, [*answer.answer, *msg.answer], zone.apex_ns(request.do))
+        prepared = PreparedReply.from_message(reply_message(request, qname, followed))
+        return prepared.render(request.wire, request.name_end, request.edns, request.do)
+
     def _resolve_elsewhere(self, zone: Zone, answer: Answer, qtype: int, do: bool) -> Answer:
         """Follow a CNAME that left the zone into another zone of this set, if it is one.
 
-        A target in none of our zones stays unresolved: the client's resolver
-        follows it (CoreDNS asks the whole server again; see the README).
+        A target in none of our zones is left in ``answer.external``: ``handle``
+        asks the whole server for it.
         """
         for _ in range(8):
             target = answer.external

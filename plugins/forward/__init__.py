@@ -9,6 +9,7 @@ from ._parse import (
     parse_address,
     parse_forward,
     parse_resolv_conf,
+    parse_tls,
     parse_to,
 )
 from ._plugin import Forwarder, ForwardPlugin
@@ -27,5 +28,6 @@ __all__ = [
     "parse_address",
     "parse_forward",
     "parse_resolv_conf",
+    "parse_tls",
     "parse_to",
 ]

@@ -364,7 +364,7 @@ def _apply_option(option: Directive, config: ForwardConfig) -> ForwardConfig:
     if name == "max_idle_conns":
         return replace(config, max_idle_conns=_non_negative(option))
     if name == "tls":
-        return replace(config, tls=_parse_tls(option))
+        return replace(config, tls=parse_tls(option))
     if name == "tls_servername":
         check_args(option, 1, 1)
         return replace(config, tls_servername=args[0])
@@ -384,7 +384,7 @@ def _apply_option(option: Directive, config: ForwardConfig) -> ForwardConfig:
     raise SetupError(f"unknown property '{name}'", option)
 
 
-def _parse_tls(option: Directive) -> TlsSettings:
+def parse_tls(option: Directive) -> TlsSettings:
     """``tls``, ``tls CA``, ``tls CERT KEY`` or ``tls CERT KEY CA``; the files must exist."""
     check_args(option, 0, 3)
     args = option.args

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import dns.rcode
@@ -22,9 +22,7 @@ import trio
 
 from pycorefile import Directive, Pending, Plugin, PluginError, Request, Result, SetupContext
 from pycorefile._chain import End
-from pycorefile._server import StartupError
 
-from ._loop import LoopDetector, Probe
 from ._message import Checked, Question, client_reply, new_id, probe_query, rcode_label
 from ._message import with_id as _with_id
 from ._metrics import ForwardStats
@@ -40,8 +38,6 @@ OVERALL_DEADLINE = 5.0
 """A query gets SERVFAIL once this long has passed since it arrived (CoreDNS's 5 s)."""
 HEALTH_PROBE_TIMEOUT = 1.0
 """How long a health check waits (CoreDNS's 1 s; ``read_timeout`` if that is shorter)."""
-LOOP_PROBE_WAIT = 0.5
-"""How long startup waits for the loop probes' replies (the rest are awaited while serving)."""
 MAX_FOLLOWERS = 1000
 """Identical queries that wait on one upstream query at most; the next one starts another."""
 SWEEP_INTERVAL = 1.0
@@ -179,9 +175,9 @@ class Forwarder:
         self.in_flight += 1
         try:
             key = request.key + _FLIGHT_VARIANT[(request.wire[2] & 1) | (2 if request.edns else 0)]
-            # HINFO is never merged: loop probes (CoreDNS's, and ours) must travel
-            # every round of a forwarding loop to be counted, here and in the
-            # other servers of the loop.
+            # HINFO is never merged: loop probes (the loop plugin's, ours or
+            # another server's) must travel every round of a forwarding loop to
+            # be counted, here and in the other servers of the loop.
             merge = request.qtype != _HINFO
             flight = self.flights.get(key) if merge else None
             if flight is None or len(flight.followers) >= MAX_FOLLOWERS:
@@ -324,7 +320,7 @@ class Forwarder:
         return data, checked
 
     async def answered(self, proxy: Proxy, wire: bytes, timeout: float) -> bool:
-        """Whether a query of our own (health check, loop probe) gets any reply in time."""
+        """Whether a query of our own (a health check) gets any reply in time."""
         transport = proxy.transport("udp", self.config.force_tcp, False)
         qid = new_id()
         deadline = trio.current_time() + timeout
@@ -359,7 +355,7 @@ class Forwarder:
 
 
 _HINFO = dns.rdatatype.HINFO
-"""The type of loop probes: other queries need no name lookup to rule them out."""
+"""The type of loop probes, which are never merged with identical queries in flight."""
 
 
 class ForwardPlugin(Plugin):
@@ -382,14 +378,14 @@ class ForwardPlugin(Plugin):
         self._everything = (
             self.forwarders if only is not None and only.zone == "." and not only.ignored else None
         )
-        self.loops = LoopDetector()
-        self._probes: list[tuple[Probe, Callable[[], Awaitable[bool]]]] = []
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> ForwardPlugin:
+        # As CoreDNS, forwarding to our own address is a loop only the loop plugin
+        # looks for; with it in the block, it is refused here, at load time.
         configs = parse_forward(
             directives,
-            listen_ports=[key.port for key in ctx.keys],
+            listen_ports=[key.port for key in ctx.keys] if ctx.plugin("loop") else (),
             listen_hosts=ctx.listen_hosts,
         )
         stats, owns = _shared_stats(ctx)
@@ -398,11 +394,6 @@ class ForwardPlugin(Plugin):
     @property
     def configs(self) -> list[ForwardConfig]:
         return [f.config for f in self.forwarders]
-
-    @property
-    def loop_error(self) -> str | None:
-        """The forwarding loop found, if any."""
-        return self.loops.error
 
     def covering(self, request: Request) -> list[Forwarder]:
         """The directives that forward the query's name, longest FROM first."""
@@ -423,16 +414,6 @@ class ForwardPlugin(Plugin):
 
     async def _forward(self, request: Request, covering: list[Forwarder]) -> Result:
         """Ask the covering directives' upstreams in turn; the reply, or the next plugin's."""
-        # A loop probe is counted here, once the query is really on its way: a
-        # Pending that is never run (refused over the server's in-flight cap) counts nothing.
-        armed = self.loops.armed
-        if (
-            armed
-            and request.qtype == _HINFO
-            and request.name in armed
-            and self.loops.looped(request)
-        ):
-            raise PluginError(f"forwarding loop: HINFO {request.name} came back")
         for index, forwarder in enumerate(covering):
             reply, rcode = await forwarder.forward(request)
             if rcode not in forwarder.config.next_rcodes:
@@ -449,41 +430,14 @@ class ForwardPlugin(Plugin):
 
     # -- Lifecycle ----------------------------------------------------------------
 
-    def ready(self) -> bool:
-        return not self.loops.found.is_set()
-
-    async def startup(self) -> None:
-        """Arm a loop probe for every upstream and send it (waiting half a second at most)."""
-        for forwarder in self.forwarders:
-            for proxy in forwarder.proxies:
-                probe = self.loops.arm(forwarder.zone, proxy.label)
-                if probe is not None:
-                    self._probes.append((probe, _prober(forwarder, proxy, probe.name)))
-        with trio.move_on_after(LOOP_PROBE_WAIT):
-            async with trio.open_nursery() as nursery:
-                for probe, send in self._probes:
-                    nursery.start_soon(self.loops.watch, probe, send)
-
     async def run(self) -> None:
-        """Loop probes not yet answered, health checks of failed upstreams, idle sweeping.
-
-        A loop found while a probe is armed stops this configuration (and a
-        server starting with it), as CoreDNS's *loop* plugin does; a probe is
-        armed until it is answered, 30 s at most.
-        """
-        loops = self.loops
+        """Health checks of failed upstreams, idle sweeping."""
         async with trio.open_nursery() as nursery:
-            for probe, send in self._probes:
-                if probe.name in loops.armed:
-                    nursery.start_soon(loops.watch, probe, send)
             for forwarder in self.forwarders:
                 if forwarder.config.max_fails:
                     for proxy in forwarder.proxies:
                         nursery.start_soon(forwarder.health_loop, proxy)
             nursery.start_soon(self._sweep)
-            await loops.found.wait()
-            nursery.cancel_scope.cancel()
-        raise StartupError(f"plugin/forward: {loops.error}")
 
     async def _sweep(self) -> None:
         expires = [f.config.expire for f in self.forwarders if f.config.expire > 0]
@@ -502,16 +456,6 @@ class ForwardPlugin(Plugin):
     def metrics(self) -> Iterable[Metric]:
         if self.owns_stats:
             yield from self.stats.families()
-
-
-def _prober(forwarder: Forwarder, proxy: Proxy, name: str) -> Callable[[], Awaitable[bool]]:
-    """Sends the loop probe ``name`` through ``proxy`` once: True when it was answered."""
-    wire = probe_query(name, _HINFO, True)
-
-    async def send() -> bool:
-        return await forwarder.answered(proxy, wire, forwarder.config.read_timeout)
-
-    return send
 
 
 def _shared_stats(ctx: SetupContext) -> tuple[ForwardStats, bool]:

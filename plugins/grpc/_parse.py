@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pycorefile import Directive, Fallthrough, SetupError, check_args
 from pycorefile.zones import ZoneError, in_zone, normalize_zones
-from pycorefile_plugins.forward import TlsSettings, UpstreamAddress, parse_to
+from pycorefile_plugins.forward import TlsSettings, UpstreamAddress, parse_tls, parse_to
 
 MAX_UPSTREAMS = 15
 POLICIES = ("random", "round_robin", "sequential")
@@ -67,16 +66,7 @@ def _apply(option: Directive, config: GrpcConfig) -> GrpcConfig:
             raise SetupError(str(exc), option, 0) from None
         return _replace(config, ignored=config.ignored + tuple(ignored))
     if name == "tls":
-        check_args(option, 0, 3)
-        for index, path in enumerate(args):
-            if not os.path.isfile(path):
-                raise SetupError(f"tls: no such file: '{path}'", option, index)
-        if len(args) == 1:
-            return _replace(config, tls=TlsSettings(ca=args[0]))
-        if len(args) >= 2:
-            ca = args[2] if len(args) == 3 else None
-            return _replace(config, tls=TlsSettings(args[0], args[1], ca))
-        return _replace(config, tls=TlsSettings())
+        return _replace(config, tls=parse_tls(option))
     if name == "tls_servername":
         check_args(option, 1, 1)
         return _replace(config, tls_servername=args[0])

@@ -27,6 +27,7 @@ import dns.rrset
 
 from pycorefile import Fallthrough, Reply, Request
 from pycorefile.wire import PreparedReply, name_to_text
+from pycorefile.zones import reverse_name
 
 from ._table import HostEntry, MeshTable, names_of
 
@@ -67,14 +68,6 @@ def name_wire(name: str) -> bytes:
         return b"\x00"
     # "a.example." splits into [b"a", b"example", b""]: the empty last label is the root.
     return b"".join([_LENGTH[len(label)] + label for label in name.encode("ascii").split(b".")])
-
-
-def reverse_name(address: str) -> str:
-    """The PTR owner of a canonical address (``10.0.0.1`` → ``1.0.0.10.in-addr.arpa.``)."""
-    if ":" not in address:
-        return ".".join(reversed(address.split("."))) + ".in-addr.arpa."
-    nibbles = socket.inet_pton(socket.AF_INET6, address).hex()
-    return ".".join(reversed(nibbles)) + ".ip6.arpa."
 
 
 # -- What a lookup returns ----------------------------------------------------------

@@ -16,18 +16,19 @@ from typing import TYPE_CHECKING
 import trio
 
 from pycorefile import DataChanges, Directive, Plugin, Request, Result, SetupContext, then
+from pycorefile.files import WatchedFiles
 
 from ._answers import Chase, PreparedTable, Settings, changed_names
 from ._parse import MeshHostsConfig, parse_meshhosts
 from ._sources import (
     MAX_FILE_SIZE,
+    SOURCE_SUFFIXES,
     ServiceEntryHost,
     SourceError,
     SourceMissing,
     Sources,
     read_search_domains,
     read_sources,
-    snapshot,
 )
 from ._table import build_table, explicit_addresses, host_key, service_entry_hosts
 
@@ -39,9 +40,6 @@ log = logging.getLogger("pycorefile")
 Allocator = Callable[[list[ServiceEntryHost]], Mapping[str, tuple[str, str]]]
 """What autoalloc registers: ServiceEntry hosts without address → host → (IPv4, IPv6).
 Called in a worker thread: it may block."""
-
-_Snapshot = tuple[tuple[str, int, int, int], ...]
-
 
 _gc_lock = threading.Lock()
 _gc_pauses = 0
@@ -129,7 +127,7 @@ class MeshHostsPlugin(Plugin):
         self._table = self._prepare(Sources(), {})
         self._loaded = False
         self._rebuild = False
-        self._snapshot: _Snapshot | None = None
+        self._files = WatchedFiles(config.files, SOURCE_SUFFIXES)
         self._wake: trio.Event | None = None
         self._search: list[str] | None = None
         self._resolv_stamp: tuple[int, int] | None = None
@@ -203,15 +201,13 @@ class MeshHostsPlugin(Plugin):
         ``starting``, unless a file is only missing).
         """
         files = self.config.files
-        stamp = await trio.to_thread.run_sync(snapshot, files)
         try:
-            # Abandoned on cancel (shutdown, a retired configuration): a slow parse
-            # of a big file then finishes in the background and is dropped.
-            sources = await trio.to_thread.run_sync(
-                load_sources, files, self.config.max_file_size, abandon_on_cancel=True
+            # In a worker thread, abandoned on cancel (shutdown, a retired configuration):
+            # a slow parse of a big file then finishes in the background and is dropped.
+            sources = await self._files.read(
+                partial(load_sources, files, self.config.max_file_size)
             )
         except SourceError as exc:
-            self._snapshot = stamp
             self.load_failures += 1
             if starting and not isinstance(exc, SourceMissing):
                 raise
@@ -227,13 +223,11 @@ class MeshHostsPlugin(Plugin):
         except Exception:
             # read_sources raises only SourceError: this is a bug, but still no reason
             # to lose the table or the process.
-            self._snapshot = stamp
             self.load_failures += 1
             log.exception("plugin/meshhosts: reading %s failed unexpectedly", " ".join(files))
             if starting:
                 raise
             return False
-        self._snapshot = stamp
         return await self._install(sources)
 
     async def _install(self, sources: Sources) -> bool:
@@ -311,11 +305,9 @@ class MeshHostsPlugin(Plugin):
         """One round of the reload loop: resolv.conf, then the files, then a pending rebuild."""
         await trio.to_thread.run_sync(self._refresh_search)
         files = self.config.files
-        if files:
-            stamp = await trio.to_thread.run_sync(snapshot, files)
-            if stamp != self._snapshot:
-                await self._load()
-                return
+        if files and await self._files.changed():
+            await self._load()
+            return
         if self._rebuild:
             await self._install(self._sources if files and self._sources else Sources())
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import re
 import socket
-import stat
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,9 @@ from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
+
+from pycorefile import files
+from pycorefile.files import FileError, FileMissing, Stamps
 
 SOURCE_SUFFIXES = (".json", ".yaml", ".yml")
 """Files picked up from a directory."""
@@ -69,18 +70,11 @@ class ServiceEntryHost:
     explicit_addresses: tuple[str, ...] = ()
 
 
-class SourceError(ValueError):
-    """A file that cannot be used, with where and why: ``file:line: reason``."""
+SourceError = FileError
+"""A file that cannot be used, with where and why: ``file:line: reason``."""
 
-    def __init__(self, file: str, line: int, reason: str) -> None:
-        super().__init__(f"{file}:{line}: {reason}")
-        self.file = file
-        self.line = line
-        self.reason = reason
-
-
-class SourceMissing(SourceError):
-    """A file or directory that is not there (yet): absent rather than broken."""
+SourceMissing = FileMissing
+"""A file or directory that is not there (yet): absent rather than broken."""
 
 
 # -- Records ------------------------------------------------------------------------
@@ -170,55 +164,15 @@ class Sources:
 def list_files(paths: Sequence[str]) -> list[str]:
     """The files to read: each path itself, or a directory's JSON and YAML files (sorted).
 
-    Raises SourceMissing when a path does not exist, SourceError when a
-    directory cannot be listed or a path named ``*.json``, ``*.yaml`` or
-    ``*.yml`` is a directory: Docker and Kubernetes make an empty directory
-    where a file to mount is missing, which must not read as an empty table.
-    Every entry of a directory with one of these names is listed, whatever it
-    is, so that ``read_file`` refuses the ones that are not files.
+    ``pycorefile.files.list_files`` with the source suffixes: a path named
+    ``*.json``, ``*.yaml`` or ``*.yml`` that is a directory is an error.
     """
-    files: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            if path.endswith(SOURCE_SUFFIXES):
-                raise SourceError(path, 0, "is a directory, not a file")
-            try:
-                names = sorted(os.listdir(path))
-            except OSError as exc:
-                raise SourceError(path, 0, f"cannot list directory: {exc.strerror}") from exc
-            files.extend(
-                os.path.join(path, name)
-                for name in names
-                if name.endswith(SOURCE_SUFFIXES) and not name.startswith(".")
-            )
-        elif os.path.exists(path):
-            files.append(path)
-        else:
-            raise SourceMissing(path, 0, "no such file or directory")
-    return files
+    return files.list_files(paths, SOURCE_SUFFIXES)
 
 
-def snapshot(paths: Sequence[str]) -> tuple[tuple[str, int, int, int], ...]:
-    """What identifies the current content of the sources: (file, mtime_ns, size, inode).
-
-    Cheap (one ``stat`` per file); a missing path shows as a row of -1s, so a
-    deleted file is a change too.
-    """
-    rows: list[tuple[str, int, int, int]] = []
-    for path in paths:
-        try:
-            files = list_files([path])
-        except SourceError:
-            rows.append((path, -1, -1, -1))
-            continue
-        for file in files:
-            try:
-                st = os.stat(file)
-            except OSError:
-                rows.append((file, -1, -1, -1))
-            else:
-                rows.append((file, st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(rows)
+def snapshot(paths: Sequence[str]) -> Stamps:
+    """What identifies the current content of the sources (``pycorefile.files.file_stamps``)."""
+    return files.file_stamps(paths, SOURCE_SUFFIXES)
 
 
 def read_sources(paths: Sequence[str], max_size: int = MAX_FILE_SIZE) -> Sources:
@@ -238,39 +192,7 @@ def read_file(path: str, max_size: int = MAX_FILE_SIZE) -> Sources:
 
     Raises SourceError, and nothing else, when the file cannot be used.
     """
-    return parse_text(_read_text(path, max_size), path)
-
-
-def _read_text(path: str, max_size: int) -> str:
-    """A regular file's text, at most ``max_size`` bytes of UTF-8 (newlines made ``\\n``)."""
-    try:
-        # Non-blocking, so that a FIFO put where a file was cannot hang the reader.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError as exc:
-        raise SourceMissing(path, 0, "no such file or directory") from exc
-    except OSError as exc:
-        raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise SourceError(path, 0, "is a directory, not a file")
-        if not stat.S_ISREG(mode):
-            raise SourceError(path, 0, "not a regular file")
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(max_size + 1)
-    except OSError as exc:
-        raise SourceError(path, 0, f"cannot read: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    if len(data) > max_size:
-        raise SourceError(path, 0, f"larger than the limit of {max_size} bytes (max_file_size)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SourceError(path, 0, f"not UTF-8 text: {exc.reason}") from exc
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text
+    return parse_text(files.read_text(path, max_size, "max_file_size"), path)
 
 
 def parse_text(text: str, path: str = "<text>") -> Sources:

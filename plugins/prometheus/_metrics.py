@@ -360,7 +360,7 @@ def core_families(
         "A metric that indicates whether a plugin is enabled on per server and zone basis.",
         labels=["server", "zone", "view", "name"],
     )
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     for ctx in blocks:
         # prometheus counts every reply, as CoreDNS's handler does, though not a chain link.
         names = [
@@ -370,9 +370,9 @@ def core_families(
         ]
         for label, zone, _host, _port in server_labels(ctx):
             for name in names:
-                if (label, zone, name) not in seen:
-                    seen.add((label, zone, name))
-                    enabled.add_metric([label, zone, view, name], 1)
+                if (label, zone, ctx.view, name) not in seen:
+                    seen.add((label, zone, ctx.view, name))
+                    enabled.add_metric([label, zone, ctx.view, name], 1)
     yield enabled
 
     build = GaugeMetricFamily(

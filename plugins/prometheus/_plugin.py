@@ -148,6 +148,7 @@ class PrometheusPlugin(Plugin):
     """
 
     serves_queries = False
+    coredns_handler = True
 
     def __init__(self, address: str, state: MetricsState) -> None:
         self.address = address

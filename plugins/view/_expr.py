@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pycorefile.re2 import Re2Error, compile_re2
+
 Value = Any
 Env = Mapping[str, Callable[..., Value]]
 """The functions an expression may call, evaluated per query."""
@@ -372,7 +374,7 @@ def _compare(op: str) -> Callable[[Value, Value], bool]:
 
 
 def _matches(text: Value, pattern: Value) -> bool:
-    return re.search(pattern, text, re.ASCII) is not None
+    return compile_re2(pattern).search(text) is not None
 
 
 def _mismatched(op: str, left: str, right: str, column: int) -> ExpressionError:
@@ -434,17 +436,11 @@ def _binary(op: str, left: Node, right: Node, column: int) -> Node:
     return Node(lambda env, e: a(env, e) % b(env, e), kind, column)
 
 
-_UNSUPPORTED_REGEX = re.compile(r"\(\?[=!<]|\\[1-9]|\(\?P?<|\\[zQEpP]")
-
-
 def _regex(pattern: str, column: int) -> re.Pattern[str]:
-    """A constant ``matches`` pattern, compiled once; RE2-only or Python-only syntax refused."""
-    bad = _UNSUPPORTED_REGEX.search(pattern)
-    if bad is not None:
-        raise ExpressionError(f"unsupported regular expression syntax {bad.group()!r}", column)
+    """A constant ``matches`` pattern, compiled once with RE2's meaning (or refused)."""
     try:
-        return re.compile(pattern, re.ASCII)
-    except re.error as exc:
+        return compile_re2(pattern)
+    except Re2Error as exc:
         raise ExpressionError(f"bad regular expression: {exc}", column) from None
 
 

@@ -216,12 +216,12 @@ def test_a_failure_while_serving_is_not_called_a_failed_start(tmp_path: Path) ->
     one, two = free_port(), free_port()
     conf = write(
         tmp_path / "Corefile",
-        f".:{one} {{\n bind 127.0.0.1\n forward . 127.0.0.1:{two}\n}}\n"
-        f".:{two} {{\n bind 127.0.0.1\n forward . 127.0.0.1:{one}\n}}\n",
+        f".:{one} {{\n bind 127.0.0.1\n loop\n forward . 127.0.0.1:{two}\n}}\n"
+        f".:{two} {{\n bind 127.0.0.1\n loop\n forward . 127.0.0.1:{one}\n}}\n",
     )
     out = run_cli("-conf", conf, "-quiet", timeout=60)
     assert out.returncode == 1
-    assert "stopped while serving: plugin/forward: Loop" in out.stderr, out.stderr
+    assert "stopped while serving: plugin/loop: Loop" in out.stderr, out.stderr
     assert "cannot start" not in out.stderr
     assert "Traceback" not in out.stderr
 

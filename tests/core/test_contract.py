@@ -35,7 +35,7 @@ from pycorefile import (
     then,
     within,
 )
-from pycorefile._chain import End, Step, compile_chain
+from pycorefile._chain import End, Step, compile_chain, known_path
 from pycorefile._contract import plugin_of
 from pycorefile.testing import make_query
 
@@ -722,6 +722,58 @@ def test_the_known_answer_plugin_is_first_behind_wrappers_transparent_on_success
 ) -> None:
     _handler, found = compile_chain(plugins(), End(""))
     assert (found.name if found is not None else None) == known
+
+
+class KnownAnswering(Known):
+    name = "known_answering"
+
+    def serve_known(
+        self, wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
+    ) -> bytes | None:
+        return b"known" if key else None
+
+
+class Reshaping(Wrapper):
+    """A wrapper that changes replies and says how for a known answer (loadbalance)."""
+
+    def __init__(self, mark: bytes) -> None:
+        self.mark = mark
+
+    def on_reply(self, request: Request, reply: Reply) -> Reply:
+        return reply
+
+    def on_known_reply(self, reply: bytes) -> bytes:
+        return reply + self.mark
+
+
+class ReshapingWithQuery(Reshaping):
+    def on_query(self, request: Request) -> Reply | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("plugins", "expected"),
+    [
+        (lambda: [Reshaping(b"+a"), KnownAnswering()], b"known+a"),
+        # The outer wrapper's on_known_reply runs last, as its on_reply would.
+        (
+            lambda: [Reshaping(b"+a"), Transparent(), Reshaping(b"+b"), KnownAnswering()],
+            b"known+b+a",
+        ),
+        (lambda: [ReshapingWithQuery(b"+a"), KnownAnswering()], None),  # it must see queries
+        (lambda: [wrapper_with("on_reply"), Reshaping(b"+a"), KnownAnswering()], None),
+    ],
+)
+def test_wrappers_that_reshape_known_answers_keep_the_known_path(
+    plugins: Callable[[], list[Plugin]], expected: bytes | None
+) -> None:
+    found = known_path(plugins())
+    if expected is None:
+        assert found is None
+        return
+    assert found is not None and found[0].name == "known_answering"
+    assert found[1](b"q", b"key", 12, False, False, "") == expected
+    assert found[1](b"q", b"", 12, False, False, "") is None  # a miss is not reshaped
 
 
 def test_compile_chain_links_wrappers_as_themselves_and_answering_plugins_through_a_step() -> None:

@@ -24,9 +24,9 @@ PACKAGE = "pycorefile"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "metrics", "corefile", "capture", "changes"),
+    ("_version", "metrics", "corefile", "capture", "changes", "files", "re2", "kube"),
     ("_wire", "_zones"),
-    ("_types", "wire", "zones"),
+    ("_types", "wire", "zones", "rename"),
     ("_request", "http"),
     ("_contract",),
     ("plugin",),

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from pycorefile import CorefileError, Server, load_config
-from pycorefile.testing import query, serve
+from pycorefile.testing import Upstream, query, serve
 from tests.logcapture import collect_logs
 
 ZONE = Path(__file__).parent / "data" / "file" / "db.example.org"
@@ -472,3 +472,32 @@ async def test_a_reloaded_zone_is_answered_through_the_cache_at_once(tmp_path: P
                 while not any("Successfully reloaded" in r.getMessage() for r in records):
                     await trio.sleep(0.05)
             assert _address(await query(server, "www.example.org", "A")) == "192.0.2.2"
+
+
+async def test_a_cname_target_outside_the_zones_is_asked_of_the_server(tmp_path: Path) -> None:
+    zone = tmp_path / "db.example.org"
+    zone.write_text(
+        "$TTL 60\n@ SOA ns hm 1 1 1 1 1\n@ NS ns\nns A 192.0.2.53\n"
+        "www CNAME web.example.net.\ngone CNAME nothing.example.net.\n"
+    )
+    upstream = Upstream(records={("web.example.net.", "A"): ["198.51.100.7"]}, host="127.0.0.31")
+    async with upstream.running():
+        corefile = (
+            f"example.org:0 {{\n bind 127.0.0.1\n file {zone}\n}}\n"
+            f".:0 {{\n bind 127.0.0.1\n forward . {upstream.address}\n}}\n"
+        )
+        async with serve(corefile) as server:
+            reply = await query(server, "www.example.org", "A")
+            assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+            assert [rrset.to_text().lower() for rrset in reply.answer] == [
+                "www.example.org. 60 in cname web.example.net.",
+                "web.example.net. 300 in a 198.51.100.7",
+            ]
+            assert rrs(reply.authority) == ["example.org. 60 ns ns.example.org."]
+            # The target's rcode is the reply's (RFC 6604), with the chain kept.
+            missing = await query(server, "gone.example.org", "A")
+            assert missing.rcode() == dns.rcode.NXDOMAIN
+            assert rrs(missing.answer) == ["gone.example.org. 60 cname nothing.example.net."]
+            # Asking again asks again: the followed answer is not remembered by file.
+            await query(server, "www.example.org", "A")
+            assert upstream.count("web.example.net.", "A") == 2

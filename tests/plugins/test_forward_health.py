@@ -1,9 +1,7 @@
-"""forward's health checks (down, up, all down) and loop detection, on the real server."""
+"""forward's health checks (down, up, all down), on the real server."""
 
 from __future__ import annotations
 
-import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -12,11 +10,9 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
-import pytest
 import trio
 
 from pycorefile import Server
-from pycorefile._server import StartupError
 from pycorefile.testing import Upstream, query, serve
 from pycorefile_plugins.forward import ForwardPlugin, Proxy
 
@@ -203,137 +199,14 @@ async def test_all_down_with_failfast_is_servfail_at_once() -> None:
     assert broken[()] >= 1
 
 
-# -- Loops -------------------------------------------------------------------------------
+# -- No loop probe of its own -------------------------------------------------------------
 
 
-class Relay:
-    """A name server that passes every UDP query on to ``target`` and relays the reply.
-
-    With our own server as the target it is the classic loop: an upstream
-    (a node-local resolver, say) whose own upstream is us.
-    """
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.port = 0
-        self.target: tuple[str, int] = ("127.0.0.1", 0)
-        self.target_set = trio.Event()
-        self.relayed = 0
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[Relay]:
-        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            await sock.bind((self.host, 0))
-            self.port = sock.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._serve, sock, nursery)
-                try:
-                    yield self
-                finally:
-                    nursery.cancel_scope.cancel()
-
-    async def _serve(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
-        while True:
-            data, addr = await sock.recvfrom(65535)
-            nursery.start_soon(self._relay, sock, data, addr)
-
-    async def _relay(
-        self, sock: trio.socket.SocketType, data: bytes, addr: tuple[str, int]
-    ) -> None:
-        await self.target_set.wait()
-        self.relayed += 1
-        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-            await out.connect(self.target)
-            await out.send(data)
-            with trio.move_on_after(3):
-                reply = await out.recv(65535)
-                await sock.sendto(reply, addr)
-
-
-async def test_a_forwarding_loop_is_detected_and_stops_the_server(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.ERROR, logger="pycorefile")
-    relay = Relay("127.0.0.5")
-    with pytest.RaisesGroup(
-        pytest.RaisesExc(StartupError, match=r'Loop \(.*\) detected for zone "\."'),
-        flatten_subgroups=True,
-    ):
-        async with relay.running(), serve(corefile(f"forward . {relay.address}")) as server:
-            relay.target = ("127.0.0.1", server.port())
-            relay.target_set.set()
-            with trio.fail_after(5):
-                await trio.sleep_forever()  # ended by the server stopping on the loop
-    logged = [r.getMessage() for r in caplog.records if "Loop" in r.getMessage()]
-    assert logged and 'Query: "HINFO ' in logged[0]
-    assert f"through upstream {relay.address}" in logged[0]
-    assert relay.relayed <= 4  # the probe went round twice, then the loop was cut
-
-
-async def test_no_loop_with_a_normal_upstream() -> None:
+async def test_forward_sends_no_loop_probe_without_the_loop_plugin() -> None:
+    # As CoreDNS's forward: probing for loops is the loop plugin's work.
     up = Upstream(records=dict(RECORDS), host="127.0.0.2")
     async with serving("forward . {0}\n forward example.org {0}", up) as server:
         r = await query(server, "a.example", "A")
-        plugin = forward_plugin(server)
-        assert plugin.ready()
-        assert plugin.loop_error is None
+        await trio.sleep(0.3)  # a probe would be sent at start
     assert r.rcode() == dns.rcode.NOERROR
-    hinfo = [name for name, t, _ in up.queries if t == "HINFO"]
-    assert len(hinfo) == 2  # one probe per directive and upstream, sent at start
-    assert any(name.endswith(".example.org.") for name in hinfo)
-
-
-def hinfo_names(up: Upstream) -> list[str]:
-    """The loop probes an upstream received."""
-    return [name for name, t, _ in up.queries if t == "HINFO"]
-
-
-async def replay(server: Server, name: str, times: int = 4) -> list[int]:
-    """Ask for the probe name again, as an attacker who saw it would."""
-    return [(await query(server, name, "HINFO")).rcode() for _ in range(times)]
-
-
-async def test_a_probe_replayed_after_its_reply_does_not_stop_the_server() -> None:
-    # CoreDNS's loop plugin disarms once its probe is answered: a name seen
-    # in an upstream's logs is no kill switch.
-    up = Upstream(records=dict(RECORDS), host="127.0.0.2")
-    async with serving("forward . {0}", up) as server:
-        plugin = forward_plugin(server)
-        await until(lambda: not plugin.loops.armed)
-        [name] = hinfo_names(up)
-        rcodes = await replay(server, name)
-        await trio.sleep(0.2)  # a stop would come from the plugin's task
-        r = await query(server, "a.example", "A")
-        assert plugin.loop_error is None and plugin.ready()
-    assert rcodes == [dns.rcode.NXDOMAIN] * 4  # forwarded like any other name
-    assert hinfo_names(up).count(name) == 5
-    assert r.rcode() == dns.rcode.NOERROR
-
-
-async def test_an_unanswered_probe_is_sent_again_then_disarmed_after_the_window(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # CoreDNS tries its probe every second for 30 s (here: 1.5 s), then
-    # disarms it: replaying the name later does not stop the server either.
-    monkeypatch.setattr("pycorefile_plugins.forward._loop.WINDOW", 1.5)
-    monkeypatch.setattr("pycorefile_plugins.forward._loop.RETRY", 0.2)
-    silent = Upstream(host="127.0.0.2", mode="silent")
-    good = Upstream(records=dict(RECORDS), host="127.0.0.3")
-    body = "forward . {0} {{\n read_timeout 200ms\n max_fails 0\n}}\n forward example {1}"
-    async with serving(body, silent, good) as server:
-        plugin = forward_plugin(server)
-        [name] = hinfo_names(silent)[:1]
-        assert name in plugin.loops.armed
-        await until(lambda: not plugin.loops.armed)
-        sent = hinfo_names(silent).count(name)
-        rcodes = await replay(server, name)  # goes to the silent upstream: SERVFAIL
-        await trio.sleep(0.2)
-        r = await query(server, "a.example", "A")
-        assert plugin.loop_error is None and plugin.ready()
-    assert 3 <= sent <= 8, sent  # sent again after each unanswered try, within 1.5 s
-    assert rcodes == [dns.rcode.SERVFAIL] * 4
-    assert r.rcode() == dns.rcode.NOERROR
+    assert [name for name, t, _ in up.queries if t == "HINFO"] == []

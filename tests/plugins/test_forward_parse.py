@@ -291,21 +291,21 @@ def test_several_forward_directives_are_allowed() -> None:
     assert [c.zone for c in plugin.configs] == ["example.org.", "."]  # type: ignore[attr-defined]
 
 
-# -- Forwarding to ourselves ---------------------------------------------------
+# -- Forwarding to ourselves: refused at load when the block has the loop plugin ----------
 
 
 @pytest.mark.parametrize(
     ("corefile", "arg"),
     [
-        (".:5353 {\n forward . 127.0.0.1:5353\n}\n", "2:12"),
-        (".:5353 {\n forward . 10.0.0.1 [::1]:5353\n}\n", "2:21"),
-        (".:5353 {\n forward . 0.0.0.0:5353\n}\n", "2:12"),
-        (".:5353 {\n forward . 10.0.0.1 10.0.0.1 127.0.0.1:5353\n}\n", "2:30"),
-        (".:5353 {\n bind 127.0.0.9\n forward . 127.0.0.9:5353\n}\n", "3:12"),
-        (".:53 {\n forward . 127.0.0.1\n}\n", "2:12"),
+        (".:5353 {\n forward . 127.0.0.1:5353\n loop\n}\n", "2:12"),
+        (".:5353 {\n forward . 10.0.0.1 [::1]:5353\n loop\n}\n", "2:21"),
+        (".:5353 {\n forward . 0.0.0.0:5353\n loop\n}\n", "2:12"),
+        (".:5353 {\n forward . 10.0.0.1 10.0.0.1 127.0.0.1:5353\n loop\n}\n", "2:30"),
+        (".:5353 {\n bind 127.0.0.9\n forward . 127.0.0.9:5353\n loop\n}\n", "3:12"),
+        (".:53 {\n forward . 127.0.0.1\n loop\n}\n", "2:12"),
     ],
 )
-def test_forwarding_to_our_own_address_is_refused(corefile: str, arg: str) -> None:
+def test_with_loop_forwarding_to_our_own_address_is_refused(corefile: str, arg: str) -> None:
     with pytest.raises(CorefileError) as info:
         load_config(corefile)
     text = str(info.value)
@@ -316,9 +316,9 @@ def test_forwarding_to_our_own_address_is_refused(corefile: str, arg: str) -> No
 @pytest.mark.parametrize(
     "corefile",
     [
-        ".:5353 {\n forward . 127.0.0.1:53\n}\n",  # another port
-        ".:5353 {\n bind 127.0.0.9\n forward . 127.0.0.1:5353\n}\n",  # another address
-        ".:5353 {\n forward . tls://127.0.0.1:5353\n}\n",  # we serve no TLS there
+        ".:5353 {\n forward . 127.0.0.1:53\n loop\n}\n",  # another port
+        ".:5353 {\n bind 127.0.0.9\n forward . 127.0.0.1:5353\n loop\n}\n",  # another address
+        ".:5353 {\n forward . tls://127.0.0.1:5353\n loop\n}\n",  # we serve no TLS there
     ],
 )
 def test_other_addresses_are_not_loops(corefile: str) -> None:

@@ -65,7 +65,7 @@ REFUSED = [
     ("type()", "the expression must be bool", 1),
     ("type(1)", "type takes 0 argument(s), not 1", 1),
     ("incidr(client_ip())", "incidr takes 2 argument(s), not 1", 1),
-    ("name() matches '(?=x)'", "unsupported regular expression syntax", 16),
+    ("name() matches '(?=x)'", "look-around is not supported", 16),
     ("name() matches '(x'", "bad regular expression", 16),
     ("type() == 'A' &&", "unexpected end of expression", 17),
     ("#", "only allowed in a predicate", 1),

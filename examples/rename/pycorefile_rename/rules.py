@@ -9,7 +9,7 @@ testable without a server.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -20,6 +20,7 @@ import dns.rdatatype
 import dns.rrset
 
 from pycorefile import Directive, SetupError, check_args
+from pycorefile.rename import map_names
 
 
 @dataclass(frozen=True)
@@ -135,33 +136,21 @@ def rename_reply(
     The question, every owner name and every name in the data of NS, CNAME,
     PTR, MX and SOA records that is under the rule's target go back under its
     source; the renamed question itself becomes ``asked`` exactly, letter case
-    included. Other names stay as they are.
+    included. Other names stay as they are. (``pycorefile.rename`` changes the
+    records one by one.)
     """
 
     def back(name: dns.name.Name) -> dns.name.Name:
         return asked if name == renamed else rule.back(name)
 
-    msg.question = [_renamed(rrset, back) for rrset in msg.question]
-    msg.answer = [_renamed(rrset, back) for rrset in msg.answer]
-    msg.authority = [_renamed(rrset, back) for rrset in msg.authority]
-    msg.additional = [_renamed(rrset, back) for rrset in msg.additional]
-    return msg
+    msg.question = [
+        dns.rrset.RRset(back(question.name), question.rdclass, question.rdtype)
+        for question in msg.question
+    ]
+    return map_names(msg, owner=back, value=back, fields=NAME_FIELDS)
 
 
-def _renamed(
-    rrset: dns.rrset.RRset, back: Callable[[dns.name.Name], dns.name.Name]
-) -> dns.rrset.RRset:
-    out = dns.rrset.RRset(back(rrset.name), rrset.rdclass, rrset.rdtype, rrset.covers)
-    out.update_ttl(rrset.ttl)
-    fields = NAME_FIELDS.get(rrset.rdtype, ())
-    for rdata in rrset:
-        if fields:
-            rdata = rdata.replace(**{field: back(getattr(rdata, field)) for field in fields})
-        out.add(rdata)
-    return out
-
-
-NAME_FIELDS = {
+NAME_FIELDS: dict[int, tuple[str, ...]] = {
     dns.rdatatype.NS: ("target",),
     dns.rdatatype.CNAME: ("target",),
     dns.rdatatype.PTR: ("target",),
