@@ -397,11 +397,12 @@ class AutopathPlugin(Plugin):
     def serve_known(
         self, wire: bytes, key: bytes, name_end: int, edns: bool, do: bool, server: str
     ) -> bytes | None:
-        # The server's fast path: a stored search answer, when no later plugin
-        # decides by client (acl), is exactly what ``handle`` answers. Anything
-        # else (a search to run, an expired answer to drop, an answer to check
-        # against changes of local data since its search) takes the chain.
-        if self._gates:
+        # The server's fast path: a stored search answer, when neither the
+        # search path (kubernetes: the client's namespace) nor a later plugin
+        # (acl) depends on the client, is exactly what ``handle`` answers.
+        # Anything else (a search to run, an expired answer to drop, an answer
+        # to check against changes of local data since its search) takes the chain.
+        if self._gates or self._client_source is not None:
             return None
         if self._source is not None:
             self._current_search()  # a changed search path forgets the stored answers
