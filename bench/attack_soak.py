@@ -84,6 +84,7 @@ from common import (
 )
 
 from pycorefile._conn import ConnectionBudget
+from pycorefile.testing import closed_by_server
 
 LEGIT_SHARE = 0.5
 """The legitimate load's rate, as a share of the rate reached at saturation."""
@@ -287,18 +288,6 @@ async def send_all(sock: Sock, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[await sock.send(view) :]
-
-
-async def closed_by_server(sock: Sock, timeout: float) -> bool:
-    """True when the server closes or resets the connection within ``timeout``."""
-    with trio.move_on_after(timeout):
-        try:
-            while await sock.recv(65535):
-                pass
-        except OSError:
-            pass
-        return True
-    return False
 
 
 def peek(sock: Sock) -> str:

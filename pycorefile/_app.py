@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import platform
@@ -18,18 +17,14 @@ import trio
 
 from ._config import Config, build_config
 from ._registry import Registry
-from ._server import Server, ServerOptions, StartupError
+from ._server import Server, ServerOptions
 from ._version import __version__
 from .corefile import CorefileError, ServerBlock, parse_corefile
-from .plugin import Plugin
+from .plugin import RELOADER_KEY, Plugin, StartupError
 
 log = logging.getLogger("pycorefile")
 
 DEFAULT_COREFILE = ".:{port} {{\n    whoami\n    log\n}}\n"
-
-BLOCKS_KEY = "corefile_blocks"
-"""Where ``SetupContext.shared`` holds every server block of the Corefile being set up, as
-parsed (imports expanded): what the configuration is built from."""
 
 Parse = Callable[[str, str], list[ServerBlock]]
 """Corefile text and file name to blocks: ``parse_corefile`` or ``parse_corefile_apart``."""
@@ -90,7 +85,7 @@ def load_config(
         registry,
         corefile=filename,
         dns_port=dns_port,
-        shared={**(shared or {}), BLOCKS_KEY: blocks},
+        shared=shared,
     )
 
 
@@ -113,17 +108,6 @@ def config_files(config: Config) -> list[str]:
         for d in block.block.directives:
             files.add(d.file)
     return sorted(f for f in files if os.path.isfile(f))
-
-
-def checksum(files: list[str]) -> str:
-    digest = hashlib.sha512()
-    for path in files:
-        try:
-            with open(path, "rb") as f:
-                digest.update(f.read())
-        except OSError:
-            digest.update(b"\0missing\0" + path.encode())
-    return digest.hexdigest()
 
 
 class Runner:
@@ -157,13 +141,27 @@ class Runner:
             source.filename,
             registry=self.registry,
             dns_port=self.dns_port,
-            shared={"runner": self},
+            shared={RELOADER_KEY: self},
             parse=self.parse,
         )
         return config
 
+    # -- The Reloader a plugin sees (SetupContext.reloader) ------------------------
+
     def files(self) -> list[str]:
-        return config_files(self.server.config) if self.server.config else []
+        """The Corefile and every file it imports, as served (the Corefile alone before)."""
+        served = config_files(self.server.config) if self.server.config else []
+        return served or ([self.source.path] if self.source.path else [])
+
+    def read_corefile(self) -> list[ServerBlock]:
+        """The Corefile as it is on disk now, parsed (blocking: files and a child process)."""
+        source = self.source.reread(self.dns_port)
+        return self.parse(source.text, source.filename)
+
+    def serves(self, plugin: Plugin) -> bool:
+        """True while ``plugin`` belongs to the configuration being served."""
+        current = self.server.config
+        return current is None or any(p is plugin for p in current.plugins)
 
     async def build_again(self) -> tuple[Source, Config]:
         """Read the Corefile again and build it, in a worker thread.

@@ -2,7 +2,7 @@
 
 ``compile_chain`` (at configuration build time) links a block's plugins and
 picks its known-answer plugin; ``Step`` is the link of a plugin that answers;
-``End`` is what the last plugin's ``next`` is.
+``End`` (public in ``pycorefile.plugin``) is what the last plugin's ``next`` is.
 """
 
 from __future__ import annotations
@@ -10,29 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeGuard
 
-import dns.rcode
-
 from ._contract import tag
 from ._request import Handler, Request
-from ._types import KnownAnswer, Pending, Reply, Result
+from ._types import KnownAnswer, Pending, Result
 from .plugin import Plugin, Wrapper
-
-
-class End:
-    """What the last plugin's ``next`` is: SERVFAIL, as CoreDNS's ``plugin.NextOrFailure``.
-
-    A server block with no chain at all answers ``rcode`` REFUSED instead, as
-    CoreDNS answers a zone whose block has no plugin chain (``build_chain``).
-    """
-
-    __slots__ = ("after", "rcode")
-
-    def __init__(self, after: str, rcode: int = dns.rcode.SERVFAIL) -> None:
-        self.after = after
-        self.rcode = rcode
-
-    def handle(self, request: Request) -> Reply:
-        return request.error(self.rcode)
 
 
 class Step:

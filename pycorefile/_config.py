@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import dns.rcode
 
-from ._chain import End, compile_chain, known_path
+from ._chain import compile_chain, known_path
 from ._registry import Registry, unknown_directive
 from ._request import FailureObserver, Handler, ReplyObserver, Request
 from ._types import HttpHandler, KnownAnswer, ListenerKey
 from ._zones import zone_wire
 from .corefile import CorefileError, Directive, ServerBlock, ZoneKey, normalize_keys
-from .plugin import Plugin, SetupContext, SetupError, TcpTimeouts, parse_address
+from .plugin import End, Plugin, SetupContext, SetupError, TcpTimeouts, parse_address
 
 SERVED_TRANSPORTS = ("dns",)
 
@@ -146,7 +146,7 @@ def build_config(
     """Set up every plugin of every block; raise CorefileError on any mistake.
 
     ``shared`` seeds the state every plugin's setup context sees (the runner
-    puts itself there, so the reload plugin can ask for a reload).
+    puts itself there as the ``Reloader``, so the reload plugin can ask for a reload).
     """
     shared = dict(shared or {})
     observers: list[ReplyObserver] = []
@@ -170,7 +170,12 @@ def build_config(
             group = by_name.setdefault(directive.name, [])
             group.append(directive)
         ctx = SetupContext(
-            block=block, keys=keys, corefile=corefile, dns_port=dns_port, shared=shared
+            block=block,
+            keys=keys,
+            corefile=corefile,
+            dns_port=dns_port,
+            shared=shared,
+            blocks=list(blocks),
         )
         pending.append(_Pending(block, keys, by_name, ctx))
 

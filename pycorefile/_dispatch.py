@@ -135,9 +135,14 @@ class Dispatcher:
         answered_by = route.config.known_by
         asked = len(data)
         for observer in self.observers:
-            observer.observe_known(
-                route, proto, client, fields[_QTYPE], do, answered_by, asked, reply, started
-            )
+            try:
+                observer.observe_known(
+                    route, proto, client, fields[_QTYPE], do, answered_by, asked, reply, started
+                )
+            except Exception as exc:
+                request = Request(data, client, proto, None, self.udp_cap)
+                request.route = route
+                self._observer_failed(observer, request, exc)
         return reply
 
     @staticmethod
@@ -160,6 +165,8 @@ class Dispatcher:
         return None
 
     def __post_init__(self) -> None:
+        self._failed_observers: set[int] = set()
+        """The ids of the reply observers that raised (each is logged once)."""
         # One block for the root zone is the usual sidecar set-up: skip the walk.
         only = list(self.routes.values())
         self._only_root = only[0] if len(only) == 1 and b"\x00" in self.routes else None
@@ -221,7 +228,7 @@ class Dispatcher:
             pos += length + 1
 
     async def answer(self, request: Request) -> bytes:
-        """Run the chain with waiting allowed (the listener's watchdog keeps the deadline)."""
+        """Run the chain with waiting allowed (the listener cancels it at the query deadline)."""
         pending, request.pending = request.pending, None
         assert pending is not None, "answer() is for a query whose chain returned Pending"
         try:
@@ -258,9 +265,30 @@ class Dispatcher:
             exc_info=getattr(exc, STACKTRACE, False) or log.isEnabledFor(logging.DEBUG),
         )
         request.answered_by = name
-        for observe in self.failure_observers:
-            observe(request, exc)
+        self._panicked(request, exc)
         return request.error(dns.rcode.SERVFAIL)
+
+    def _panicked(self, request: Request, exc: Exception) -> None:
+        """Tell the failure observers (the panic count); one that raises is ignored."""
+        for observe in self.failure_observers:
+            try:
+                observe(request, exc)
+            except Exception:
+                log.debug("a failure observer raised", exc_info=True)
+
+    def _observer_failed(self, observer: ReplyObserver, request: Request, exc: Exception) -> None:
+        """A reply observer (metrics) raised: the reply is sent all the same, the failure
+        is counted as a panic, and logged once per observer (it may fail on every reply)."""
+        if id(observer) not in self._failed_observers:
+            self._failed_observers.add(id(observer))
+            log.error(
+                "reply observer %s failed (logged once): %s: %s",
+                type(observer).__name__,
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+            )
+        self._panicked(request, exc)
 
     def finish(self, request: Request, reply: Reply) -> bytes:
         """Size the reply for the client and tell the observers (metrics).
@@ -276,5 +304,8 @@ class Dispatcher:
                 log.error("cannot render reply to %s %s: %s", request.name, request.type_name, exc)
                 wire = request.error(dns.rcode.SERVFAIL)
         for observer in self.observers:
-            observer.observe(request, wire)
+            try:
+                observer.observe(request, wire)
+            except Exception as exc:
+                self._observer_failed(observer, request, exc)
         return wire

@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.rcode
 import trio
@@ -39,6 +40,11 @@ RECV_BATCH = 256
 RECV_BUFFER = 4 * 1024 * 1024
 QUERY_DEADLINE = 10.0
 """A query still unanswered after this long gets SERVFAIL."""
+BUCKET_WIDTH = 0.1
+"""Seconds of arrivals whose waits share one deadline (and one cancel scope): a
+query's deadline is kept to within this (or a tenth of the deadline, if less)."""
+SEND_GRACE = 1.0
+"""Seconds a SERVFAIL for a query past its deadline may take to be handed to its socket."""
 MAX_IN_FLIGHT = 10000
 """Queries waiting on a plugin (forwarding) at once, per listener; beyond it, REFUSED at once."""
 
@@ -148,6 +154,43 @@ def bind_dns_sockets(
     raise OSError(errno.EADDRINUSE, "no free port found for all sockets")
 
 
+class _DeadlineBucket:
+    """The queries that started waiting within one short window, cancelled together.
+
+    A cancel scope per query would cost several microseconds on every wait;
+    one per window costs nothing per query. Queries that start waiting
+    before ``closes`` run in this bucket's nursery, under a cancel scope that
+    ends at ``cancel_at`` (``closes`` plus the query deadline): a query's
+    deadline is kept to within the window's width (at most ``BUCKET_WIDTH``).
+    Queries spawned before the bucket's task runs wait in a list until it does.
+    """
+
+    __slots__ = ("cancel_at", "closes", "nursery", "queued")
+
+    def __init__(self, closes: float, cancel_at: float) -> None:
+        self.closes = closes
+        self.cancel_at = cancel_at
+        self.nursery: trio.Nursery | None = None
+        self.queued: list[tuple[Any, ...]] = []
+
+    def start(self, *task: Any) -> None:
+        """Run ``task`` (an async function and its arguments) in this bucket."""
+        if self.nursery is not None:
+            self.nursery.start_soon(*task)
+        else:
+            self.queued.append(task)
+
+    async def run(self) -> None:
+        with trio.CancelScope(deadline=self.cancel_at):
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                for task in self.queued:
+                    nursery.start_soon(*task)
+                self.queued.clear()
+                await trio.sleep_until(self.closes)  # open for new queries until then
+        self.nursery = None
+
+
 class DnsListener:
     """The UDP and TCP sockets of one ``transport://host:port``, shared by blocks."""
 
@@ -170,7 +213,9 @@ class DnsListener:
         self.accept_scope = trio.CancelScope()
         self.done = trio.Event()
         self.in_flight = 0
-        self._waiting: dict[Request, tuple[float, Send]] = {}
+        self._buckets: dict[trio.Nursery, _DeadlineBucket] = {}
+        """The open deadline bucket of each nursery queries wait in (the listener's for
+        UDP, each TCP connection's)."""
         self.connections: set[TcpConnection] = set()
         self.dropped_sends = 0
 
@@ -206,7 +251,6 @@ class DnsListener:
             async with trio.open_nursery() as queries:
                 with self.accept_scope:
                     async with trio.open_nursery() as loops:
-                        loops.start_soon(self._watchdog, queries)
                         for sock in self.socks:
                             if sock.type == socket.SOCK_DGRAM:
                                 loops.start_soon(self._udp_loop, sock, queries)
@@ -267,48 +311,61 @@ class DnsListener:
 
     def spawn(self, queries: trio.Nursery, request: Request | bytes, send: Send) -> None:
         """Answer ``request`` in a task; ``send`` is called exactly once with the reply
-        (unless the task is cancelled first)."""
+        (unless the task is cancelled first).
+
+        The task runs in the deadline bucket open in ``queries`` (see
+        ``_DeadlineBucket``): a wait still going at the query's deadline is
+        cancelled, and the client gets SERVFAIL.
+        """
         assert isinstance(request, Request)
         if self.in_flight >= self.options.max_in_flight:
             queries.start_soon(send, self.dispatcher.refuse(request))
             return
         self.in_flight += 1
-        queries.start_soon(self._answer_later, self.dispatcher, request, send)
+        bucket = self._buckets.get(queries)
+        if bucket is None or trio.current_time() >= bucket.closes:
+            bucket = self._open_bucket(queries)
+        bucket.start(self._answer_later, self.dispatcher, request, send, bucket)
 
-    async def _answer_later(self, dispatcher: Dispatcher, request: Request, send: Send) -> None:
-        self._waiting[request] = (trio.current_time() + self.options.query_deadline, send)
+    def _open_bucket(self, queries: trio.Nursery) -> _DeadlineBucket:
+        deadline = self.options.query_deadline
+        width = min(BUCKET_WIDTH, deadline / 10)
+        closes = trio.current_time() + width
+        bucket = self._buckets[queries] = _DeadlineBucket(closes, closes + deadline)
+        queries.start_soon(self._run_bucket, queries, bucket)
+        return bucket
+
+    async def _run_bucket(self, queries: trio.Nursery, bucket: _DeadlineBucket) -> None:
+        try:
+            await bucket.run()
+        finally:
+            if self._buckets.get(queries) is bucket:
+                del self._buckets[queries]
+
+    async def _answer_later(
+        self, dispatcher: Dispatcher, request: Request, send: Send, bucket: _DeadlineBucket
+    ) -> None:
         try:
             wire = await dispatcher.answer(request)
-            if self._waiting.pop(request, None) is not None:
-                await send(wire)  # else the watchdog has answered SERVFAIL already
-        finally:
-            self._waiting.pop(request, None)
-            self.in_flight -= 1
-
-    async def _watchdog(self, queries: trio.Nursery) -> None:
-        """Answer SERVFAIL to queries still waiting after the deadline.
-
-        One task for all queries instead of a cancel scope per query (each
-        costs several microseconds). A late plugin keeps running, counted in
-        flight, and its reply is dropped.
-        """
-        deadline = self.options.query_deadline
-        while True:
-            await trio.sleep(min(0.5, deadline / 4))
-            now = trio.current_time()
-            expired = []
-            # Arrival order is deadline order: stop at the first one still in time.
-            for request, (expires, send) in self._waiting.items():
-                if expires > now:
-                    break
-                expired.append((request, send))
-            for request, send in expired:
-                del self._waiting[request]
+        except trio.Cancelled:
+            # The deadline (or the server stopping) cancelled the plugins' wait: their
+            # on_cancel hooks were told (log writes its SERVFAIL line); the client gets
+            # SERVFAIL now, sent outside the cancelled scope and bounded in time.
+            if trio.current_time() >= bucket.cancel_at:
                 log.warning(
-                    "query %s %s timed out after %gs", request.name, request.type_name, deadline
+                    "query %s %s timed out after %gs",
+                    request.name,
+                    request.type_name,
+                    self.options.query_deadline,
                 )
-                wire = self.dispatcher.finish(request, request.error(dns.rcode.SERVFAIL))
-                queries.start_soon(send, wire)
+            wire = dispatcher.finish(request, request.error(dns.rcode.SERVFAIL))
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_GRACE):
+                await send(wire)
+            raise
+        else:
+            await send(wire)
+        finally:
+            self.in_flight -= 1
 
     # -- TCP --------------------------------------------------------------------
 
@@ -424,9 +481,12 @@ class Server:
             self.listeners[key] = lst
             lst.use(config)
             await self._nursery.start(lst.run)
-        for key, lst in self.listeners.items():
-            if key in config.routes:
-                lst.use(config)
+        for key in [k for k in self.listeners if k not in config.routes]:
+            # No block listens here any more: stop answering now; queries in flight
+            # finish, then the sockets close (the listener's task ends).
+            self.listeners.pop(key).stop_accepting()
+        for lst in self.listeners.values():
+            lst.use(config)
         for addr, h in new_http.items():
             self.http[addr] = h
             self._nursery.start_soon(h.serve)

@@ -129,18 +129,18 @@ class QuestionError(WireError):
 
 def skip_name(wire: bytes, offset: int) -> int:
     """Return the offset after a possibly compressed name in a message."""
-    n = len(wire)
-    while True:
-        if offset >= n:
-            raise WireError("name runs past the end of the message")
-        length = wire[offset]
-        if length == 0:
-            return offset + 1
-        if length & 0xC0 == 0xC0:
-            return offset + 2
-        if length > 63:
-            raise WireError("invalid label type")
-        offset += length + 1
+    try:
+        while True:
+            length = wire[offset]
+            if length == 0:
+                return offset + 1
+            if length >= 0xC0:
+                return offset + 2
+            if length > 63:
+                raise WireError("invalid label type")
+            offset += length + 1
+    except IndexError:
+        raise WireError("name runs past the end of the message") from None
 
 
 def name_labels(name_wire: bytes) -> list[int]:

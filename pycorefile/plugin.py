@@ -19,9 +19,9 @@ import dns.message
 import dns.name
 import dns.rcode
 
-from ._contract import tag
-from ._request import Handler, Request
-from ._types import HttpHandler, OnReply, Pending, Reply, Result
+from ._contract import STACKTRACE, tag
+from ._request import FailureObserver, Handler, ReplyObserver, Request
+from ._types import Client, HttpHandler, OnReply, Pending, Reply, Result, Route
 from ._zones import ZoneError, in_zone, normalize_zones
 from .changes import DataChange, DataChanges
 from .corefile._model import CorefileError, Directive, ServerBlock, ZoneKey
@@ -31,12 +31,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LOOKUP_DEPTH",
+    "Client",
     "ClientSearchPath",
     "DataChange",
     "DataChanges",
+    "End",
+    "FailureObserver",
     "Fallthrough",
     "Plugin",
     "PluginError",
+    "Reloader",
+    "ReplyObserver",
+    "Route",
     "SetupContext",
     "SetupError",
     "StartupError",
@@ -105,6 +111,59 @@ class StartupError(Exception):
     """
 
 
+def with_stacktrace(exc: BaseException) -> None:
+    """Ask the server to log this panic (an exception that is not a ``PluginError``)
+    with its traceback: what ``errors { stacktrace }`` does, as CoreDNS's."""
+    setattr(exc, STACKTRACE, True)
+
+
+class End:
+    """What the last plugin's ``next`` is: SERVFAIL, as CoreDNS's ``plugin.NextOrFailure``.
+
+    A server block with no chain at all answers ``rcode`` REFUSED instead, as
+    CoreDNS answers a zone whose block has no plugin chain (``build_chain``).
+    ``Plugin.is_last`` tells a plugin whether its ``next`` is this.
+    """
+
+    __slots__ = ("after", "rcode")
+
+    def __init__(self, after: str, rcode: int = dns.rcode.SERVFAIL) -> None:
+        self.after = after
+        self.rcode = rcode
+
+    def handle(self, request: Request) -> Reply:
+        return request.error(self.rcode)
+
+
+class Reloader(Protocol):
+    """How a plugin asks the running server to reload its Corefile (the *reload* plugin).
+
+    ``SetupContext.reloader`` gives it when the server can reload (the
+    command line's runner); None otherwise (tests, embedders).
+    """
+
+    def files(self) -> list[str]:
+        """The Corefile and every file it imports, as served (the Corefile alone before)."""
+        ...
+
+    def read_corefile(self) -> list[ServerBlock]:
+        """The Corefile as it is on disk now, parsed (imports expanded).
+
+        Blocks on files and a child process: call it from a worker thread.
+        Raises ``CorefileError`` or ``OSError`` when it cannot be read or parsed.
+        """
+        ...
+
+    async def reload(self, reason: str) -> bool:
+        """Build the Corefile anew and serve it; False (logged with ``reason``, counted as a
+        failed reload) when it is broken: the running configuration keeps serving."""
+        ...
+
+    def serves(self, plugin: Plugin) -> bool:
+        """True while ``plugin`` belongs to the configuration being served."""
+        ...
+
+
 BOUND_PORTS = "bound_ports"
 """``SetupContext.shared`` key: each listener's bound port, set before plugins start."""
 
@@ -119,6 +178,8 @@ class TcpTimeouts:
     max_queries: int | None = None
 
 
+RELOADER_KEY = "runner"
+"""Where a server that can reload puts its ``Reloader`` in the shared state."""
 DATA_CHANGES = "data_changes"
 """Where ``SetupContext.shared`` holds the configuration's ``DataChanges``."""
 
@@ -148,6 +209,14 @@ class SetupContext:
     """Conditions a query must meet to be served by this block (``filter_queries``)."""
     view: str = ""
     """The block's view name: the ``view`` label of its metrics (the view plugin sets it)."""
+    blocks: list[ServerBlock] = field(default_factory=list)
+    """Every server block of the Corefile this configuration is built from (imports expanded)."""
+
+    @property
+    def reloader(self) -> Reloader | None:
+        """The running server's reload hook, when it can reload (see ``Reloader``)."""
+        found = self.shared.get(RELOADER_KEY)
+        return found if found is not None and hasattr(found, "read_corefile") else None
 
     @property
     def zones(self) -> tuple[str, ...]:
@@ -259,6 +328,11 @@ class Plugin:
     so a query no plugin answers gets SERVFAIL, not REFUSED, as in CoreDNS."""
 
     next: Handler
+
+    @property
+    def is_last(self) -> bool:
+        """True when no plugin comes after this one in its chain (``next`` is ``End``)."""
+        return isinstance(self.next, End)
 
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> Plugin:

@@ -39,12 +39,12 @@ import trio
 from dns._asyncbackend import Backend
 
 from ._app import load_config, open_server
-from ._chain import End, compile_chain
+from ._chain import compile_chain
 from ._contract import settle, then
 from ._request import Handler, Request
 from ._server import Server
 from ._types import Pending, Reply, Result
-from .plugin import Plugin, PluginError
+from .plugin import End, Plugin, PluginError
 
 __all__ = [
     "Dropped",
@@ -53,6 +53,7 @@ __all__ = [
     "Upstream",
     "WouldWait",
     "chain",
+    "closed_by_server",
     "make_query",
     "query",
     "run",
@@ -134,6 +135,22 @@ async def query_wire(
         with trio.move_on_after(timeout):
             return await sock.recv(65535)
     return None
+
+
+async def closed_by_server(sock: trio.socket.SocketType, timeout: float = 10.0) -> bool:
+    """True when the server closes (or resets) a TCP connection within ``timeout``.
+
+    Whatever it still sends before that is read and dropped. For tests (and
+    the attack soak) that check the server ends a misbehaving client's connection.
+    """
+    with trio.move_on_after(timeout):
+        try:
+            while await sock.recv(65535):
+                pass
+        except OSError:
+            pass
+        return True
+    return False
 
 
 def _address(target: Server | tuple[str, int]) -> tuple[str, int]:

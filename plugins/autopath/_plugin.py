@@ -20,12 +20,12 @@ import dns.rrset
 
 from pycorefile import Directive, Pending, Plugin, Reply, Request, Result, SetupContext, then
 from pycorefile.plugin import ClientSearchPath
+from pycorefile.response import ADDITIONAL, AUTHORITY, records
 from pycorefile.wire import (
     PreparedReply,
     WireError,
     extended_errors,
     name_to_text,
-    skip_name,
     with_edns_options,
 )
 
@@ -47,8 +47,6 @@ _NXDOMAIN = dns.rcode.NXDOMAIN
 _NOERROR = dns.rcode.NOERROR
 _TYPE_SOA = 6
 _TYPE_OPT = 41
-_COUNTS = struct.Struct(">HHH")
-_RR = struct.Struct(">HHIH")
 _U32 = struct.Struct(">I")
 
 ClientGate = Callable[[Request, Sequence[str]], bool]
@@ -183,19 +181,14 @@ def _wire_records(wire: bytes) -> Iterator[tuple[bool, int, int]]:
 
     An SOA's TTL is already lowered to its MINIMUM field (its negative TTL).
     """
-    qdcount, ancount, nscount = _COUNTS.unpack_from(wire, 4)
-    offset = 12
-    for _ in range(qdcount):
-        offset = skip_name(wire, offset) + 4
-    for index in range(ancount + nscount):
-        end = skip_name(wire, offset)
-        rtype, _rclass, ttl, rdlen = _RR.unpack_from(wire, end)
-        offset = end + 10 + rdlen
+    for section, rtype, _rclass, ttl, _name, rdata_at, rdata_end in records(wire):
+        if section == ADDITIONAL:
+            return
         if rtype == _TYPE_OPT:
             continue
-        if rtype == _TYPE_SOA and rdlen >= 20:
-            ttl = min(ttl, _U32.unpack_from(wire, offset - 4)[0])
-        yield index >= ancount, rtype, ttl
+        if rtype == _TYPE_SOA and rdata_end - rdata_at >= 20:
+            ttl = min(ttl, _U32.unpack_from(wire, rdata_end - 4)[0])
+        yield section == AUTHORITY, rtype, ttl
 
 
 class _Stored:

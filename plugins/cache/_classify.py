@@ -18,7 +18,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from pycorefile import _wire
+from pycorefile.response import ANSWER, AUTHORITY, records
+from pycorefile.wire import FLAG_TC, HEADER_LEN, WireError, strip_opt, ttl_offsets
 
 from ._parse import KindSettings
 
@@ -28,6 +29,8 @@ NO_RECORDS_TTL = 5
 """The lifetime of a reply with no records at all, before clamping (CoreDNS's)."""
 
 _TTL = struct.Struct(">I")
+_HEAD = struct.Struct(">HHH")
+"""The flags and the question and answer counts."""
 _CHAIN_EXTRAS = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.DNAME})
 """Answer records allowed off the CNAME chain: signatures and the DNAME a CNAME came from."""
 
@@ -111,12 +114,12 @@ def classify(
 _FAST_TYPES: dict[int, int] = {1: 4, 28: 16}
 """Query types ``quick_classify`` handles (A, AAAA), with the rdata length of their records."""
 _TYPE_SOA = 6
-_TYPE_OPT = 41
+_TYPE_RRSIG = 46
 _SOA_FIXED = 22
 """The shortest SOA rdata: two root names and five 32-bit fields."""
 
 
-def quick_classify(wire: bytes, qtype: int) -> Category | None:
+def quick_classify(wire: bytes, qtype: int, question_end: int = 0) -> Category | None:
     """``classify`` for the common simple reply, read from the bytes; None for the rest.
 
     Handles A and AAAA replies whose answers are all records of the asked type
@@ -125,45 +128,37 @@ def quick_classify(wire: bytes, qtype: int) -> Category | None:
     signatures. Anything else -- CNAME chains, DNSSEC, delegations, odd
     shapes -- returns None and gets the full classification with dnspython.
     The miss path then costs a walk over the bytes instead of a parse.
+    ``question_end``, when the caller knows it, is where the records start.
     """
     size = _FAST_TYPES.get(qtype)
-    if size is None or len(wire) < _wire.HEADER_LEN:
+    if size is None or len(wire) < HEADER_LEN:
         return None
-    flags, qdcount, ancount, nscount, arcount = struct.unpack_from(">HHHHH", wire, 2)
-    if qdcount != 1 or flags & 0x7800 or flags & _wire.FLAG_TC:
+    flags, qdcount, ancount = _HEAD.unpack_from(wire, 2)
+    if qdcount != 1 or flags & 0x7800 or flags & FLAG_TC:
         return None
     rcode = flags & 0xF
     if rcode in (dns.rcode.SERVFAIL, dns.rcode.NOTIMP):
         return Category.SERVFAIL
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return Category.OTHER
+    soa = False
     try:
-        offset = _wire.skip_name(wire, _wire.HEADER_LEN) + 4
-        for _ in range(ancount):
-            if wire[offset : offset + 2] != b"\xc0\x0c":
+        for section, rtype, _rclass, _ttl, name_at, rdata_at, rdata_end in records(
+            wire, question_end
+        ):
+            if section == ANSWER:
+                if rtype != qtype or rdata_end - rdata_at != size or wire[name_at + 1] != 12:
+                    return None  # another type, or not owned by the question name
+                if wire[name_at] != 0xC0:
+                    return None
+            elif section == AUTHORITY:
+                if rtype == _TYPE_SOA:
+                    soa = True
+                elif not ancount or rtype == _TYPE_RRSIG:
+                    return None  # a delegation or signed denial: the full rules decide
+            elif rtype == _TYPE_RRSIG:
                 return None
-            rtype, rdlen = struct.unpack_from(">H6xH", wire, offset + 2)
-            if rtype != qtype or rdlen != size:
-                return None
-            offset += 12 + rdlen
-        soa = False
-        for _ in range(nscount):
-            end = _wire.skip_name(wire, offset)
-            rtype, rdlen = struct.unpack_from(">H6xH", wire, end)
-            if rtype == _TYPE_SOA:
-                soa = True
-            elif not ancount or rtype == dns.rdatatype.RRSIG:
-                return None  # a delegation or signed denial: the full rules decide
-            offset = end + 10 + rdlen
-        for _ in range(arcount):
-            end = _wire.skip_name(wire, offset)
-            rtype, rdlen = struct.unpack_from(">H6xH", wire, end)
-            if rtype == dns.rdatatype.RRSIG:
-                return None
-            offset = end + 10 + rdlen
-    except (_wire.WireError, struct.error, IndexError):
-        return None
-    if offset > len(wire):
+    except WireError:
         return None
     if rcode == dns.rcode.NXDOMAIN:
         if ancount:
@@ -247,8 +242,8 @@ def stored_form(
     AD bit is kept as received: ``PreparedReply.render`` shows it only to
     clients that asked with AD or DO.
     """
-    wire = _wire.strip_opt(wire)
-    offsets, ttls = _wire.ttl_offsets(wire)
+    wire = strip_opt(wire)
+    offsets, ttls = ttl_offsets(wire)
     out = bytearray(wire)
     if category is Category.SERVFAIL:
         ceiling = max(1, int(-(-servfail_ttl // 1)))

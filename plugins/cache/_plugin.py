@@ -395,7 +395,7 @@ class CachePlugin(Plugin):
         if wire[4:6] != b"\x00\x01" or wire[HEADER_LEN:question_end].lower() != request.key[:-2]:
             self._count(request).drops += 1
             return reply, None, None
-        category = quick_classify(wire, request.qtype)
+        category = quick_classify(wire, request.qtype, question_end)
         if category is None:
             if msg is None:
                 try:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import trio
 
 from pycorefile import Directive, PluginError, Reply, Request, SetupContext, Wrapper
-from pycorefile._contract import STACKTRACE
+from pycorefile.plugin import with_stacktrace
 
 from ._parse import Consolidate, ErrorsConfig, parse_errors
 
@@ -54,7 +54,7 @@ class ErrorsPlugin(Wrapper):
         if isinstance(exc, PluginError):
             self.failed(request, exc)
         elif self.config.stacktrace:
-            setattr(exc, STACKTRACE, True)
+            with_stacktrace(exc)
         raise exc
 
     def failed(self, request: Request, exc: PluginError) -> None:

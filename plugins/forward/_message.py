@@ -20,10 +20,11 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from pycorefile.wire import HEADER_LEN, OUR_PAYLOAD, TYPE_OPT, WireError, read_query, skip_name
+from pycorefile.response import ADDITIONAL, records
+from pycorefile.wire import HEADER_LEN, OUR_PAYLOAD, TYPE_OPT, WireError, read_query
 
 _U16 = struct.Struct(">H")
-_HEADER_COUNTS = struct.Struct(">HHHH")
+_HEADER_COUNTS = struct.Struct(">HHH")
 _OUR_PAYLOAD = _U16.pack(OUR_PAYLOAD)
 _ERRORS_WITHOUT_QUESTION = frozenset(
     {dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP, dns.rcode.REFUSED}
@@ -93,7 +94,7 @@ def check_reply(data: bytes, qid: int, question: Question) -> Checked | None:
     """The reply's layout when it answers our query, else None (drop it and wait on)."""
     if len(data) < HEADER_LEN or _U16.unpack_from(data)[0] != qid or not data[2] & FLAG_QR:
         return None
-    qdcount, ancount, nscount, arcount = _HEADER_COUNTS.unpack_from(data, 4)
+    qdcount, ancount, nscount = _HEADER_COUNTS.unpack_from(data, 4)
     rcode = data[3] & 0xF
     truncated = bool(data[2] & FLAG_TC)
     if qdcount == 0:
@@ -110,23 +111,15 @@ def check_reply(data: bytes, qid: int, question: Question) -> Checked | None:
     ):
         return None
     offset = name_end + 4
-    size = len(data)
     opt_start = opt_end = opt_payload = 0
-    first_additional = ancount + nscount
     try:
-        for index in range(ancount + nscount + arcount):
-            start = offset
-            end = skip_name(data, offset)
-            if end + 10 > size:
-                return None
-            offset = end + 10 + _U16.unpack_from(data, end + 8)[0]
-            if offset > size:
-                return None
-            if index >= first_additional and _U16.unpack_from(data, end)[0] == TYPE_OPT:
+        for section, rtype, _rclass, ttl, name_at, rdata_at, rdata_end in records(data, offset):
+            offset = rdata_end
+            if rtype == TYPE_OPT and section == ADDITIONAL:
                 if opt_start:
                     return None  # two OPT records: malformed (RFC 6891 section 6.1.1)
-                opt_start, opt_end, opt_payload = start, offset, end + 2
-                rcode |= data[end + 4] << 4
+                opt_start, opt_end, opt_payload = name_at, rdata_end, rdata_at - 8
+                rcode |= (ttl >> 24) << 4
     except WireError:
         return None
     return Checked(offset, rcode, opt_start, opt_end, opt_payload, truncated)

@@ -21,7 +21,6 @@ import outcome
 import trio
 
 from pycorefile import Directive, Pending, Plugin, PluginError, Request, Result, SetupContext
-from pycorefile._chain import End
 
 from ._message import Checked, Question, client_reply, new_id, probe_query, rcode_label
 from ._message import with_id as _with_id
@@ -420,7 +419,7 @@ class ForwardPlugin(Plugin):
                 return reply
             if index + 1 < len(covering):
                 continue
-            if isinstance(self.next, End):
+            if self.is_last:
                 return reply  # no plugin after us: the upstream's answer stands
             # The next plugin writes the reply: it is credited, not us (we were
             # credited when we started waiting).

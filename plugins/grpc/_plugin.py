@@ -134,7 +134,11 @@ class GrpcPlugin(Plugin):
             self.stats.response(to, rcode, time.perf_counter() - started)
             if not answers(request, reply):
                 return request.error(dns.rcode.FORMERR)
-            if rcode == dns.rcode.NXDOMAIN and self.config.fallthrough.through(request.name):
+            if (
+                rcode == dns.rcode.NXDOMAIN
+                and self.config.fallthrough.through(request.name)
+                and not self.is_last  # no plugin to fall through to: the NXDOMAIN stands
+            ):
                 return self.next.handle(request)
             return reply
         if self.config.fallthrough.through(request.name):

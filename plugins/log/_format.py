@@ -17,8 +17,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from pycorefile import Request
-
-from ._classify import class_of, typify
+from pycorefile.response import reply_class, typify
 
 COMMON_FORMAT = (
     '{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}" '
@@ -129,8 +128,8 @@ LABELS: dict[str, str] = {
 """Every placeholder of CoreDNS's replacer, with the expression giving its value."""
 
 METADATA: dict[str, str] = {
-    "log/type": "typify(r, w)",
-    "log/class": "class_of(typify(r, w))",
+    "log/type": "typify(w)",
+    "log/class": "reply_class(typify(w))",
 }
 """``{/label}`` values we can give without a metadata plugin; any other is ``-``."""
 
@@ -147,7 +146,7 @@ _NAMESPACE = {
     "bracketed": bracketed,
     "go_seconds": go_seconds,
     "typify": typify,
-    "class_of": class_of,
+    "reply_class": reply_class,
     "json_string": json.dumps,
 }
 

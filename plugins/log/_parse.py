@@ -6,10 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pycorefile import Directive, SetupError, check_args
+from pycorefile.response import ReplyClass
 from pycorefile.zones import ZoneError, normalize_zone
 
-from ._classify import CLASSES
 from ._format import COMMON_FORMAT, expand_format
+
+_CLASSES = frozenset(ReplyClass)
+"""The classes a ``class`` line may name (CoreDNS's ``response.ClassFromString``)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def _parse_classes(d: Directive) -> frozenset[str]:
             raise SetupError(f"unknown property '{option.name}'", option)
         check_args(option, 1)
         for i, value in enumerate(option.args):
-            if value not in CLASSES:
+            if value not in _CLASSES:
                 raise SetupError(f"invalid Class: {value}", option, i)
             found.add(value)
     return frozenset(found or {"all"})

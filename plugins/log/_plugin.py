@@ -9,9 +9,9 @@ from time import perf_counter
 import dns.rcode
 
 from pycorefile import Directive, PluginError, Reply, Request, SetupContext, Wrapper
+from pycorefile.response import reply_class, typify
 from pycorefile.zones import in_zone
 
-from ._classify import class_of, typify
 from ._format import Render, compile_format
 from ._parse import LogRule, parse_log
 from ._writer import MAX_LINES, LineWriter
@@ -126,7 +126,7 @@ class LogPlugin(Wrapper):
             return None
 
     def _emit(self, rule: _Compiled, request: Request, wire: bytes) -> None:
-        if rule.classes is not None and class_of(typify(request, wire)) not in rule.classes:
+        if rule.classes is not None and reply_class(typify(wire)) not in rule.classes:
             return
         self.writer.write(rule.render(request, wire, perf_counter() - request.started))
 

@@ -20,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 
 from pycorefile import Request, SetupContext, __version__
-from pycorefile._types import Client, Route
 from pycorefile.metrics import TIME_BUCKETS, bucket_labels
+from pycorefile.plugin import Client, Route
 
 DURATION_BUCKETS = TIME_BUCKETS
 """CoreDNS's ``ExponentialBuckets(0.00025, 2, 16)``: 0.25 ms to about 8 s."""

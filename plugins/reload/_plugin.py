@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pycorefile import Directive, Plugin, SetupContext, SetupError, check_args, parse_duration
-from pycorefile._app import BLOCKS_KEY, Runner, checksum
 from pycorefile.corefile import CorefileError, ServerBlock
+from pycorefile.plugin import Reloader
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -63,27 +63,28 @@ def blocks_digest(blocks: Iterable[ServerBlock]) -> str:
     return hashlib.sha512(text.encode()).hexdigest()
 
 
-def corefile_digest(runner: Runner) -> str:
-    """The digest of the Corefile as it is on disk now.
+def corefile_digest(reloader: Reloader) -> str:
+    """The digest of the Corefile as it is on disk now (reads and parses it: blocking).
 
     When it does not parse, the digest of its bytes stands in, so a broken
     edit is still a change: the reload is tried, fails, and is counted.
     """
     try:
-        source = runner.source.reread(runner.dns_port)
-        return blocks_digest(runner.parse(source.text, source.filename))
+        return blocks_digest(reloader.read_corefile())
     except (CorefileError, OSError, ValueError):
-        return "unparsed:" + files_checksum(runner)
+        return "unparsed:" + files_checksum(reloader)
 
 
-def watched_files(runner: Runner) -> list[str]:
-    """The Corefile and its imports as served, or the Corefile alone before that."""
-    return runner.files() or ([runner.source.path] if runner.source.path else [])
-
-
-def files_checksum(runner: Runner) -> str:
-    """The checksum of the bytes of the Corefile and its imports (reads them)."""
-    return checksum(watched_files(runner))
+def files_checksum(reloader: Reloader) -> str:
+    """The checksum of the bytes of the Corefile and its imports (reads them: blocking)."""
+    digest = hashlib.sha512()
+    for path in reloader.files():
+        try:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        except OSError:
+            digest.update(b"\0missing\0" + path.encode())
+    return digest.hexdigest()
 
 
 class ReloadPlugin(Plugin):
@@ -97,10 +98,10 @@ class ReloadPlugin(Plugin):
     serves_queries = False
 
     def __init__(
-        self, config: ReloadConfig, runner: Runner | None, active: bool, digest: str = ""
+        self, config: ReloadConfig, reloader: Reloader | None, active: bool, digest: str = ""
     ) -> None:
         self.config = config
-        self.runner = runner
+        self.reloader = reloader
         self.active = active
         jitter = config.jitter
         self.period = config.interval + (random.uniform(-jitter / 2, jitter / 2) if jitter else 0)
@@ -114,44 +115,39 @@ class ReloadPlugin(Plugin):
     @classmethod
     def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> ReloadPlugin:
         config = parse_reload(directives)
-        runner = ctx.shared.get("runner")
-        runner = runner if isinstance(runner, Runner) else None
+        reloader = ctx.reloader
         active = ACTIVE_KEY not in ctx.shared
         ctx.shared[ACTIVE_KEY] = True
         digest = ""
-        if runner is not None and active:
+        if reloader is not None and active:
             # The blocks this configuration is being built from: no second parse.
-            blocks = ctx.shared.get(BLOCKS_KEY)
-            digest = blocks_digest(blocks) if isinstance(blocks, list) else corefile_digest(runner)
-        return cls(config, runner, active, digest)
-
-    def _retired(self, runner: Runner) -> bool:
-        """True once a newer configuration serves: its own reload plugin watches now."""
-        current = runner.server.config
-        return current is not None and all(p is not self for p in current.plugins)
+            digest = blocks_digest(ctx.blocks) if ctx.blocks else corefile_digest(reloader)
+        return cls(config, reloader, active, digest)
 
     async def run(self) -> None:
-        runner = self.runner
-        if runner is None or not self.active:
+        reloader = self.reloader
+        if reloader is None or not self.active:
             return
         log.info("plugin/reload: Running configuration SHA512 = %s", self.digest)
         while True:
             await trio.sleep(self.period)
-            if self._retired(runner):
-                return
+            if not reloader.serves(self):
+                return  # a newer configuration serves: its own reload plugin watches now
             # Reading the files and parsing (a child process) block: off the event loop.
-            raw = await trio.to_thread.run_sync(files_checksum, runner)
+            raw = await trio.to_thread.run_sync(files_checksum, reloader)
             if raw == self._bytes_seen:
                 continue
             self._bytes_seen = raw
-            digest = await trio.to_thread.run_sync(corefile_digest, runner)
+            digest = await trio.to_thread.run_sync(corefile_digest, reloader)
             if digest == self._seen:
                 continue
             self._seen = digest
             if digest == self.digest:
                 continue  # edited back to what is serving: nothing to do
             try:
-                reloaded = await runner.reload("plugin/reload: Corefile changed but reload failed")
+                reloaded = await reloader.reload(
+                    "plugin/reload: Corefile changed but reload failed"
+                )
             except Exception:
                 # A bug, not a bad Corefile: keep serving and keep watching.
                 log.exception("plugin/reload: reload failed")

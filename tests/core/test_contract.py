@@ -35,8 +35,9 @@ from pycorefile import (
     then,
     within,
 )
-from pycorefile._chain import End, Step, compile_chain, known_path
+from pycorefile._chain import Step, compile_chain, known_path
 from pycorefile._contract import plugin_of
+from pycorefile.plugin import End
 from pycorefile.testing import make_query
 
 

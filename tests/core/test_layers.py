@@ -26,10 +26,10 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_version", "metrics", "corefile", "capture", "changes", "files", "re2", "kube"),
     ("_wire", "_zones"),
-    ("_types", "wire", "zones", "rename"),
+    ("_types", "wire", "zones", "response"),
     ("_request", "http"),
     ("_contract",),
-    ("plugin",),
+    ("plugin", "rename"),
     ("_chain", "_registry"),
     ("_config",),
     ("_dispatch",),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import dns.flags
 import dns.message
@@ -14,10 +14,18 @@ import dns.rdatatype
 import pytest
 import trio
 
-from pycorefile import Server, open_server
+from pycorefile import (
+    Directive,
+    Plugin,
+    Request,
+    Server,
+    SetupContext,
+    load_config,
+    open_server,
+)
 from pycorefile._server import ServerOptions
 from pycorefile._tcp import TcpLimits
-from pycorefile.testing import make_query, query, query_wire
+from pycorefile.testing import make_query, query, query_wire, scrape, serve
 
 from .fixtures import registry
 
@@ -289,3 +297,68 @@ async def test_ipv6_loopback_listener() -> None:
     async with open_server(corefile, registry=registry()) as srv:
         reply = await query(("::1", srv.port()), "example.org", "AAAA")
         assert reply.additional[0][0].address == "::1"
+
+
+async def test_a_listener_removed_by_a_reload_stops_answering() -> None:
+    two = ".:0 {\n    bind 127.0.0.1\n    whoami\n}\n.:0 {\n    bind 127.0.0.2\n    whoami\n}\n"
+    one = ".:0 {\n    bind 127.0.0.1\n    whoami\n}\n"
+    async with open_server(two, registry=registry()) as srv:
+        kept = ("127.0.0.1", srv.port(("dns", "127.0.0.1", 0)))
+        removed = ("127.0.0.2", srv.port(("dns", "127.0.0.2", 0)))
+        assert (await query(removed, "example.org", "A")).rcode() == dns.rcode.NOERROR
+        await srv.reload(load_config(one, registry=registry()))
+        assert (await query(kept, "example.org", "A")).rcode() == dns.rcode.NOERROR
+        assert not await answers(removed)
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream(*removed)
+        assert [key for key in srv.listeners] == [("dns", "127.0.0.1", 0)]
+        with trio.fail_after(5):
+            while any(host == "127.0.0.2" for _proto, host, _port in srv.addresses):
+                await trio.sleep(0.05)
+
+
+async def answers(address: tuple[str, int]) -> bool:
+    """True when a UDP query to ``address`` gets a reply within a second."""
+    try:
+        return await query_wire(address, make_query("example.org").to_wire(), timeout=1) is not None
+    except ConnectionRefusedError:
+        return False  # the port is closed (ICMP port unreachable)
+
+
+class RaisingObserver:
+    """A reply observer (as a metrics plugin registers) that raises on every reply."""
+
+    def observe(self, request: Request, wire: bytes) -> None:
+        raise RuntimeError("observer bug")
+
+    def observe_known(self, *args: object) -> None:
+        raise RuntimeError("observer bug on the fast path")
+
+
+class BadMetrics(Plugin):
+    """Registers ``RaisingObserver`` at setup; serves no queries itself."""
+
+    serves_queries = False
+
+    @classmethod
+    def setup(cls, directives: Sequence[Directive], ctx: SetupContext) -> BadMetrics:
+        ctx.shared["reply_observers"].append(RaisingObserver())
+        return cls()
+
+
+async def test_a_raising_reply_observer_is_contained_logged_once_and_counted_as_a_panic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    corefile = (
+        ".:0 {\n    bind 127.0.0.1\n    prometheus 127.0.0.1:0\n    badmetrics\n"
+        "    cache\n    whoami\n}\n"
+    )
+    async with serve(corefile, plugins={"badmetrics": BadMetrics}) as srv:
+        for proto in ("udp", "udp", "tcp", "udp"):  # the second and later: cache hits
+            reply = await query(srv, "example.org", "A", proto=proto)
+            assert reply.rcode() == dns.rcode.NOERROR
+        metrics = await scrape(srv)
+    assert metrics.value("coredns_panics_total") == 4
+    assert metrics.value("coredns_cache_hits_total") == 3  # the fast path was taken
+    failures = [r for r in caplog.records if "reply observer" in r.getMessage()]
+    assert len(failures) == 1

@@ -6,6 +6,10 @@ allows must never reach a client it does not (16.7). Two clients on their own
 loopback addresses; the real autopath, acl, cache, meshhosts and forward.
 """
 
+# The shared fixtures (upstream, resolv) are imported by name for pytest to find,
+# and taken by the tests as parameters of the same name.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -19,9 +23,18 @@ import pytest
 from pycorefile import Request, Server
 from pycorefile._contract import settle
 from pycorefile.testing import Upstream, make_query, serve
-from pycorefile_plugins.autopath import AutopathPlugin
+from tests.plugins.autopath_fixtures import (
+    DB,
+    EXT,
+    PP,
+    S0,
+    autopath_of,
+    cname,
+    records,
+    resolv,  # noqa: F401
+    running_upstream,
+)
 from tests.plugins.test_acl import ask, extended_errors
-from tests.plugins.test_autopath import DB, EXT, PP, S0, UPSTREAM_RECORDS, cname, records
 
 ALLOWED = "127.0.0.2"
 OTHER = "127.0.0.3"
@@ -50,23 +63,9 @@ ONLY_ALLOWED = "acl {\n        allow net 127.0.0.2\n        %s\n    }"
 
 
 @pytest.fixture
-def resolv(tmp_path: Path) -> Path:
-    path = tmp_path / "resolv.conf"
-    path.write_text("nameserver 127.0.0.1\nsearch example.internal corp.test\noptions ndots:5\n")
-    return path
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
-    async with Upstream(records=dict(UPSTREAM_RECORDS), host="127.0.0.9").running() as up:
+    async with running_upstream("127.0.0.9") as up:  # not a client address of the tests
         yield up
-
-
-def autopath_of(server: Server) -> AutopathPlugin:
-    assert server.config is not None
-    (plugin,) = server.config.find("autopath")
-    assert isinstance(plugin, AutopathPlugin)
-    return plugin
 
 
 async def chain_serve(server: Server, name: str, client: str) -> dns.message.Message:

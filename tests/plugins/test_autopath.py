@@ -7,6 +7,10 @@ behaviour with the real cache, meshhosts and forward plugins is in
 ``test_autopath_chain.py``.
 """
 
+# The shared fixtures (upstream, resolv) are imported by name for pytest to find,
+# and taken by the tests as parameters of the same name.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import socket
@@ -33,13 +37,23 @@ from pycorefile import (
     SetupError,
     then,
 )
-from pycorefile._config import Config
 from pycorefile._contract import settle
 from pycorefile._registry import Registry
 from pycorefile._wire import PreparedReply
 from pycorefile.testing import Upstream, make_query, query, serve
 from pycorefile_plugins.autopath import AutopathPlugin
 from pycorefile_plugins.bind import BindPlugin
+from tests.plugins.autopath_fixtures import (
+    DB,
+    EXT,
+    PP,
+    REVIEWS,
+    S0,
+    cname,
+    config_of,
+    records,
+    upstream,  # noqa: F401
+)
 
 SEARCH = "ns1.svc.cluster.local svc.cluster.local cluster.local example.internal corp.test"
 TABLE_TTL = 30
@@ -180,12 +194,6 @@ class ForwardPlugin(Plugin):
         return request.error(dns.rcode.SERVFAIL)
 
 
-def config_of(server: Server) -> Config:
-    """The configuration a running server serves."""
-    assert server.config is not None
-    return server.config
-
-
 def registry() -> Registry:
     return Registry.from_classes(
         {
@@ -218,43 +226,11 @@ def corefile(upstream: Upstream, autopath: str = "autopath @aptable", search: st
 """
 
 
-UPSTREAM_RECORDS = {
-    ("www.external.test.", "A"): ["192.0.2.9"],
-    ("db.example.internal.", "A"): ["192.0.2.10"],
-    ("db.example.internal.", "AAAA"): ["2001:db8::10"],
-}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with Upstream(records=dict(UPSTREAM_RECORDS), host="127.0.0.2").running() as up:
-        yield up
-
-
 @pytest.fixture
 async def server(upstream: Upstream) -> AsyncIterator[Server]:
     async with serve(corefile(upstream), registry=registry()) as srv:
         yield srv
 
-
-def records(msg: dns.message.Message) -> list[tuple[str, str, str]]:
-    """The answer section as (owner as sent, type, rdata) rows."""
-    return [
-        (rrset.name.to_text(), dns.rdatatype.to_text(rrset.rdtype), rdata.to_text())
-        for rrset in msg.answer
-        for rdata in rrset
-    ]
-
-
-def cname(owner: str, target: str) -> tuple[str, str, str]:
-    return (owner, "CNAME", target)
-
-
-PP = "productpage.ns1.svc.cluster.local."
-S0 = "ns1.svc.cluster.local."
-EXT = "www.external.test."
-DB = "db.example.internal."
-REVIEWS = "reviews.ns2.svc.cluster.local."
 
 CASES = [
     # (asked name, type, rcode, answer rows)

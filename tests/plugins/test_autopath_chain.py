@@ -5,6 +5,10 @@ The same table of lookups as ``test_autopath.py``, over UDP and TCP, now with
 counts what reaches it.
 """
 
+# The shared fixtures (upstream, resolv) are imported by name for pytest to find,
+# and taken by the tests as parameters of the same name.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -19,16 +23,17 @@ import trio
 from pycorefile import Pending, Request, Server
 from pycorefile.testing import Upstream, make_query, query, serve
 from pycorefile_plugins.autopath import AutopathPlugin
-from tests.plugins.test_autopath import (
+from tests.plugins.autopath_fixtures import (
     DB,
     EXT,
     PP,
     REVIEWS,
     S0,
-    UPSTREAM_RECORDS,
     cname,
     config_of,
     records,
+    resolv,  # noqa: F401
+    upstream,  # noqa: F401
 )
 
 MESH_TTL = 30
@@ -53,19 +58,6 @@ def corefile(upstream: Upstream, resolv: Path, autopath: str = "autopath @meshho
     forward . {upstream.address}
 }}
 """
-
-
-@pytest.fixture
-def resolv(tmp_path: Path) -> Path:
-    path = tmp_path / "resolv.conf"
-    path.write_text("nameserver 127.0.0.1\nsearch example.internal corp.test\noptions ndots:5\n")
-    return path
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with Upstream(records=dict(UPSTREAM_RECORDS), host="127.0.0.2").running() as up:
-        yield up
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pycorefile import Pending, Request, Server
 from pycorefile._contract import settle
 from pycorefile.testing import Upstream, make_query, query, serve
-from tests.plugins.test_autopath import config_of
+from tests.plugins.autopath_fixtures import config_of
 from tests.plugins.test_cache import http_get
 from tests.process import free_port
 

@@ -290,3 +290,11 @@ def test_setup_errors(line: str, message: str, column: int) -> None:
     assert message in text, text
     where = text.split(" - ")[0]
     assert where.startswith("Corefile:") and where.endswith(f":{column}"), text
+
+
+async def test_nxdomain_stands_with_fallthrough_but_no_plugin_after() -> None:
+    with grpc_upstream() as up:
+        corefile = f". {{\n  grpc . {up.address} {{\n    fallthrough\n  }}\n}}\n"
+        async with serve(corefile) as server:
+            reply = await query(server, "nothing.example.org.")
+            assert reply.rcode() == dns.rcode.NXDOMAIN

@@ -23,6 +23,7 @@ from pycorefile import (
     Reply,
     Request,
     Result,
+    ServerOptions,
     SetupContext,
     load_config,
     open_server,
@@ -48,10 +49,11 @@ from pycorefile_plugins.whoami import WhoamiPlugin
 
 class AnswersPlugin(Plugin):
     """Answers by the first label: ok (A), nx (NXDOMAIN+SOA), nodata, deleg (NS), fail (SERVFAIL),
-    drop (no reply), boom (raises), wait (answers only after waiting), hang (waits until
-    cancelled); for the reply types: nxbare (NXDOMAIN, no SOA), empty (NOERROR, nothing),
-    nxanswer (NXDOMAIN with an A), refused, notimp, badvers (extended rcode 16), expired and
-    signed (an A with an RRSIG out of and in its validity period)."""
+    drop (no reply), boom (raises), wait (answers only after waiting), late (answers after
+    0.6 s), hang (waits until cancelled); for the reply types: nxbare (NXDOMAIN, no SOA),
+    empty (NOERROR, nothing), nxanswer (NXDOMAIN with an A), refused, notimp, badvers
+    (extended rcode 16), expired and signed (an A with an RRSIG out of and in its validity
+    period)."""
 
     after = "cache"
 
@@ -71,6 +73,8 @@ class AnswersPlugin(Plugin):
             return Pending(self._answer_later(request))
         if label == "hang":
             return Pending(self._hang())
+        if label == "late":
+            return Pending(self._answer_later(request, 0.6))
         if label == "drop":
             return b""  # silence, as the acl plugin's drop
         if label == "boom":
@@ -103,8 +107,8 @@ class AnswersPlugin(Plugin):
             reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "RRSIG", sig))
         return reply
 
-    async def _answer_later(self, request: Request) -> Reply:
-        await trio.sleep(0.01)
+    async def _answer_later(self, request: Request, seconds: float = 0.01) -> Reply:
+        await trio.sleep(seconds)
         reply = request.reply()
         reply.answer.append(dns.rrset.from_text(request.qname, 60, "IN", "A", "192.0.2.9"))
         return reply
@@ -294,7 +298,7 @@ EVERY_PLACEHOLDER = (
         ("nx.test.", "AAAA", ("NXDOMAIN", "qr,aa,rd", "NXDOMAIN", "denial")),
         ("nodata.test.", "MX", ("NOERROR", "qr,aa,rd", "NODATA", "denial")),
         ("deleg.test.", "NS", ("NOERROR", "qr,rd", "DELEGATION", "success")),
-        ("fail.test.", "TXT", ("SERVFAIL", "qr,rd", "SERVERROR", "error")),
+        ("fail.test.", "TXT", ("SERVFAIL", "qr,rd", "SERVERERROR", "error")),
     ],
 )
 async def test_every_placeholder_read_back(
@@ -406,8 +410,8 @@ TYPIFY_CASES = [
     ("nx", "A", False, "NXDOMAIN", "denial"),
     ("nxbare", "A", False, "NXDOMAIN", "denial"),  # NXDOMAIN without an SOA: still a denial
     ("nodata", "A", False, "NODATA", "denial"),
-    ("fail", "A", False, "SERVERROR", "error"),
-    ("notimp", "A", False, "SERVERROR", "error"),
+    ("fail", "A", False, "SERVERERROR", "error"),
+    ("notimp", "A", False, "SERVERERROR", "error"),
     ("refused", "A", False, "OTHERERROR", "error"),
     ("nxanswer", "A", False, "OTHERERROR", "error"),  # NXDOMAIN with records
     ("badvers", "A", True, "OTHERERROR", "error"),  # extended rcode 16, header NOERROR
@@ -501,6 +505,31 @@ async def test_a_wait_cancelled_is_logged_as_servfail(capsys: pytest.CaptureFixt
             while not answers.cancelled:
                 await trio.sleep(0.01)
     assert log_lines(capsys.readouterr().out) == ["[INFO] hang.test. SERVFAIL"]
+
+
+async def test_the_query_deadline_cancels_the_wait_and_logs_servfail_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Past the server's query deadline the client gets SERVFAIL and the plugins' wait is
+    cancelled: log writes SERVFAIL once, never the rcode of an answer that comes later."""
+    corefile = block('    log . "{name} {rcode}"')
+    options = ServerOptions(query_deadline=0.2)
+    async with open_server(corefile, registry=registry(), options=options) as server:
+        assert server.config is not None
+        answers = server.config.find("answers")[0]
+        assert isinstance(answers, AnswersPlugin)
+        for name in ("hang.test.", "late.test."):
+            reply = await query(server, name, "A", timeout=5)
+            assert reply.rcode() == dns.rcode.SERVFAIL
+        with trio.fail_after(5):
+            while not answers.cancelled:
+                await trio.sleep(0.01)
+        await trio.sleep(0.8)  # past the moment the late answer would have come
+        assert answers.hanging == 1
+        assert log_lines(capsys.readouterr().out) == [
+            "[INFO] hang.test. SERVFAIL",
+            "[INFO] late.test. SERVFAIL",
+        ]
 
 
 async def test_a_dropped_query_has_no_rcode(capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,7 @@ import trio
 from pycorefile import Directive, Plugin, Server, SetupContext
 from pycorefile._app import user_facing
 from pycorefile._registry import Registry
-from pycorefile._server import StartupError
+from pycorefile.plugin import StartupError
 from pycorefile.testing import Upstream, make_query, query, serve
 from pycorefile_plugins.bind import BindPlugin
 from pycorefile_plugins.forward import ForwardPlugin

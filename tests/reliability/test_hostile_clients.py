@@ -26,7 +26,7 @@ import trio
 from pycorefile import Server, ServerOptions
 from pycorefile._conn import ACCEPT_BATCH, ConnectionBudget, Slots, accept_connections
 from pycorefile._http import HttpLimits
-from pycorefile.testing import Upstream, make_query, query, serve
+from pycorefile.testing import Upstream, closed_by_server, make_query, query, serve
 from tests.process import ServerProcess, free_port
 
 from ._support import (
@@ -92,18 +92,6 @@ async def read_frame(sock: trio.socket.SocketType, timeout: float = 10.0) -> byt
                 return None
             buf += chunk
     return buf[2:]
-
-
-async def closed_by_server(sock: trio.socket.SocketType, timeout: float = 10.0) -> bool:
-    """True when the server closes (or resets) the connection within ``timeout``."""
-    with trio.move_on_after(timeout):
-        try:
-            while await sock.recv(65535):
-                pass
-        except OSError:
-            pass
-        return True
-    return False
 
 
 async def tcp_answered(port: int) -> bool:

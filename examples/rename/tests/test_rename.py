@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -22,10 +22,7 @@ import trio
 from pycorefile_rename import (
     RenameConfig,
     RenamePlugin,
-    Rule,
     parse_rename,
-    rename_reply,
-    rename_wire,
 )
 
 from pycorefile import (
@@ -38,6 +35,7 @@ from pycorefile import (
     SetupContext,
     load_config,
 )
+from pycorefile.rename import SuffixRename
 from pycorefile.testing import (
     NextHandler,
     Upstream,
@@ -80,7 +78,10 @@ def directive(*args: str, block: tuple[Directive, ...] | None = None) -> Directi
 def test_parse_puts_the_most_specific_rule_first() -> None:
     config = parse_rename([directive("Old.Test", "new.test."), directive("a.old.test.", "b.test.")])
     assert config == RenameConfig(
-        (Rule(name("a.old.test."), name("b.test.")), Rule(name("old.test."), name("new.test.")))
+        (
+            SuffixRename(name("a.old.test."), name("b.test.")),
+            SuffixRename(name("old.test."), name("new.test.")),
+        )
     )
 
 
@@ -107,20 +108,6 @@ def test_setup_errors_point_at_the_argument(line: str, message: str) -> None:
     assert str(caught.value).startswith(message)
 
 
-def wire(text: str) -> bytes:
-    return name(text).to_wire() or b""
-
-
-def test_rule_covers_names_at_or_under_its_source_only() -> None:
-    rule = Rule(name("old.test."), name("new.test."))
-    assert rule.covers(wire("old.test.")) and rule.covers(wire("www.old.test."))
-    assert not rule.covers(wire("xold.test.")) and not rule.covers(wire("test."))
-    # One label "a\x03old" whose last bytes look like the suffix: not under old.test.
-    assert not rule.covers(wire("a\\003old.test."))
-    assert wire("a\\003old.test.").endswith(wire("old.test."))
-    assert Rule(name("."), name("new.test.")).covers(wire("anything.example."))
-
-
 def test_the_entry_point_names_the_plugin_class() -> None:
     project = tomllib.loads((HERE / "pyproject.toml").read_text())
     (group,) = project["project"]["entry-points"].values()
@@ -135,101 +122,7 @@ def test_it_runs_just_before_the_cache() -> None:
     assert names == ["bind", "acl", "rename", "cache", "forward"]
 
 
-# -- The reply renamed on its bytes, and on the parsed message: the same answer ----------
-
-SOA = "new.test. 60 IN SOA ns.new.test. admin.new.test. 1 3600 600 86400 60"
-REPLIES: list[tuple[str, str, str, list[str], list[str]]] = [
-    # (rule, asked, renamed, answer records, authority records); @ is the renamed question
-    ("old.test. new.test.", "www.old.test.", "www.new.test.", ["@ 300 IN A 192.0.2.1"], []),
-    ("old.test. new.test.", "WwW.OLD.test.", "WwW.new.test.", ["@ 300 IN A 192.0.2.1"], []),
-    ("old.test. new.test.", "a.b.old.test.", "a.b.new.test.",
-     ["@ 300 IN CNAME web.new.test.", "web.new.test. 300 IN CNAME b.new.test.",
-      "b.new.test. 60 IN A 192.0.2.2", "cdn.example. 60 IN A 192.0.2.3"], []),
-    ("old.test. new.test.", "x.old.test.", "x.new.test.", [], [SOA]),
-    ("old.test. new.test.", "old.test.", "new.test.", ["@ 300 IN MX 10 mail.new.test."], [SOA]),
-    ("old.test. a-much-longer-name.example.", "www.old.test.",
-     "www.a-much-longer-name.example.", ["@ 300 IN CNAME x.www.a-much-longer-name.example.",
-                                         "x.www.a-much-longer-name.example. 1 IN A 192.0.2.4"], []),
-    ("a-much-longer-name.example. n.t.", "web.a-much-longer-name.example.", "web.n.t.",
-     ["@ 300 IN NS ns1.n.t.", "@ 300 IN NS ns2.elsewhere.", "@ 9 IN PTR web.n.t."], []),
-]  # fmt: skip
-
-
-def renamed_reply(renamed: str, answer: list[str], authority: list[str], edns: bool) -> bytes:
-    """The reply the rest of the chain gives to the renamed question, as bytes."""
-    reply = NextHandler(answer=answer, authority=authority, as_bytes=True).handle(
-        make_request(renamed, edns=edns)
-    )
-    assert isinstance(reply, bytes)
-    return reply
-
-
-@pytest.mark.parametrize("edns", [False, True])
-@pytest.mark.parametrize(("rule", "asked", "renamed", "answer", "authority"), REPLIES)
-def test_the_bytes_renamed_read_as_the_parsed_message_renamed(
-    rule: str, asked: str, renamed: str, answer: list[str], authority: list[str], edns: bool
-) -> None:
-    source, target = rule.split()
-    the_rule = Rule(name(source).canonicalize(), name(target).canonicalize())
-    reply = renamed_reply(renamed, answer, authority, edns)
-    fast = rename_wire(reply, the_rule, wire(asked), wire(renamed))
-    assert fast is not None, "the usual shape is renamed on its bytes"
-    parsed = rename_reply(dns.message.from_wire(reply), the_rule, name(asked), name(renamed))
-    from_bytes = dns.message.from_wire(fast)
-    assert from_bytes == parsed  # names compare without regard to case
-    assert from_bytes.question[0].name.to_text() == asked  # the client's case, exactly
-    assert len(fast) == len(reply) + len(wire(asked)) - len(wire(renamed))
-    assert not any(
-        rrset.name.is_subdomain(name(target))
-        for rrset in (*from_bytes.answer, *from_bytes.authority)
-    )
-
-
-def test_a_pointer_into_the_new_suffix_is_left_to_the_parsed_message() -> None:
-    """``ns.example.`` points at ``example.`` inside ``www.new.example.``: no byte renaming."""
-    rule = Rule(name("old.test."), name("new.example."))
-    reply = renamed_reply("www.new.example.", ["@ 60 IN NS ns.example."], [], False)
-    assert rename_wire(reply, rule, wire("www.old.test."), wire("www.new.example.")) is None
-    parsed = rename_reply(dns.message.from_wire(reply), rule, name("www.old.test."),
-                          name("www.new.example."))  # fmt: skip
-    assert texts(parsed) == ["www.old.test. NS ns.example."]
-
-
-def test_a_name_under_the_new_suffix_spelled_out_is_left_to_the_parsed_message() -> None:
-    rule = Rule(name("old.test."), name("new.test."))
-    reply = renamed_reply("www.new.test.", [], [], False)
-    spelled = wire("web.new.test.") + bytes.fromhex("0001 0001 0000003c 0004 c0000204")
-    raw = bytearray(reply + spelled)
-    raw[7] = 1  # one answer
-    assert rename_wire(bytes(raw), rule, wire("www.old.test."), wire("www.new.test.")) is None
-    parsed = rename_reply(dns.message.from_wire(bytes(raw)), rule, name("www.old.test."),
-                          name("www.new.test."))  # fmt: skip
-    assert texts(parsed) == ["web.old.test. A 192.0.2.4"]
-
-
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda r: r[:20],  # cut short
-        lambda r: r + b"\x00",  # trailing byte
-        lambda r: r[:5] + b"\x02" + r[6:],  # two questions
-        lambda r: r[:12] + b"\x03xyz" + r[16:],  # another question
-    ],
-)
-def test_bytes_that_are_not_the_usual_shape_are_not_renamed(
-    damage: Callable[[bytes], bytes],
-) -> None:
-    rule = Rule(name("old.test."), name("new.test."))
-    reply = renamed_reply("www.new.test.", ["@ 300 IN A 192.0.2.1"], [], True)
-    assert rename_wire(reply, rule, wire("www.old.test."), wire("www.new.test.")) is not None
-    assert rename_wire(damage(reply), rule, wire("www.old.test."), wire("www.new.test.")) is None
-
-
-def test_bytes_for_another_pair_of_names_are_not_renamed() -> None:
-    rule = Rule(name("old.test."), name("new.test."))
-    reply = renamed_reply("www.new.test.", ["@ 300 IN A 192.0.2.1"], [], False)
-    assert rename_wire(reply, rule, wire("web.old.test."), wire("www.new.test.")) is None
-    assert rename_wire(reply, rule, wire("www.other.test."), wire("www.new.test.")) is None
+# -- Through the test kit: no sockets ---------------------------------------------------
 
 
 def test_the_plugin_renames_bytes_as_bytes_and_falls_back_to_the_message() -> None:
@@ -240,9 +133,6 @@ def test_the_plugin_renames_bytes_as_bytes_and_falls_back_to_the_message() -> No
     result = chain(plugin, odd).handle(make_request("www.old.test."))
     assert isinstance(result, dns.message.Message)
     assert texts(result) == ["www.old.test. NS ns.example."]
-
-
-# -- Through the test kit: no sockets ---------------------------------------------------
 
 
 @pytest.mark.parametrize("as_bytes", [False, True])
