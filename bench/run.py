@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -98,7 +99,9 @@ def sidecar_queries(turn: int = 0) -> list[str]:
 # -- Servers ---------------------------------------------------------------------------
 
 
-def pycorefile_corefile(scenario: str, port: int, up: int, data: Data, metrics: int) -> str:
+def pycorefile_corefile(
+    scenario: str, port: int, up: int, data: Data, metrics: int, api_url: str = ""
+) -> str:
     # Authoritative for cluster.local, as the cluster DNS is: unknown names there
     # get NXDOMAIN with an SOA from the table; other names go to forward.
     mesh = (
@@ -116,8 +119,17 @@ def pycorefile_corefile(scenario: str, port: int, up: int, data: Data, metrics: 
         "miss": common + "    cache\n" + forward,
         "sidecar": example_body(up, data, metrics, log=False),
         "sidecar+log": example_body(up, data, metrics, log=True),
+        "kubernetes": common + kubernetes_body(api_url),
     }[scenario]
     return f".:{port} {{\n{body}}}\n"
+
+
+def kubernetes_body(api_url: str) -> str:
+    """The kubernetes plugin for cluster.local, synced from the API server at ``api_url``."""
+    return (
+        f"    kubernetes cluster.local {{\n        endpoint {api_url}\n"
+        "        startup_timeout 120s\n    }\n"
+    )
 
 
 def deployed_body(up: int, metrics: int) -> str:
@@ -168,11 +180,48 @@ def example_body(up: int, data: Data, metrics: int, log: bool) -> str:
 def run_pycorefile(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, int]]:
     port, metrics = free_port(), free_port()
     conf = data.dir / f"Corefile.{scenario}"
-    with pycorefile_process(
-        conf, pycorefile_corefile(scenario, port, up.port, data, metrics)
-    ) as proc:
-        wait_answering(port)
+    with ExitStack() as stack:
+        api_url = stack.enter_context(kube_api(data)) if scenario == "kubernetes" else ""
+        text = pycorefile_corefile(scenario, port, up.port, data, metrics, api_url)
+        proc = stack.enter_context(pycorefile_process(conf, text))
+        if api_url:  # it answers once the first sync is done (at most startup_timeout)
+            wait_answering(port, "svc1.ns2.svc.cluster.local", timeout=120)
+        else:
+            wait_answering(port)
         yield proc.pid, port
+
+
+@contextmanager
+def kube_api(data: Data) -> Iterator[str]:
+    """A Kubernetes API server on loopback holding the mesh's Services; yields its URL.
+
+    It is kmock's emulator as the tests run it (tests/plugins/kube_api.py), in a
+    thread of this process, not of the server measured: the same 10,000
+    Services (``svcN`` in ``nsM``, one ClusterIP each) as the mesh's hosts
+    file, and their 10 namespaces. Once listed, it only keeps the watches open.
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.plugins.kube_api import api_server, namespace, service
+
+    http = [{"name": "http", "port": 80, "protocol": "TCP"}]
+
+    services = []
+    for line in data.mesh_hosts.read_text().splitlines():
+        ip, host = line.split()
+        name, ns = host.split(".")[:2]
+        services.append(service(ns, name, [ip], http))
+    namespaces = sorted({s["metadata"]["namespace"] for s in services})
+
+    def fill(emulator: Any) -> None:
+        for ns in namespaces:
+            emulator.objects["v1/namespaces", None, ns] = namespace(ns)
+        for s in services:
+            meta = s["metadata"]
+            emulator.objects["v1/services", meta["namespace"], meta["name"]] = s
+
+    with api_server() as api:
+        api.call(fill)
+        yield api.url
 
 
 @contextmanager
@@ -189,7 +238,7 @@ def run_dnsmasq(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, 
         "--cache-size=10000",
         "--log-facility=/dev/null",
     ]
-    if scenario in ("mesh", "autopath", "sidecar", "sidecar+log"):
+    if scenario in ("mesh", "autopath", "sidecar", "sidecar+log", "kubernetes"):
         args += [f"--addn-hosts={data.mesh_hosts}", "--local-ttl=30", "--local=/cluster.local/"]
     if scenario in ("cache", "deployed", "cache+log", "miss", "sidecar", "sidecar+log"):
         args += [f"--server=127.0.0.1#{up.port}"]
@@ -197,7 +246,10 @@ def run_dnsmasq(scenario: str, data: Data, up: Upstream) -> Iterator[tuple[int, 
         args += ["--log-queries"]
     with process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         wait_answering(
-            port, "svc1.ns2.svc.cluster.local" if scenario == "mesh" else "name1.bench.test"
+            port,
+            "svc1.ns2.svc.cluster.local"
+            if scenario in ("mesh", "kubernetes")
+            else "name1.bench.test",
         )
         yield proc.pid, port
 
@@ -332,6 +384,8 @@ SCENARIOS = {
     "sidecar": ("sidecar mix: ndots:5 client, mesh and external", sidecar_queries, True, False),
     "sidecar+log": ("the sidecar mix with the log plugin on", sidecar_queries, True, False),
     "cache+log": ("cache hits with the log plugin on", cache_queries, True, False),
+    # Warmed: the plugin prepares a name's reply when first asked (meshhosts, all at load).
+    "kubernetes": ("kubernetes answers, 10,000 Services from the API", mesh_queries, True, False),
 }
 
 
