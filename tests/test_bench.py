@@ -158,3 +158,40 @@ def test_kubernetes_scale_loads_and_reports() -> None:
     assert re.search(r"^services\s+300\.000$", out, re.M), out
     assert re.search(r"^endpoints\s+600\.000$", out, re.M), out
     assert re.search(r"^slice_event_ms\s+\d+\.\d+$", out, re.M), out
+
+
+def test_the_kubernetes_scenario_answers_the_mesh_s_names_from_the_api(tmp_path: Path) -> None:
+    """pycorefile synced from the API server and dnsmasq from the hosts file give the same
+    answers to the names the scenario asks (its rate is measured by bench/run.py, not here)."""
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    bench = bench_run()
+    data = bench.Data(tmp_path)
+    text = bench.pycorefile_corefile("kubernetes", 1053, 1054, data, 1055, "http://127.0.0.1:1")
+    assert directives(text) == ["bind", "prometheus", "kubernetes"]
+    (block,) = load_config(text, dns_port=1053).blocks
+    assert block.known_by == "kubernetes"  # its prepared replies take the byte-level path
+    names = [line.split()[0] for line in bench.mesh_queries()]
+    assert len(names) == 10_000
+    no_upstream = bench.Upstream(0, None)  # neither server forwards in this scenario
+
+    def answers(port: int) -> list[tuple[str, list[str]]]:
+        out = []
+        for name in names[::397]:
+            reply = dns.query.udp(
+                dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=5
+            )
+            out.append(
+                (dns.rcode.to_text(reply.rcode()), [r.to_text() for a in reply.answer for r in a])
+            )
+        return out
+
+    with bench.run_pycorefile("kubernetes", data, no_upstream) as (_, ours):
+        from_api = answers(ours)
+    with bench.run_dnsmasq("kubernetes", data, no_upstream) as (_, theirs):
+        from_hosts = answers(theirs)
+    assert len(from_api) == 26
+    assert all(rcode == "NOERROR" and len(ips) == 1 for rcode, ips in from_api), from_api
+    assert from_api == from_hosts
