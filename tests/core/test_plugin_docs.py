@@ -7,6 +7,8 @@ repository's README.md links it from its Documentation list.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -77,3 +79,39 @@ def test_every_link_of_the_documentation_list_exists() -> None:
     assert targets
     missing = [target for target in targets if not (ROOT / target).exists()]
     assert not missing, f"README.md's Documentation list links missing files: {missing}"
+
+
+def toolkit_rows() -> list[tuple[str, str]]:
+    """docs/plugins.md's toolkit table: (module, what the row says of it)."""
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = text.split("## The toolkit", 1)[1]
+    return re.findall(r"^\| `(pycorefile[\w.]*)` \| (.*) \|$", section, re.M)
+
+
+def test_the_toolkit_lists_every_public_module() -> None:
+    listed = {module for module, _ in toolkit_rows()}
+    public = {
+        f"pycorefile.{path.stem}"
+        for path in (ROOT / "pycorefile").glob("*.py")
+        if not path.stem.startswith("_") and path.stem not in ("cli",)
+    } | {"pycorefile", "pycorefile.corefile"}
+    assert public <= listed, f"docs/plugins.md's toolkit lacks {sorted(public - listed)}"
+
+
+@pytest.mark.parametrize(
+    ("module_name", "row"), toolkit_rows(), ids=[module for module, _ in toolkit_rows()]
+)
+def test_the_names_the_toolkit_gives_are_exported(module_name: str, row: str) -> None:
+    """A name the toolkit row gives that the module has is in its ``__all__``."""
+    module = importlib.import_module(module_name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{module_name} has no __all__"
+    named = re.findall(r"`([A-Za-z_]\w*)(?:\(|`)", row)
+    present = [
+        name
+        for name in named
+        if hasattr(module, name) and not inspect.ismodule(getattr(module, name))
+    ]
+    assert present, f"the toolkit row of {module_name} names nothing it has"
+    missing = [name for name in present if name not in exported]
+    assert not missing, f"{module_name} has {missing} but does not export them (__all__)"
