@@ -2,6 +2,10 @@
 
 from ._allocator import (
     ENABLE_LABEL,
+    HASHED,
+    NO_NEW,
+    SCHEMES,
+    SEQUENTIAL,
     AllocationState,
     Allocator,
     HostEntry,
@@ -16,7 +20,11 @@ from ._state import StateError
 
 __all__ = [
     "ENABLE_LABEL",
+    "HASHED",
     "MISSING_MESHHOSTS",
+    "NO_NEW",
+    "SCHEMES",
+    "SEQUENTIAL",
     "AllocationService",
     "AllocationState",
     "Allocator",

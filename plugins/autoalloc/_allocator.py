@@ -9,9 +9,11 @@ explicitly, and a departed host's pair stays reserved for it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -21,6 +23,14 @@ ENABLE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 
 Pair = tuple[str, str]
 """(IPv4 address, IPv6 address) of one host."""
+
+HASHED = "hashed"
+"""A new host's pair is found from a hash of its name (the default): see ``probe_offsets``."""
+SEQUENTIAL = "sequential"
+"""A new host takes the next free pair after the last one handed out (Istio's v2 order)."""
+NO_NEW = "none"
+"""No new host gets a pair: the control plane (istiod) allocates; pairs held stay."""
+SCHEMES = (HASHED, SEQUENTIAL, NO_NEW)
 
 
 class HostEntry(Protocol):
@@ -119,6 +129,29 @@ class Pool:
         offset = int(ip) - int(net.network_address)
         return offset if 1 <= offset <= self.capacity else None
 
+    def probe_offsets(self, host: str) -> Iterator[int]:
+        """The offsets ``host`` tries, in order, under the hashed scheme: each offset once.
+
+        A function of the host name and the capacity only. SHA-256 of the
+        host (lowercased, no trailing dot) gives a home offset and a step
+        coprime with the capacity (double hashing), so the walk visits every
+        offset exactly once and two hosts that collide at home rarely
+        collide again. SHA-256 rather than Python's ``hash``: the latter
+        changes from process to process.
+        """
+        capacity = self.capacity
+        if capacity <= 0:
+            return
+        digest = hashlib.sha256(host_key(host).encode()).digest()
+        home = int.from_bytes(digest[:8], "big") % capacity
+        step = 1
+        if capacity > 2:
+            step = 1 + int.from_bytes(digest[8:16], "big") % (capacity - 1)
+            while math.gcd(step, capacity) != 1:
+                step = step % (capacity - 1) + 1
+        for i in range(capacity):
+            yield (home + i * step) % capacity + 1
+
     def holds(self, record: Record) -> bool:
         """True when both addresses of ``record`` lie in the prefixes, at allocatable offsets."""
         v4, v6 = _ip(record.ipv4), _ip(record.ipv6)
@@ -192,6 +225,13 @@ class Allocator:
     ``hold`` is how long (seconds) a departed host's pair stays reserved for
     it before it may go to another host, which happens only when no
     never-used address is left; None keeps reservations forever.
+
+    ``scheme`` decides where a new host's pair is searched for: ``hashed``
+    (the default) walks the host's own probe sequence (``Pool.probe_offsets``),
+    so its pair depends on its name and on the few hosts that collide with
+    it, not on how many hosts came before; ``sequential`` takes the next free
+    offset after the last one handed out; ``none`` gives no new host a pair
+    (the control plane allocates). Whatever the scheme, an assigned pair stays.
     """
 
     def __init__(
@@ -201,8 +241,12 @@ class Allocator:
         hold: float | None = 86400.0,
         clock: Callable[[], float] | None = None,
         state: AllocationState | None = None,
+        scheme: str = HASHED,
     ) -> None:
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown allocation scheme {scheme!r}")
         self.pool = pool
+        self.scheme = scheme
         self.hold = hold
         self.clock = clock or time.time
         self.state = AllocationState()
@@ -274,8 +318,10 @@ class Allocator:
 
         used = self._used_offsets(claimed)
         pending = sorted((o for k, o in owners.items() if k not in records), key=lambda o: o.order)
+        if self.scheme == NO_NEW:
+            pending = []  # the control plane allocates; its hosts never reach us
         for owner in pending:
-            pair = self._fresh_pair(used)
+            pair = self._fresh_pair(used, owner.host)
             if pair is None:
                 pair = self._reclaim(now, out)
             if pair is None:
@@ -305,11 +351,17 @@ class Allocator:
                     used.add(offset)
         return used
 
-    def _fresh_pair(self, used: set[int]) -> Pair | None:
-        """The next free offset from the cursor on, wrapping once; a full prefix gives None."""
+    def _fresh_pair(self, used: set[int], host: str) -> Pair | None:
+        """A free pair for ``host`` by the scheme; a full prefix gives None."""
         capacity = self.pool.capacity
         if len(used) >= capacity:
             return None
+        if self.scheme == HASHED:
+            for offset in self.pool.probe_offsets(host):
+                if offset not in used:
+                    used.add(offset)
+                    return self.pool.pair(offset)
+            return None  # pragma: no cover - len(used) < capacity guarantees a free offset
         state = self.state
         start = state.cursor if 1 <= state.cursor <= capacity else 1
         for step in range(capacity):

@@ -1,4 +1,4 @@
-"""``autoalloc [IPV4-PREFIX] [IPV6-PREFIX] { state PATH; hold DURATION; http ADDRESS }``."""
+"""``autoalloc [IPV4-PREFIX] [IPV6-PREFIX] { state; hold; http; assign }``: the config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pycorefile import Directive, SetupError, check_args, parse_duration
 from pycorefile.plugin import parse_http_address
 
-from ._allocator import Pool
+from ._allocator import HASHED, SCHEMES, Pool
 
 DEFAULT_IPV4 = "240.240.0.0/16"
 DEFAULT_IPV6 = "2001:2::/48"
@@ -27,6 +27,8 @@ class AutoAllocConfig:
     hold: float | None = DEFAULT_HOLD
     """Seconds a departed host's pair stays reserved; None: forever."""
     http: str = DEFAULT_HTTP
+    scheme: str = HASHED
+    """Where new hosts' pairs are searched for: ``hashed`` or ``sequential``."""
 
 
 def parse_autoalloc(directives: Sequence[Directive]) -> AutoAllocConfig:
@@ -58,9 +60,10 @@ def parse_autoalloc(directives: Sequence[Directive]) -> AutoAllocConfig:
     state: str | None = None
     hold: float | None = DEFAULT_HOLD
     http = DEFAULT_HTTP
+    scheme = HASHED
     seen: set[str] = set()
     for option in d.block or ():
-        if option.name not in ("state", "hold", "http"):
+        if option.name not in ("state", "hold", "http", "assign"):
             raise SetupError(f"unknown property '{option.name}'", option)
         if option.name in seen:
             raise SetupError(f"'{option.name}' is given twice", option)
@@ -69,11 +72,17 @@ def parse_autoalloc(directives: Sequence[Directive]) -> AutoAllocConfig:
         value = option.args[0]
         if option.name == "state":
             state = _state_path(option)
+        elif option.name == "assign":
+            if value not in SCHEMES:
+                raise SetupError(
+                    f"assign must be one of {', '.join(SCHEMES)}, not {value!r}", option, 0
+                )
+            scheme = value
         elif option.name == "hold":
             hold = None if value == "forever" else parse_duration(value, option, 0)
         else:
             http = parse_http_address(option, 0)
-    return AutoAllocConfig(pool, state, hold, http)
+    return AutoAllocConfig(pool, state, hold, http, scheme)
 
 
 def _state_path(option: Directive) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ipaddress
 import json
 import logging
 import threading
@@ -33,6 +34,8 @@ RETRY_INTERVAL = 2.0
 SHUTDOWN_WRITE_WAIT = 5.0
 """Seconds a shutdown waits for the last write of a state still only in memory."""
 MISSING_MESHHOSTS = "autoalloc needs meshhosts in the same server block"
+CONTROL_PLANE = "control-plane"
+"""Status of a table row whose pair the control plane allocated (ServiceEntry status)."""
 _DETAIL_LIMIT = 10
 """Up to this many hosts per round are logged one by one; more are summarised."""
 
@@ -58,7 +61,7 @@ class AllocationService:
 
     def __init__(self, config: AutoAllocConfig) -> None:
         self.config = config
-        self.allocator = Allocator(config.pool, hold=config.hold)
+        self.allocator = Allocator(config.pool, hold=config.hold, scheme=config.scheme)
         self.lock = threading.RLock()
         self.file_lock = threading.Lock()
         self.dirty = False
@@ -274,10 +277,19 @@ class AllocationService:
             clone = Allocator(
                 self.config.pool,
                 hold=self.allocator.hold,
+                scheme=self.allocator.scheme,
                 state=copy.deepcopy(self.allocator.state),
             )
         clone.allocate(entries, explicit)
         return clone
+
+
+def _address_order(row: dict[str, str]) -> tuple[int, int, str]:
+    """Rows with an IPv4 address first, by address; the others (unallocated) after."""
+    try:
+        return (0, int(ipaddress.ip_address(row["ipv4"])), row["host"])
+    except ValueError:
+        return (1, 0, row["host"])
 
 
 def _log_unused_copies(loaded: Loaded) -> bool:
@@ -342,6 +354,7 @@ def _service(
         same_place = old.state == config.state and (config.state is not None or plugin.keys == keys)
         if same_place and old.pool == config.pool:
             plugin.service.allocator.hold = config.hold
+            plugin.service.allocator.scheme = config.scheme
             return plugin.service, None
     try:
         service = AllocationService(config)
@@ -469,7 +482,7 @@ class AutoAllocPlugin(Plugin):
         a copy, and writes nothing.
         """
         if self.service.allocator.rounds:
-            return self.service.table()
+            return self._with_control_plane(self.service.table())
         mesh = self._meshhosts()
         try:
             entries: list[HostEntry] = list(mesh.service_entry_hosts())
@@ -478,12 +491,25 @@ class AutoAllocPlugin(Plugin):
             raise CorefileError(
                 f"plugin/autoalloc: cannot read the manifests: {exc}", d.file, d.line, d.column
             ) from None
-        return self.service.dry_run(entries, self._explicit()).table()
+        return self._with_control_plane(self.service.dry_run(entries, self._explicit()).table())
+
+    def _with_control_plane(self, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Our rows and the control plane's (``status: control-plane``), by address.
+
+        The data plane reading the table then knows every virtual address DNS
+        answers, whoever allocated it.
+        """
+        rows_of = getattr(self.ctx.plugin("meshhosts"), "control_plane_allocations", None)
+        theirs = rows_of() if callable(rows_of) else []
+        if not theirs:
+            return rows
+        marked = [{**row, "status": CONTROL_PLANE} for row in theirs]
+        return sorted([*rows, *marked], key=_address_order)
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse:
         """``GET /allocations`` (``?all=1`` adds reservations and hosts without a pair)."""
         include_all = request.query.get("all", ["0"])[-1] not in ("", "0", "false")
-        rows = self.service.table(include_all=include_all)
+        rows = self._with_control_plane(self.service.table(include_all=include_all))
         body = (json.dumps(rows, indent=1) + "\n").encode()
         return HttpResponse(200, body, "application/json")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pycorefile import (
@@ -12,10 +13,12 @@ from pycorefile import (
     SetupContext,
     SetupError,
     check_args,
+    kube,
     parse_duration,
     parse_zones,
 )
 
+from ._kube import KubeSourceConfig
 from ._sources import MAX_FILE_SIZE, normalize_host
 from ._table import InlineEntry
 
@@ -23,7 +26,24 @@ DEFAULT_TTL = 30
 DEFAULT_RELOAD = 5.0
 DEFAULT_DOMAIN = "cluster.local."
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
-_ONCE = ("namespace", "domain", "ttl", "reload", "fallthrough", "resolv_conf", "max_file_size")
+CLIENT_NAMESPACE = "@client"
+"""``namespace @client``: each client's namespace, from the pod that has its address."""
+_ONCE = (
+    "namespace",
+    "domain",
+    "ttl",
+    "reload",
+    "fallthrough",
+    "resolv_conf",
+    "max_file_size",
+    "kubernetes",
+    "kubeconfig",
+    "endpoint",
+    "labels",
+    "startup_timeout",
+)
+_KUBE_OPTIONS = ("kubeconfig", "endpoint", "namespaces", "labels", "startup_timeout")
+DEFAULT_STARTUP_TIMEOUT = 5.0
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -35,6 +55,8 @@ class MeshHostsConfig:
     files: tuple[str, ...] = ()
     inline: tuple[InlineEntry, ...] = ()
     namespace: str = ""
+    client_namespace: bool = False
+    """The workload's namespace is each client's own (``namespace @client``, node-local)."""
     domain: str = DEFAULT_DOMAIN
     ttl: int = DEFAULT_TTL
     reload: float = DEFAULT_RELOAD
@@ -44,16 +66,33 @@ class MeshHostsConfig:
     """Bytes one file may have; a bigger file is a failed load."""
     source: str = "Corefile"
     """Where the directive is (``FILE:LINE``), for log messages."""
+    kubernetes: KubeSourceConfig | None = None
+    """The ``kubernetes`` source: watch the API (None: files and inline lines only)."""
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    """How long the start waits for the API's first LIST of every kind."""
 
 
-def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshHostsConfig:
-    """Read ``meshhosts [ZONES...] { ... }`` (once per server block)."""
+def parse_meshhosts(
+    directives: Sequence[Directive],
+    ctx: SetupContext,
+    environ: Mapping[str, str] | None = None,
+    *,
+    connect: bool = True,
+) -> MeshHostsConfig:
+    """Read ``meshhosts [ZONES...] { ... }`` (once per server block).
+
+    ``environ`` is where ``namespace env VAR`` looks (the process environment
+    by default). ``connect`` False skips resolving the API's connection (tests
+    of the parser).
+    """
     d = directives[0]
     zones = tuple(parse_zones(d.args, ctx, d))
     files: list[str] = []
     inline: list[InlineEntry] = []
     seen: set[str] = set()
     values: dict[str, object] = {}
+    kube_options: dict[str, Directive] = {}
+    namespaces: set[str] = set()
     for opt in d.block or ():
         name = opt.name
         if name in _ONCE:
@@ -67,15 +106,11 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
             check_args(opt, 1)
             files.extend(opt.args)
         elif name == "namespace":
-            check_args(opt, 1, 1)
-            namespace = opt.args[0].strip().lower()
-            if (
-                not namespace
-                or len(namespace) > 63
-                or not all(c.isascii() and (c.isalnum() or c == "-") for c in namespace)
-            ):
-                raise SetupError(f"invalid namespace {opt.args[0]!r}", opt, 0)
-            values["namespace"] = namespace
+            check_args(opt, 1, 2)
+            if list(opt.args) == [CLIENT_NAMESPACE]:
+                values["client_namespace"] = True
+            else:
+                values["namespace"] = _namespace(opt, os.environ if environ is None else environ)
         elif name == "domain":
             check_args(opt, 1, 1)
             try:
@@ -96,8 +131,38 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
         elif name == "max_file_size":
             check_args(opt, 1, 1)
             values["max_file_size"] = _size(opt)
+        elif name == "kubernetes":
+            check_args(opt, 0, 0)
+            kube_options[name] = opt
+        elif name in _KUBE_OPTIONS:
+            kube_options[name] = opt
+            if name == "kubeconfig":
+                check_args(opt, 1, 2)
+            elif name == "endpoint":
+                check_args(opt, 1, 1)
+            elif name == "namespaces":
+                check_args(opt, 1)
+                for i, arg in enumerate(opt.args):
+                    namespaces.add(_valid_namespace(arg, opt, i, "namespaces: "))
+            elif name == "labels":
+                check_args(opt, 1)
+                values["labels"] = " ".join(opt.args)
+            else:
+                check_args(opt, 1, 1)
+                values["startup_timeout"] = parse_duration(opt.args[0], opt, 0)
         else:
             raise SetupError(f"unknown property '{name}'", opt)
+    kubernetes = None
+    if kube_options and "kubernetes" not in kube_options:
+        stray = next(iter(kube_options.values()))
+        raise SetupError(f"'{stray.name}' needs the 'kubernetes' option (the API source)", stray)
+    if "kubernetes" in kube_options and connect:
+        kubernetes = KubeSourceConfig(
+            _connection(kube_options),
+            frozenset(namespaces),
+            str(values["labels"]) if "labels" in values else None,
+            pods="namespace" not in values and bool(values.get("client_namespace")),
+        )
     fallthrough = values.get("fallthrough")
     assert fallthrough is None or isinstance(fallthrough, Fallthrough)
     return MeshHostsConfig(
@@ -105,6 +170,7 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
         files=tuple(files),
         inline=tuple(inline),
         namespace=str(values.get("namespace", "")),
+        client_namespace=bool(values.get("client_namespace", False)),
         domain=str(values.get("domain", DEFAULT_DOMAIN)),
         ttl=int(values.get("ttl", DEFAULT_TTL)),  # type: ignore[call-overload]
         reload=float(values.get("reload", DEFAULT_RELOAD)),  # type: ignore[arg-type]
@@ -112,7 +178,64 @@ def parse_meshhosts(directives: Sequence[Directive], ctx: SetupContext) -> MeshH
         resolv_conf=str(values.get("resolv_conf", DEFAULT_RESOLV_CONF)),
         max_file_size=int(values.get("max_file_size", MAX_FILE_SIZE)),  # type: ignore[call-overload]
         source=f"{d.file}:{d.line}",
+        kubernetes=kubernetes,
+        startup_timeout=float(values.get("startup_timeout", DEFAULT_STARTUP_TIMEOUT)),  # type: ignore[arg-type]
     )
+
+
+def _connection(options: Mapping[str, Directive]) -> kube.Connection:
+    """Where the API is: ``kubeconfig`` wins over ``endpoint``; neither is in-cluster."""
+    kubeconfig, endpoint = options.get("kubeconfig"), options.get("endpoint")
+    try:
+        if kubeconfig is not None:
+            context = kubeconfig.args[1] if len(kubeconfig.args) == 2 else None
+            return kube.from_kubeconfig(kubeconfig.args[0], context)
+        if endpoint is not None:
+            return kube.from_endpoint(endpoint.args[0])
+        return kube.in_cluster()
+    except kube.ConfigError as exc:
+        where = kubeconfig or endpoint or options["kubernetes"]
+        raise SetupError(str(exc), where, 0 if where.args else None) from None
+
+
+def _namespace(opt: Directive, environ: Mapping[str, str]) -> str:
+    """``namespace NAME``, ``namespace env VAR`` or ``namespace file PATH``, validated.
+
+    The pod's own namespace reaches a container as an environment variable
+    (``POD_NAMESPACE`` from the downward API's ``fieldRef: metadata.namespace``)
+    or as a file (a downward API volume, or the service account's
+    ``namespace`` file); both are read once, when the Corefile is loaded.
+    """
+    if len(opt.args) == 1:
+        return _valid_namespace(opt.args[0], opt, 0, "")
+    how, where = opt.args
+    if how == "env":
+        value = environ.get(where)
+        if value is None:
+            raise SetupError(f"namespace env {where}: the variable is not set", opt, 1)
+        return _valid_namespace(value, opt, 1, f"namespace env {where}: ")
+    if how == "file":
+        try:
+            with open(where, encoding="utf-8") as f:
+                value = f.read(256)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise SetupError(f"namespace file {where}: cannot read: {reason}", opt, 1) from None
+        return _valid_namespace(value, opt, 1, f"namespace file {where}: ")
+    raise SetupError(
+        f"namespace takes NAME, env VARIABLE, file PATH or {CLIENT_NAMESPACE}, not {how!r}", opt, 0
+    )
+
+
+def _valid_namespace(text: str, opt: Directive, arg: int, where: str) -> str:
+    namespace = text.strip().lower()
+    if (
+        not namespace
+        or len(namespace) > 63
+        or not all(c.isascii() and (c.isalnum() or c == "-") for c in namespace)
+    ):
+        raise SetupError(f"{where}invalid namespace {text.strip()!r}", opt, arg)
+    return namespace
 
 
 def _address(text: str) -> str | None:

@@ -19,6 +19,7 @@ from pycorefile import DataChanges, Directive, Plugin, Request, Result, SetupCon
 from pycorefile.files import WatchedFiles
 
 from ._answers import Chase, PreparedTable, Settings, changed_names
+from ._kube import KubeSource
 from ._parse import MeshHostsConfig, parse_meshhosts
 from ._sources import (
     MAX_FILE_SIZE,
@@ -30,7 +31,15 @@ from ._sources import (
     read_search_domains,
     read_sources,
 )
-from ._table import build_table, explicit_addresses, host_key, service_entry_hosts
+from ._table import (
+    MeshTable,
+    build_table,
+    client_namespaces,
+    control_plane_rows,
+    explicit_addresses,
+    host_key,
+    service_entry_hosts,
+)
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -78,10 +87,31 @@ def load_sources(files: Sequence[str], max_size: int = MAX_FILE_SIZE) -> Sources
         return read_sources(files, max_size)
 
 
+KUBE_SETTLE = 0.1
+"""Seconds the API's changes are gathered before a table is built from them."""
+
+
+def union(*parts: Sources | None) -> Sources:
+    """The records of several sources together (the API's first, then the files')."""
+    out = Sources()
+    for part in parts:
+        if part is not None:
+            out.extend(part)
+    return out
+
+
 def prepare_table(
-    sources: Sources, config: MeshHostsConfig, allocations: Mapping[str, tuple[str, str]]
+    sources: Sources,
+    config: MeshHostsConfig,
+    allocations: Mapping[str, tuple[str, str]],
+    api: Sources | None = None,
 ) -> PreparedTable:
-    """What a (re)load computes: merge the sources, prepare every answer (CPU only)."""
+    """What a (re)load computes: merge the sources, prepare every answer (CPU only).
+
+    ``api`` is what the ``kubernetes`` source holds: its hosts are built on their
+    own, then the files' and inline lines' hosts are laid over them, so a file
+    adds hosts or replaces the API's entry for a host it names.
+    """
     with _cyclic_gc_paused():
         table = build_table(
             sources,
@@ -90,6 +120,13 @@ def prepare_table(
             namespace=config.namespace,
             allocations=allocations,
         )
+        if api is not None:
+            from_api = build_table(
+                api, domain=config.domain, namespace=config.namespace, allocations=allocations
+            )
+            table = MeshTable(
+                {**from_api.entries, **table.entries}, {**from_api.allocated, **table.allocated}
+            )
         settings = Settings(
             zones=config.zones,
             ttl=config.ttl,
@@ -120,6 +157,11 @@ class MeshHostsPlugin(Plugin):
         self.server_label = server_label
         self.zones_label = ",".join(config.zones)
         self._sources: Sources | None = None
+        """What the files hold (the last good read)."""
+        self._all: Sources | None = None
+        """Every source of the serving table: the API's records and the files'."""
+        self._kube: KubeSource | None = None
+        self._kube_dirty = False
         self._explicit: set[str] = {entry.address for entry in config.inline}
         self._allocator: Allocator | None = None
         self._allocations: dict[str, tuple[str, str]] = {}
@@ -130,6 +172,10 @@ class MeshHostsPlugin(Plugin):
         self._files = WatchedFiles(config.files, SOURCE_SUFFIXES)
         self._wake: trio.Event | None = None
         self._search: list[str] | None = None
+        self._client_namespaces: dict[str, str] = {}
+        """Pod address → namespace (``namespace @client``), from the serving sources."""
+        self._client_paths: dict[str, tuple[str, ...]] = {}
+        """Namespace → its search path, made once each (``namespace @client``)."""
         self._resolv_stamp: tuple[int, int] | None = None
         self.loads = 0
         self.load_failures = 0
@@ -140,7 +186,10 @@ class MeshHostsPlugin(Plugin):
         config = parse_meshhosts(directives, ctx)
         key = ctx.keys[0]
         host = ctx.listen_hosts[0] if ctx.listen_hosts else ""
-        return cls(config, f"{key.transport}://{host}:{key.port}", ctx.data_changes)
+        # Only a block that places each client offers a per-client search path: autopath
+        # takes any plugin with ``search_path_for`` as one (``ClientSearchPath``).
+        made = ClientNamespaceMeshHosts if config.client_namespace else cls
+        return made(config, f"{key.transport}://{host}:{key.port}", ctx.data_changes)
 
     # -- Answering ------------------------------------------------------------------
 
@@ -164,15 +213,25 @@ class MeshHostsPlugin(Plugin):
     # -- Loading --------------------------------------------------------------------
 
     def _prepare(
-        self, sources: Sources, allocations: Mapping[str, tuple[str, str]]
+        self,
+        sources: Sources,
+        allocations: Mapping[str, tuple[str, str]],
+        api: Sources | None = None,
     ) -> PreparedTable:
-        return prepare_table(sources, self.config, allocations)
+        return prepare_table(sources, self.config, allocations, api)
 
     def _prepare_change(
-        self, sources: Sources, allocations: Mapping[str, tuple[str, str]], old: PreparedTable
+        self,
+        sources: Sources,
+        allocations: Mapping[str, tuple[str, str]],
+        old: PreparedTable,
+        api: Sources | None = None,
     ) -> tuple[PreparedTable, frozenset[str], frozenset[str]]:
-        """The new table, and what it changes from ``old`` (``changed_names``)."""
-        table = self._prepare(sources, allocations)
+        """The new table, and what it changes from ``old`` (``changed_names``).
+
+        ``api`` is what the ``kubernetes`` source holds (see ``prepare_table``).
+        """
+        table = self._prepare(sources, allocations, api)
         with _cyclic_gc_paused():
             names, below = changed_names(
                 old.hosts, table.hosts, self.config.domain, self.config.namespace
@@ -188,10 +247,42 @@ class MeshHostsPlugin(Plugin):
         yet (the table not written yet) only keeps the plugin not ready.
         """
         self._wake = trio.Event()
+        if self.config.kubernetes is not None:
+            await self._start_kube()
         if not self.config.files:
             await self._install(Sources())
             return
         await self._load(starting=True)
+
+    async def _start_kube(self) -> None:
+        """Subscribe to the API's watches; wait for their first LIST, ``startup_timeout`` at most.
+
+        Not synced by then: the table starts from the files and inline lines, the
+        plugin reports not ready, and the API's objects come in with the next build.
+        """
+        assert self.config.kubernetes is not None
+        self._kube = KubeSource(self.config.kubernetes, self._kube_changed)
+        self._kube.start()
+        with trio.move_on_after(self.config.startup_timeout):
+            while not self._kube.synced():
+                await trio.sleep(0.05)
+        if not self._kube.synced():
+            log.warning(
+                "plugin/meshhosts: the Kubernetes API has not been listed after %gs; starting "
+                "without it (not ready until it is)",
+                self.config.startup_timeout,
+            )
+
+    def _kube_changed(self) -> None:
+        """A watch changed something: build a new table soon (changes are gathered)."""
+        if not self._kube_dirty:
+            self._kube_dirty = True
+            if self._wake is not None:
+                self._wake.set()
+
+    async def shutdown(self) -> None:
+        if self._kube is not None:
+            self._kube.close()
 
     async def _load(self, *, starting: bool = False) -> bool:
         """Read every file and install the new table; on error keep the current one.
@@ -231,15 +322,21 @@ class MeshHostsPlugin(Plugin):
         return await self._install(sources)
 
     async def _install(self, sources: Sources) -> bool:
-        """Allocate, build off the event loop, swap in."""
+        """Allocate, build off the event loop, swap in (``sources``: the files' records)."""
         self._sources = sources
-        self._explicit = explicit_addresses(sources, self.config.inline)
+        self._kube_dirty = False  # a change from now on asks for another build
+        api = self._kube.sources() if self._kube is not None else None
+        combined = union(api, sources) if api is not None else sources
+        self._all = combined
+        self._explicit = explicit_addresses(combined, self.config.inline)
         # The allocator may block (autoalloc locks and writes its state file): in a thread.
-        allocations = await trio.to_thread.run_sync(self._allocate, sources, abandon_on_cancel=True)
+        allocations = await trio.to_thread.run_sync(
+            self._allocate, combined, abandon_on_cancel=True
+        )
         old = self._table
         try:
             table, names, below = await trio.to_thread.run_sync(
-                self._prepare_change, sources, allocations, old
+                self._prepare_change, sources, allocations, old, api
             )
         except Exception:
             self.load_failures += 1
@@ -249,6 +346,8 @@ class MeshHostsPlugin(Plugin):
             names, below = frozenset(), frozenset((".",))
         # The swap and its announcement in one step: the next query sees both.
         self._table = table
+        if self.config.client_namespace:
+            self._client_namespaces = client_namespaces(combined)
         self._changes.announce(names, below=below, source=self.name or "meshhosts")
         self._allocations = allocations
         self._loaded = True
@@ -308,7 +407,9 @@ class MeshHostsPlugin(Plugin):
         if files and await self._files.changed():
             await self._load()
             return
-        if self._rebuild:
+        if self._kube_dirty:
+            await trio.sleep(KUBE_SETTLE)  # let a burst of watch events land in one build
+        if self._rebuild or self._kube_dirty:
             await self._install(self._sources if files and self._sources else Sources())
 
     # -- For other plugins ----------------------------------------------------------
@@ -324,6 +425,8 @@ class MeshHostsPlugin(Plugin):
 
     def explicit_addresses(self) -> set[str]:
         """Every address the sources name explicitly (never to be allocated)."""
+        if self._all is not None:
+            return set(self._explicit)
         if self._sources is None and self.config.files:
             try:
                 self._sources = read_sources(self.config.files, self.config.max_file_size)
@@ -338,11 +441,19 @@ class MeshHostsPlugin(Plugin):
 
         Raises SourceError when the files cannot be read.
         """
+        if self._all is not None:
+            return service_entry_hosts(self._all)
         if self._sources is None:
             files = self.config.files
             self._sources = read_sources(files, self.config.max_file_size) if files else Sources()
             self._explicit = explicit_addresses(self._sources, self.config.inline)
         return service_entry_hosts(self._sources)
+
+    def control_plane_allocations(self) -> list[dict[str, str]]:
+        """Addresses the control plane allocated (ServiceEntry ``status.addresses``), one row
+        per entry and host (``host, namespace, entry, ipv4, ipv6``), from the serving sources."""
+        sources = self._all if self._all is not None else self._sources
+        return control_plane_rows(sources) if sources is not None else []
 
     def search_path(self) -> list[str]:
         """``NAMESPACE.svc.DOMAIN``, ``svc.DOMAIN``, ``DOMAIN``, then resolv.conf's search list.
@@ -371,11 +482,14 @@ class MeshHostsPlugin(Plugin):
         self._resolv_stamp = stamp
         if search != self._search:
             self._search = search
+            self._client_paths = {}
 
     # -- State ----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self._loaded
+        """The files loaded and, with the ``kubernetes`` source, every kind listed once (an
+        API outage after that keeps the last table and the plugin ready)."""
+        return self._loaded and (self._kube is None or self._kube.synced())
 
     @property
     def table(self) -> PreparedTable:
@@ -410,3 +524,30 @@ class MeshHostsPlugin(Plugin):
         )
         stamp.add_metric(values, self.loaded_at)
         return [entries, reloads, failures, stamp]
+
+
+class ClientNamespaceMeshHosts(MeshHostsPlugin):
+    """*meshhosts* with ``namespace @client`` (a node-local server): each client's search path
+    is that of its pod's namespace, offered to autopath per client (``ClientSearchPath``).
+
+    A separate class because autopath asks a plugin that has ``search_path_for`` for
+    every client's path rather than for ``search_path()``: a sidecar's block (one
+    namespace for every client) must not have it.
+    """
+
+    def search_path_for(self, request: Request) -> Sequence[str] | None:
+        """The search path of the client that sent ``request`` (``autopath @meshhosts``):
+        ``NS.svc.DOMAIN``, ``svc.DOMAIN``, ``DOMAIN`` and resolv.conf's search domains,
+        NS being the namespace of the pod that has the client's address; None (no
+        autopath) when no pod, or pods of two namespaces, have it. A dictionary lookup
+        per query (and one tuple per namespace, made once)."""
+        namespace = self._client_namespaces.get(request.client[0])
+        if namespace is None:
+            return None
+        path = self._client_paths.get(namespace)
+        if path is None:
+            domain = self.config.domain
+            head = (f"{namespace}.svc.{domain}", f"svc.{domain}", domain)
+            path = tuple(dict.fromkeys((*head, *self.search_path())))
+            self._client_paths[namespace] = path
+        return path

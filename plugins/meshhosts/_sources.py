@@ -140,6 +140,30 @@ class ServiceEntryRecord:
     resolution: str
     endpoint_ips: tuple[str, ...]
     export_to: tuple[str, ...]
+    status_addresses: tuple[tuple[str, str], ...] = ()
+    """``status.addresses`` as (host, IP): what the control plane (istiod) allocated.
+    An entry without a ``host`` is given to the entry's only host (dropped if it has several)."""
+
+    def allocated_by_control_plane(self) -> dict[str, tuple[str, ...]]:
+        """Host → the status addresses it answers: only for an entry that has no
+        ``spec.addresses`` and a resolution other than NONE (the entries istiod allocates
+        for), and only for hosts the entry still lists. Empty otherwise."""
+        if self.has_addresses or self.resolution == "NONE" or not self.status_addresses:
+            return {}
+        out: dict[str, dict[str, None]] = {}
+        for host, ip in self.status_addresses:
+            if host in self.hosts:
+                out.setdefault(host, {})[ip] = None
+        return {host: tuple(ips) for host, ips in out.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class PodRecord:
+    """A running Pod: which namespace its addresses belong to (``namespace @client``)."""
+
+    name: str
+    namespace: str
+    ips: tuple[str, ...]
 
 
 @dataclass
@@ -150,12 +174,14 @@ class Sources:
     services: list[ServiceRecord] = field(default_factory=list)
     slices: list[SliceRecord] = field(default_factory=list)
     service_entries: list[ServiceEntryRecord] = field(default_factory=list)
+    pods: list[PodRecord] = field(default_factory=list)
 
     def extend(self, other: Sources) -> None:
         self.names.extend(other.names)
         self.services.extend(other.services)
         self.slices.extend(other.slices)
         self.service_entries.extend(other.service_entries)
+        self.pods.extend(other.pods)
 
 
 # -- Files --------------------------------------------------------------------------
@@ -445,6 +471,10 @@ def _read_document(doc: Any, path: _Path, out: Sources) -> None:
         record = _read_slice(doc, path)
         if record is not None:
             out.slices.append(record)
+    elif kind == "Pod" and api == "v1":
+        pod = _read_pod(doc, path)
+        if pod is not None:
+            out.pods.append(pod)
     elif kind == "ServiceEntry" and group == "networking.istio.io":
         if version not in ISTIO_VERSIONS:
             raise _Invalid((*path, "apiVersion"), f"unsupported ServiceEntry version {api}")
@@ -550,6 +580,30 @@ def _read_slice(doc: Mapping[str, Any], path: _Path) -> SliceRecord | None:
     return SliceRecord(str(service).lower(), namespace, tuple(endpoints))
 
 
+def _read_pod(doc: Mapping[str, Any], path: _Path) -> PodRecord | None:
+    """A Pod whose addresses are its own: None for one that has ended, is being deleted,
+    or uses the node's network (its address is the node's, shared by every such pod)."""
+    name, namespace, meta = _metadata(doc, path)
+    spec = _mapping(doc.get("spec"), (*path, "spec"))
+    status = _mapping(doc.get("status"), (*path, "status"))
+    if spec.get("hostNetwork") is True or meta.get("deletionTimestamp"):
+        return None
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    ips: list[str] = []
+    raw = status.get("podIPs") or []
+    if not isinstance(raw, list):
+        raise _Invalid((*path, "status", "podIPs"), f"expected a list, got {_kind(raw)}")
+    for i, item in enumerate(raw):
+        ipath = (*path, "status", "podIPs", i)
+        ips.append(_ip(_string(_mapping(item, ipath).get("ip") or "", (*ipath, "ip")), ipath))
+    if not ips and status.get("podIP"):
+        ips.append(_ip(_string(status["podIP"], (*path, "status", "podIP")), (*path, "status")))
+    if not ips:
+        return None
+    return PodRecord(name, namespace, tuple(dict.fromkeys(ips)))
+
+
 def _read_service_entry(doc: Mapping[str, Any], path: _Path) -> ServiceEntryRecord:
     name, namespace, meta = _metadata(doc, path)
     spath = (*path, "spec")
@@ -576,6 +630,7 @@ def _read_service_entry(doc: Mapping[str, Any], path: _Path) -> ServiceEntryReco
     labels = _mapping(meta.get("labels"), (*path, "metadata", "labels"))
     export = spec.get("exportTo") or []
     created = meta.get("creationTimestamp") or ""
+    status = _read_status_addresses(doc, path, hosts)
     return ServiceEntryRecord(
         name=name,
         namespace=namespace,
@@ -587,7 +642,42 @@ def _read_service_entry(doc: Mapping[str, Any], path: _Path) -> ServiceEntryReco
         resolution=_string(spec.get("resolution") or "NONE", (*spath, "resolution")).upper(),
         endpoint_ips=tuple(dict.fromkeys(endpoint_ips)),
         export_to=tuple(str(x) for x in export) if isinstance(export, list) else (),
+        status_addresses=status,
     )
+
+
+def _read_status_addresses(
+    doc: Mapping[str, Any], path: _Path, hosts: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """``status.addresses`` ({value, host} each) as (host FQDN, IP) pairs.
+
+    istiod writes them (its address allocator); a file exported from the
+    cluster carries them too. A value that is not an IP is refused like any
+    other wrong field; a CIDR of one address becomes that address.
+    """
+    spath = (*path, "status")
+    status = _mapping(doc.get("status"), spath)
+    raw = status.get("addresses") or []
+    apath = (*spath, "addresses")
+    if not isinstance(raw, list):
+        raise _Invalid(apath, f"expected a list, got {_kind(raw)}")
+    out: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        ipath = (*apath, i)
+        item = _mapping(item, ipath)
+        value = _string(item.get("value") or "", (*ipath, "value"))
+        ip = _address_or_cidr(value, (*ipath, "value")) if value else None
+        if ip is None:
+            continue
+        host_value = item.get("host")
+        if host_value:
+            host = _host(host_value, (*ipath, "host"))
+        elif len(hosts) == 1:
+            host = hosts[0]
+        else:
+            continue  # several hosts and no saying which: nobody's address
+        out.append((host, ip))
+    return tuple(dict.fromkeys(out))
 
 
 # -- Field helpers ------------------------------------------------------------------

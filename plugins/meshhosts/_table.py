@@ -84,13 +84,19 @@ def service_entry_hosts(sources: Sources) -> list[ServiceEntryHost]:
     """Every host of every ServiceEntry without ``spec.addresses``: the allocator's input.
 
     All of them, visible here or not, so the allocator's decisions do not
-    depend on the namespace of the workload it runs beside.
+    depend on the namespace of the workload it runs beside. Hosts the control
+    plane has allocated for (``status.addresses``, in any entry) are left out:
+    they answer istiod's addresses, and a second allocator must not give them
+    another pair.
     """
+    controlled = control_plane_hosts(sources)
     out: list[ServiceEntryHost] = []
     for se in sources.service_entries:
         if se.has_addresses:
             continue
         for host in se.hosts:
+            if host in controlled:
+                continue
             out.append(
                 ServiceEntryHost(
                     host=host_key(host),
@@ -106,8 +112,64 @@ def service_entry_hosts(sources: Sources) -> list[ServiceEntryHost]:
     return out
 
 
+def control_plane_hosts(sources: Sources) -> set[str]:
+    """Hosts (FQDN form) that answer addresses the control plane allocated (``status``)."""
+    out: set[str] = set()
+    for se in sources.service_entries:
+        if se.status_addresses:
+            out.update(se.allocated_by_control_plane())
+    return out
+
+
+def client_namespaces(sources: Sources) -> dict[str, str]:
+    """Pod address → the pod's namespace, for ``namespace @client``.
+
+    An address two pods of different namespaces claim (a reused address
+    still listed for an old pod) is left out: no namespace is better than
+    another workload's.
+    """
+    out: dict[str, str] = {}
+    ambiguous: set[str] = set()
+    for pod in sources.pods:
+        for ip in pod.ips:
+            known = out.get(ip)
+            if known is None:
+                out[ip] = pod.namespace
+            elif known != pod.namespace:
+                ambiguous.add(ip)
+    for ip in ambiguous:
+        del out[ip]
+    return out
+
+
+def control_plane_rows(sources: Sources) -> list[dict[str, str]]:
+    """The control plane's allocations, one row per entry and host, as autoalloc shows its own:
+    ``host, namespace, entry, ipv4, ipv6`` (first address of each family; empty if none)."""
+    rows: list[dict[str, str]] = []
+    for se in sources.service_entries:
+        if not se.status_addresses:
+            continue
+        for host, ips in se.allocated_by_control_plane().items():
+            v4 = next((ip for ip in ips if ":" not in ip), "")
+            v6 = next((ip for ip in ips if ":" in ip), "")
+            rows.append(
+                {
+                    "host": host_key(host),
+                    "namespace": se.namespace,
+                    "entry": se.name,
+                    "ipv4": v4,
+                    "ipv6": v6,
+                }
+            )
+    return rows
+
+
 def explicit_addresses(sources: Sources, inline: Iterable[InlineEntry] = ()) -> set[str]:
-    """Every address the sources name explicitly (the allocator never hands these out)."""
+    """Every address the sources name explicitly (the allocator never hands these out).
+
+    ServiceEntry ``status.addresses`` count, all of them, used or stale: an
+    address the control plane gave any host is never handed to another.
+    """
     out: set[str] = set()
     for rec in sources.names:
         out.update(rec.ips)
@@ -119,6 +181,7 @@ def explicit_addresses(sources: Sources, inline: Iterable[InlineEntry] = ()) -> 
     for se in sources.service_entries:
         out.update(se.addresses)
         out.update(se.endpoint_ips)
+        out.update(ip for _, ip in se.status_addresses)
     for entry in inline:
         out.add(entry.address)
     return out
@@ -170,14 +233,18 @@ def build_table(
                 )
         elif rec.ips:
             add_other(rec.host, rec.ips, rec.alt_hosts)
+    controlled = control_plane_hosts(sources)
     for se in sources.service_entries:
         if not visible(se.export_to, se.namespace, namespace):
             continue
+        by_control_plane = se.allocated_by_control_plane() if se.status_addresses else {}
         for host in se.hosts:
             addresses: list[str] = list(se.addresses)
             if not addresses and se.resolution == "NONE":
                 addresses = list(se.endpoint_ips)
-            if not se.has_addresses:
+            if host in by_control_plane:
+                addresses.extend(by_control_plane[host])
+            elif not se.has_addresses and host not in controlled:
                 pair = pairs.get(host_key(host))
                 if pair is not None:
                     addresses.extend(a for a in pair if a)

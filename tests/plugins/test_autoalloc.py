@@ -87,7 +87,7 @@ def corefile(
     extra: str = "",
     reload: str = "100ms",
 ) -> str:
-    options = f"        state {state}\n" if state else ""
+    options = (f"        state {state}\n" if state else "") + "        assign sequential\n"
     return (
         ".:0 {\n"
         "    bind 127.0.0.1\n"
@@ -543,7 +543,7 @@ async def test_disk_full_keeps_answering_and_writes_when_space_returns(tmp_path:
     conf = tmp_path / "Corefile"
     conf.write_text(
         f".:{dns_port} {{\n    bind 127.0.0.1\n    prometheus 127.0.0.1:{http_port}\n"
-        f"    autoalloc {{\n        state {small}/alloc.json\n"
+        f"    autoalloc {{\n        assign sequential\n        state {small}/alloc.json\n"
         f"        http 127.0.0.1:{http_port}\n    }}\n"
         f"    meshhosts {{\n        file {manifests}\n        reload 100ms\n    }}\n}}\n"
     )
@@ -652,7 +652,8 @@ def test_a_held_state_file_lock_stops_no_answer(tmp_path: Path) -> None:
     conf = tmp_path / "Corefile"
     conf.write_text(
         f".:{dns_port} {{\n    bind 127.0.0.1\n    prometheus 127.0.0.1:{metrics_port}\n"
-        f"    autoalloc {{\n        state {state}\n        http 127.0.0.1:{http_port}\n    }}\n"
+        f"    autoalloc {{\n        assign sequential\n        state {state}\n"
+        f"        http 127.0.0.1:{http_port}\n    }}\n"
         f"    meshhosts {{\n        file {manifests}\n        reload 100ms\n    }}\n}}\n"
     )
     with ServerProcess(["-conf", str(conf)]) as srv:

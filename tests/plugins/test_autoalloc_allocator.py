@@ -11,6 +11,7 @@ import pytest
 
 from pycorefile_plugins.autoalloc import (
     ENABLE_LABEL,
+    SEQUENTIAL,
     AllocationState,
     Allocator,
     Pool,
@@ -50,7 +51,7 @@ class Clock:
 
 
 def allocator(**kwargs: object) -> Allocator:
-    return Allocator(pool(), clock=Clock(), **kwargs)  # type: ignore[arg-type]
+    return Allocator(pool(), clock=Clock(), scheme=SEQUENTIAL, **kwargs)  # type: ignore[arg-type]
 
 
 def test_seed_scenario_first_host_gets_first_usable_pair() -> None:
@@ -211,7 +212,7 @@ def test_a_departed_host_keeps_its_reservation_and_gets_it_back() -> None:
 
 def test_the_search_moves_on_so_a_freed_pair_is_not_reused_first() -> None:
     clock = Clock()
-    a = Allocator(pool(), clock=clock, hold=0.0)
+    a = Allocator(pool(), scheme=SEQUENTIAL, clock=clock, hold=0.0)
     a.allocate([SE("one.example")])
     a.allocate([])  # one.example leaves; its pair is reclaimable at once (hold 0)
     out = a.allocate([SE("two.example")])
@@ -220,7 +221,9 @@ def test_the_search_moves_on_so_a_freed_pair_is_not_reused_first() -> None:
 
 def test_exhaustion_with_a_tiny_prefix() -> None:
     clock = Clock()
-    a = Allocator(pool("240.240.0.0/30", "2001:2::/64"), clock=clock, hold=3600.0)
+    a = Allocator(
+        pool("240.240.0.0/30", "2001:2::/64"), scheme=SEQUENTIAL, clock=clock, hold=3600.0
+    )
     assert a.pool.capacity == 2
     entries = [SE(f"h{i}.example", created=f"2024-01-0{i + 1}T00:00:00Z") for i in range(3)]
     out = a.allocate(entries)
@@ -252,7 +255,7 @@ def test_exhaustion_with_a_tiny_prefix() -> None:
 
 def test_hold_forever_never_reclaims() -> None:
     clock = Clock()
-    a = Allocator(pool("240.240.0.0/30", "2001:2::/126"), clock=clock, hold=None)
+    a = Allocator(pool("240.240.0.0/30", "2001:2::/126"), scheme=SEQUENTIAL, clock=clock, hold=None)
     a.allocate([SE("a.example"), SE("b.example")])
     clock.now += 10 * 365 * 86400
     out = a.allocate([SE("c.example")])
@@ -287,7 +290,7 @@ def test_adopted_records_outside_the_prefixes_are_dropped() -> None:
         cursor=8,
         generation=3,
     )
-    a = Allocator(pool(), state=state)
+    a = Allocator(pool(), scheme=SEQUENTIAL, state=state)
     assert [r.host for r in a.adopt(state)] == ["out.example"]
     out = a.allocate([SE("in.example"), SE("out.example", created="2024-05-01T00:00:00Z")])
     assert out.assigned == {

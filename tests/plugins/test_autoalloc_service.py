@@ -17,7 +17,13 @@ import pytest
 
 from pycorefile import Directive, SetupContext, SetupError
 from pycorefile.corefile import ServerBlock, ZoneKey
-from pycorefile_plugins.autoalloc import MISSING_MESHHOSTS, AllocationService, AutoAllocPlugin, Pool
+from pycorefile_plugins.autoalloc import (
+    MISSING_MESHHOSTS,
+    SEQUENTIAL,
+    AllocationService,
+    AutoAllocPlugin,
+    Pool,
+)
 from pycorefile_plugins.autoalloc._parse import AutoAllocConfig
 from pycorefile_plugins.autoalloc._state import backup_path, load
 
@@ -37,7 +43,7 @@ class SE:
 
 
 def service(path: Path, **kwargs: object) -> AllocationService:
-    return AllocationService(AutoAllocConfig(POOL, state=str(path), **kwargs))  # type: ignore[arg-type]
+    return AllocationService(AutoAllocConfig(POOL, state=str(path), scheme=SEQUENTIAL, **kwargs))  # type: ignore[arg-type]
 
 
 HOSTS = [SE(f"h{i}.example", created=f"2024-01-0{i + 1}T00:00:00Z") for i in range(4)]
@@ -133,7 +139,7 @@ DISK_FULL = textwrap.dedent(
     """
     import errno, json, os, sys, ipaddress
     from dataclasses import dataclass, field
-    from pycorefile_plugins.autoalloc import AllocationService, Pool
+    from pycorefile_plugins.autoalloc import SEQUENTIAL, AllocationService, Pool
     from pycorefile_plugins.autoalloc._parse import AutoAllocConfig
     from pycorefile_plugins.autoalloc._state import load
 
@@ -151,7 +157,7 @@ DISK_FULL = textwrap.dedent(
     directory = sys.argv[1]
     path = os.path.join(directory, "alloc.json")
     pool = Pool(ipaddress.IPv4Network("240.240.0.0/16"), ipaddress.IPv6Network("2001:2::/48"))
-    s = AllocationService(AutoAllocConfig(pool, state=path))
+    s = AllocationService(AutoAllocConfig(pool, state=path, scheme=SEQUENTIAL))
     out = {"first": s.allocate([SE("a.example")], [])}
     filler = os.path.join(directory, "filler")
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)

@@ -131,7 +131,10 @@ def write_entries(path: Path, docs: list[dict[str, Any]]) -> None:
 
 def autoalloc_block(state: Path) -> str:
     """An autoalloc block keeping its state in ``state``, its HTTP on any free port."""
-    return f"    autoalloc {{\n        state {state}\n        http 127.0.0.1:0\n    }}\n"
+    return (
+        f"    autoalloc {{\n        assign sequential\n        state {state}\n"
+        "        http 127.0.0.1:0\n    }\n"
+    )
 
 
 async def until_answering(
