@@ -77,6 +77,9 @@ def test_the_sidecar_scenarios_run_the_example_corefile_s_plugins(tmp_path: Path
     assert directives(without_log) == [name for name in example if name != "log"]
     for text in (with_log, without_log):
         load_config(text, dns_port=1053)  # the bench's data and options set up
+    # Without log, autopath's kept answers take the byte-level path; log sees every query.
+    assert load_config(without_log, dns_port=1053).blocks[0].known_by == "autopath"
+    assert load_config(with_log, dns_port=1053).blocks[0].known_by == ""
 
 
 def test_the_deployed_scenario_is_the_kubernetes_default_and_takes_the_fast_path(

@@ -10,6 +10,8 @@ the same metrics.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dns.flags
 import dns.message
 import dns.rcode
@@ -114,3 +116,72 @@ async def test_no_fast_path_when_another_plugin_must_see_every_query(first: str)
     async with up.running(), serve(corefile(up.address, first)) as server:
         assert server.config is not None
         assert server.config.blocks[0].known is None
+
+
+# -- autopath's stored answers ------------------------------------------------------------
+
+MESH = {
+    ("reviews.ns2.svc.cluster.local.", "A"): ["10.0.0.2"],
+    ("reviews.ns2.svc.cluster.local.", "AAAA"): ["fd00::2"],
+}
+SEARCHED = [
+    # An ndots:5 stub's first tries: found under the second search domain, found
+    # nowhere (every try NXDOMAIN, with an SOA), and not below the search path.
+    ("reviews.ns2.ns1.svc.cluster.local.", "A", {}),
+    ("REVIEWS.ns2.ns1.svc.cluster.local.", "AAAA", {"edns": True}),
+    ("reviews.ns2.ns1.svc.cluster.local.", "A", {"do": True}),
+    ("missing.ns1.svc.cluster.local.", "A", {}),
+    ("reviews.ns2.svc.cluster.local.", "A", {}),
+]
+
+
+def autopath_corefile(upstream: str, resolv: str, first: str) -> str:
+    return (
+        f".:0 {{\n bind 127.0.0.1\n prometheus 127.0.0.1:0\n {first}\n"
+        f" autopath {resolv}\n cache\n forward . {upstream}\n}}\n"
+    )
+
+
+def comparable(found: Samples) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples that must not depend on the path taken (all but durations and the process)."""
+    return {
+        key: sample
+        for key, sample in found.items()
+        if key[0].startswith(("coredns_dns_", "coredns_cache_", "coredns_autopath_"))
+        and "duration" not in key[0]
+    }
+
+
+async def test_autopath_stored_answers_take_the_fast_path_as_the_chain_does(
+    tmp_path: Path,
+) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search ns1.svc.cluster.local svc.cluster.local cluster.local\n")
+    up = Upstream(records=dict(MESH), host="127.0.0.2")
+    async with up.running():
+        results = {}
+        for first in ("", "errors", "log"):
+            async with serve(autopath_corefile(up.address, str(resolv), first)) as server:
+                assert server.config is not None
+                block = server.config.blocks[0]
+                assert block.known_by == ("" if first == "log" else "autopath")
+                replies = []
+                for proto in ("udp", "tcp"):
+                    for name, rdtype, options in SEARCHED:
+                        for qid in (0x1111, 0x2222, 0x3333):  # searched once, then stored
+                            q = make_query(name, rdtype, **options)
+                            q.id = qid
+                            r = await query(server, q, proto=proto)
+                            assert r.id == qid
+                            replies.append(canonical(r))
+                found, _ = await scrape(server)
+            results[first] = (replies, comparable(found))
+    fast, behind_errors, chain = results[""], results["errors"], results["log"]
+    assert fast[0] == chain[0] == behind_errors[0]
+    assert fast[1] == chain[1] == behind_errors[1]
+    core = {"server": "dns://127.0.0.1:0", "zone": ".", "view": ""}
+    by_autopath = value(
+        chain[1], "coredns_dns_responses_total", rcode="NOERROR", plugin="autopath", **core
+    )
+    assert by_autopath >= 12  # the stored answers of the found name, each credited to autopath
+    assert value(chain[1], "coredns_autopath_success_total", server="dns://127.0.0.1:0") == 18
