@@ -22,9 +22,11 @@ import pytest
 import trio
 import yaml
 
-from pycorefile import Server
+from pycorefile import Server, kube
 from pycorefile.testing import make_request, query, serve
 from pycorefile_plugins.meshhosts import ClientNamespaceMeshHosts, MeshHostsPlugin
+from pycorefile_plugins.meshhosts._kube import SERVICE_ENTRIES, trim_service_entry
+from pycorefile_plugins.meshhosts._sources import ServiceEntryRecord
 from tests.plugins import kube_api
 from tests.plugins.kube_api import ApiServer, Objects, endpoint_slice, pod, service
 
@@ -382,6 +384,55 @@ async def test_a_cluster_without_istio_is_ready_with_services_only() -> None:
         async with serve(corefile(server_api)) as server:
             await eventually(lambda: _ready(server))
             assert await answer(server, "web.shop.svc.cluster.local") == ("NOERROR", ["10.96.0.10"])
+    finally:
+        server_api.stop(keep_objects=False)
+
+
+async def test_a_kind_not_served_is_listed_and_empty_until_it_appears() -> None:
+    """pycorefile.kube's Reflector: a 404 LIST is synced and empty, ``served`` False, and
+    the kind is listed again (slowly) until its CRD is installed, then watched as any."""
+    server_api = ApiServer()
+    server_api.start()  # no ServiceEntry kind yet
+    try:
+        store: kube.Store[ServiceEntryRecord] = kube.Store()
+        client = kube.ApiClient(kube.from_endpoint(server_api.url))
+        try:
+            reflector = kube.Reflector(
+                client, SERVICE_ENTRIES, trim_service_entry, store, not_served_retry=0.2
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reflector.run)
+                with trio.fail_after(15):
+                    await reflector.synced_event.wait()
+                assert not reflector.served
+                assert store.records == {} and store.changes == 1
+                with trio.fail_after(15):
+                    while reflector.stats.lists < 3:
+                        await trio.sleep(0.05)
+                assert store.changes == 1  # the retries that find nothing change nothing
+                assert reflector.stats.errors == 0 and reflector.last_error == ""
+
+                server_api.call(_with_istio)  # Istio installed
+                await Objects(server_api.url).create(
+                    "serviceentries", service_entry("shop", "pay", ["pay.example.com"])
+                )
+
+                async def listed() -> bool:
+                    return reflector.served and ("shop", "pay") in store.records
+
+                await eventually(listed)
+                await Objects(server_api.url).create(
+                    "serviceentries", service_entry("shop", "tax", ["tax.example.com"])
+                )
+
+                async def watched() -> bool:
+                    return ("shop", "tax") in store.records
+
+                await eventually(watched)
+                assert reflector.stats.watches >= 1
+                nursery.cancel_scope.cancel()
+        finally:
+            await client.aclose()
     finally:
         server_api.stop(keep_objects=False)
 
