@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import random
+import re
 import ssl
 import tempfile
 import time
@@ -79,6 +80,7 @@ __all__ = [
     "Sink",
     "Store",
     "Subscription",
+    "check_selector",
     "from_endpoint",
     "from_kubeconfig",
     "in_cluster",
@@ -299,6 +301,40 @@ def from_kubeconfig(path: str | None = None, context: str | None = None) -> Conn
         client_key_data=data_of(user.get("client-key-data")),
         namespace=str(ctx.get("namespace") or "default"),
     )
+
+
+# -- Label selectors -----------------------------------------------------------------
+
+_SELECTOR_KEY = r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_SELECTOR_VALUE = r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_SELECTOR_REQUIREMENT = re.compile(
+    rf"^\s*(?:!\s*{_SELECTOR_KEY}|{_SELECTOR_KEY}\s*(?:(?:==?|!=)\s*{_SELECTOR_VALUE}"
+    rf"|\s+(?:in|notin)\s*\(\s*{_SELECTOR_VALUE}(?:\s*,\s*{_SELECTOR_VALUE})*\s*\))?)\s*$"
+)
+
+
+def check_selector(text: str) -> str:
+    """A label selector as the API takes it (``a=b,c in (d,e),!f``), its spaces normalised;
+    ValueError naming the requirement that is malformed. Check a Corefile's selector with
+    it at setup: the API would refuse it only later, at every LIST."""
+    parts: list[str] = []
+    depth = 0
+    current = ""
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    for part in parts:
+        if not _SELECTOR_REQUIREMENT.match(part):
+            raise ValueError(f"unable to parse requirement {part.strip()!r}")
+    return ",".join(" ".join(part.split()) for part in parts)
 
 
 # -- Talking to it -------------------------------------------------------------------

@@ -146,7 +146,13 @@ def parse_meshhosts(
                     namespaces.add(_valid_namespace(arg, opt, i, "namespaces: "))
             elif name == "labels":
                 check_args(opt, 1)
-                values["labels"] = " ".join(opt.args)
+                text = " ".join(opt.args)
+                try:
+                    values["labels"] = kube.check_selector(text)
+                except ValueError as exc:
+                    raise SetupError(
+                        f"unable to parse label selector value: '{text}': {exc}", opt, 0
+                    ) from None
             else:
                 check_args(opt, 1, 1)
                 values["startup_timeout"] = parse_duration(opt.args[0], opt, 0)
