@@ -30,7 +30,7 @@ from pycorefile_plugins.meshhosts._sources import ServiceEntryRecord
 from tests.plugins import kube_api
 from tests.plugins.kube_api import ApiServer, Objects, endpoint_slice, pod, service
 
-from ..process import ServerProcess, free_port
+from ..process import ServerProcess, free_port, get_json, wait_until
 
 kube_api.RESOURCES["serviceentries"] = "networking.istio.io/v1/serviceentries"
 kube_api.PATHS["serviceentries"] = "/apis/networking.istio.io/v1/namespaces/{ns}/serviceentries"
@@ -467,26 +467,6 @@ async def test_node_local_client_namespaces_from_pods(api: ApiServer) -> None:
 # -- Two processes, each with its own state, on the same objects --------------------------
 
 
-def _get_json(port: int, path: str) -> Any:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        assert response.status == 200
-        return json.loads(response.read())
-    finally:
-        conn.close()
-
-
-def _until(check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-
-
 def test_two_processes_on_the_same_objects_agree(api: ApiServer, tmp_path: Path) -> None:
     def create_all(first: int, last: int) -> None:
         async def go() -> None:
@@ -505,7 +485,7 @@ def test_two_processes_on_the_same_objects_agree(api: ApiServer, tmp_path: Path)
         trio.run(go)
 
     def table(port: int) -> dict[str, tuple[str, str]]:
-        rows = _get_json(port, "/allocations")
+        rows = get_json(port, "/allocations")
         return {r["host"]: (r["ipv4"], r["ipv6"]) for r in rows}
 
     ports: list[tuple[int, int]] = []
@@ -526,14 +506,14 @@ def test_two_processes_on_the_same_objects_agree(api: ApiServer, tmp_path: Path)
     create_all(0, 10)
     with ServerProcess(["-conf", str(confs[0])]) as first:
         first.wait_for("pycorefile-")
-        _until(lambda: len(table(ports[0][1])) == 10)
+        wait_until(lambda: len(table(ports[0][1])) == 10, timeout=60)
         create_all(10, 25)  # arrive by watch, in creation order
-        _until(lambda: len(table(ports[0][1])) == 25)
+        wait_until(lambda: len(table(ports[0][1])) == 25, timeout=60)
         create_all(25, 40)
-        _until(lambda: len(table(ports[0][1])) == 40)
+        wait_until(lambda: len(table(ports[0][1])) == 40, timeout=60)
         with ServerProcess(["-conf", str(confs[1])]) as second:
             second.wait_for("pycorefile-")
-            _until(lambda: len(table(ports[1][1])) == 40)
+            wait_until(lambda: len(table(ports[1][1])) == 40, timeout=60)
             on_first, on_second = table(ports[0][1]), table(ports[1][1])
             assert on_first == on_second
             assert len(set(on_first.values())) == 40
