@@ -15,6 +15,8 @@ import math
 from collections.abc import Iterable
 from decimal import Decimal
 
+__all__ = ["TIME_BUCKETS", "bucket_labels", "go_float", "openmetrics_float"]
+
 TIME_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
 """CoreDNS's ``plugin.TimeBuckets`` (``ExponentialBuckets(0.00025, 2, 16)``): 0.25 ms to 8.192 s."""
 

@@ -55,6 +55,7 @@ __all__ = [
     "parse_http_address",
     "parse_zones",
     "reply_message",
+    "with_stacktrace",
 ]
 
 

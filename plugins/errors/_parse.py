@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from pycorefile import Directive, SetupError, check_args, parse_duration
 from pycorefile.plugin import go_duration
+from pycorefile.re2 import Re2Error, compile_re2
 
 MAX_REGEXP = 10000
 LEVELS = {
@@ -27,6 +28,8 @@ class Consolidate:
     pattern: re.Pattern[str]
     level: int = logging.ERROR
     show_first: bool = False
+    regexp: str = ""
+    """REGEXP as written in the Corefile (``pattern`` is its translation); shown in reports."""
 
     @property
     def period_text(self) -> str:
@@ -67,9 +70,9 @@ def _parse_consolidate(option: Directive) -> Consolidate:
     if len(args[1]) > MAX_REGEXP:
         raise SetupError(f"regexp longer than {MAX_REGEXP} characters", option, 1)
     try:
-        pattern = re.compile(args[1])
-    except re.error as exc:
-        raise SetupError(f"invalid regexp {args[1]!r}: {exc}", option, 1) from None
+        pattern = compile_re2(args[1])
+    except Re2Error as exc:
+        raise SetupError(str(exc), option, 1) from None
     level = logging.ERROR
     show_first = False
     for i, extra in enumerate(args[2:], start=2):
@@ -79,4 +82,4 @@ def _parse_consolidate(option: Directive) -> Consolidate:
             level = LEVELS[extra]
         else:
             raise SetupError(f"unknown log level argument in consolidate: {extra}", option, i)
-    return Consolidate(period, pattern, level, show_first)
+    return Consolidate(period, pattern, level, show_first, args[1])

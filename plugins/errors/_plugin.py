@@ -107,7 +107,7 @@ class ErrorsPlugin(Wrapper):
             rule.level,
             "plugin/errors: %d errors like '%s' occurred in last %s",
             count,
-            rule.pattern.pattern,
+            rule.regexp or rule.pattern.pattern,
             rule.period_text,
         )
 

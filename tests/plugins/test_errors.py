@@ -34,6 +34,7 @@ from pycorefile._registry import Registry
 from pycorefile._types import Client, Route
 from pycorefile.corefile import parse_corefile
 from pycorefile.plugin import go_duration
+from pycorefile.re2 import compile_re2
 from pycorefile.testing import Upstream, query, serve
 from pycorefile_plugins.bind import BindPlugin
 from pycorefile_plugins.errors import (
@@ -144,9 +145,11 @@ def test_parse_options() -> None:
     )
     assert config.stacktrace
     assert config.consolidate == (
-        Consolidate(300.0, re.compile(".* i/o timeout$"), logging.WARNING, False),
-        Consolidate(30.0, re.compile("^Failed to .+"), logging.INFO, True),
-        Consolidate(1.0, re.compile("x"), logging.ERROR, True),
+        Consolidate(
+            300.0, compile_re2(".* i/o timeout$"), logging.WARNING, False, ".* i/o timeout$"
+        ),
+        Consolidate(30.0, compile_re2("^Failed to .+"), logging.INFO, True, "^Failed to .+"),
+        Consolidate(1.0, compile_re2("x"), logging.ERROR, True, "x"),
     )
 
 
@@ -155,7 +158,7 @@ ERRORS = [
     ("errors stdout extra", "Wrong argument count"),
     ("errors {\n  consolidate 5m\n}", "Wrong argument count"),
     ("errors {\n  consolidate soon x\n}", "invalid duration 'soon'"),
-    ("errors {\n  consolidate 5m (x\n}", "invalid regexp '(x'"),
+    ("errors {\n  consolidate 5m (x\n}", "invalid regex '(x'"),
     ("errors {\n  consolidate 5m x loud\n}", "unknown log level argument in consolidate: loud"),
     ("errors {\n  consolidate 5m x show_first error\n}", "unknown log level argument"),
     ("errors {\n  consolidate 5m " + "a" * 10001 + "\n}", "regexp longer than 10000"),
