@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import dns.name
@@ -61,6 +62,21 @@ def match_zone(name: str, zones: list[str] | tuple[str, ...]) -> str | None:
         if in_zone(name, zone) and (best is None or len(zone) > len(best)):
             best = zone
     return best
+
+
+def host_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a hosts file or a Corefile line gives it; None when ``text`` is none.
+
+    A ``%zone`` suffix (``fe80::1%eth0``) is dropped, and an IPv4-mapped IPv6
+    address (``::ffff:10.0.0.1``) is the IPv4 one, as Go's ``To4``.
+    """
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def reverse_name(address: str) -> str:

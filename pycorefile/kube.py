@@ -16,7 +16,10 @@ imports nothing else of pycorefile.
   ours: a paged LIST, then WATCH from the list's resourceVersion with
   bookmarks, re-watch from the last resourceVersion when a watch ends, a new
   LIST on 410 Gone (objects missing from it become deletions), exponential
-  backoff with jitter on errors. Each object is turned into a small record on
+  backoff with jitter on errors. A kind the API does not serve (404 on LIST:
+  a CRD not installed, e.g. Istio's ServiceEntries) counts as listed and
+  empty (``Reflector.served`` False) and is listed again now and then, in
+  case it is installed later. Each object is turned into a small record on
   arrival (``trim``) and the JSON dropped, so only the fields a plugin answers
   from are kept, and a relist never holds two full copies.
 - **Records**: ``ServiceRecord``, ``EndpointSliceRecord``, ``NamespaceRecord``
@@ -37,6 +40,7 @@ import logging
 import math
 import os
 import random
+import re
 import ssl
 import tempfile
 import time
@@ -76,6 +80,7 @@ __all__ = [
     "Sink",
     "Store",
     "Subscription",
+    "check_selector",
     "from_endpoint",
     "from_kubeconfig",
     "in_cluster",
@@ -296,6 +301,40 @@ def from_kubeconfig(path: str | None = None, context: str | None = None) -> Conn
         client_key_data=data_of(user.get("client-key-data")),
         namespace=str(ctx.get("namespace") or "default"),
     )
+
+
+# -- Label selectors -----------------------------------------------------------------
+
+_SELECTOR_KEY = r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_SELECTOR_VALUE = r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_SELECTOR_REQUIREMENT = re.compile(
+    rf"^\s*(?:!\s*{_SELECTOR_KEY}|{_SELECTOR_KEY}\s*(?:(?:==?|!=)\s*{_SELECTOR_VALUE}"
+    rf"|\s+(?:in|notin)\s*\(\s*{_SELECTOR_VALUE}(?:\s*,\s*{_SELECTOR_VALUE})*\s*\))?)\s*$"
+)
+
+
+def check_selector(text: str) -> str:
+    """A label selector as the API takes it (``a=b,c in (d,e),!f``), its spaces normalised;
+    ValueError naming the requirement that is malformed. Check a Corefile's selector with
+    it at setup: the API would refuse it only later, at every LIST."""
+    parts: list[str] = []
+    depth = 0
+    current = ""
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    for part in parts:
+        if not _SELECTOR_REQUIREMENT.match(part):
+            raise ValueError(f"unable to parse requirement {part.strip()!r}")
+    return ",".join(" ".join(part.split()) for part in parts)
 
 
 # -- Talking to it -------------------------------------------------------------------
@@ -689,6 +728,11 @@ class Reflector(Generic[R]):
     ``trim`` turns an object's JSON into the record kept (None: not kept, e.g.
     a pod being deleted). ``synced`` is True once a LIST has reached the sink,
     and stays so through outages: the sink keeps the last state.
+
+    A LIST answered 404 means the API does not serve the kind (its CRD is not
+    installed): the sink gets an empty collection, ``synced`` becomes True and
+    ``served`` False, and the kind is listed again every ``not_served_retry``
+    seconds (jittered); when it appears, ``served`` is True again.
     """
 
     def __init__(
@@ -703,6 +747,7 @@ class Reflector(Generic[R]):
         page_size: int = 500,
         watch_seconds: tuple[int, int] = (300, 600),
         backoff: tuple[float, float] = (0.8, 30.0),
+        not_served_retry: float = 60.0,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -713,7 +758,10 @@ class Reflector(Generic[R]):
         self.page_size = page_size
         self.watch_seconds = watch_seconds
         self.backoff = backoff
+        self.not_served_retry = not_served_retry
         self.synced = False
+        self.served = True
+        """False while the API answers 404 to this kind's LIST (counted as listed, empty)."""
         self.synced_event = trio.Event()
         self.resource_version = ""
         self.last_error = ""
@@ -736,6 +784,10 @@ class Reflector(Generic[R]):
                 if must_list:
                     await self.list()
                     must_list = False
+                if not self.served:
+                    await trio.sleep(self.not_served_retry * random.uniform(0.8, 1.2))
+                    must_list = True
+                    continue
                 await self.watch()
             except _Gone:
                 self.stats.gone += 1
@@ -745,8 +797,10 @@ class Reflector(Generic[R]):
                 self.stats.errors += 1
                 self._report(exc)
                 await trio.sleep(self._next_delay())
-                # A watch can go on from the last version; a LIST that failed starts over.
-                must_list = must_list or not self.resource_version
+                # A watch can go on from the last version; a LIST that failed starts over,
+                # and so does a watch answered 404 (the kind was removed: list to know).
+                not_found = isinstance(exc, ApiError) and exc.status == 404
+                must_list = must_list or not self.resource_version or not_found
 
     def _report(self, exc: BaseException) -> None:
         what = self.resource.plural
@@ -787,6 +841,9 @@ class Reflector(Generic[R]):
                     records.clear()
                     token = ""
                     continue
+                if exc.status == 404:
+                    self._not_served()
+                    return
                 raise
             meta = page.get("metadata") if isinstance(page.get("metadata"), dict) else {}
             assert isinstance(meta, dict)
@@ -802,8 +859,26 @@ class Reflector(Generic[R]):
             if not token:
                 break
         self.stats.lists += 1
+        if not self.served:
+            log.info("kube: %s: now served by the API", self.resource.plural)
+            self.served = True
         self.sink.replace(records)
         self.resource_version = version
+        self._synced()
+
+    def _not_served(self) -> None:
+        """The API does not serve the kind: listed, and empty."""
+        self.stats.lists += 1
+        if self.served or not self.synced:
+            log.info(
+                "kube: %s: not served by the API (404: not installed); counted as none, "
+                "listed again every %g s",
+                self.resource.plural,
+                self.not_served_retry,
+            )
+            self.sink.replace({})  # once: the retries that find nothing change nothing
+        self.served = False
+        self.resource_version = ""
         self._synced()
 
     def _synced(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._zones import (
     ZoneError,
+    host_address,
     in_zone,
     match_zone,
     normalize_zone,
@@ -18,6 +19,7 @@ from ._zones import (
 
 __all__ = [
     "ZoneError",
+    "host_address",
     "in_zone",
     "match_zone",
     "normalize_zone",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import queue
 import signal
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,6 +45,27 @@ def run_cli(
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def get_json(port: int, path: str) -> Any:
+    """GET ``path`` of a server process's HTTP endpoint on 127.0.0.1 (status 200 asserted)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        return json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll ``check`` (blocking: for a server in another process) until it holds, bounded
+    in time; an AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
 
 
 class ServerProcess:

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import trio
 
 from pycorefile import Directive, Plugin, Request, Result, SetupContext
+from pycorefile.files import file_stamps
 from pycorefile.zones import match_zone
-from pycorefile_plugins.file import ZoneFileError, ZoneSet, file_stamp, load_zone
+from pycorefile_plugins.file import ZoneFileError, ZoneSet, load_zone
 
 from ._parse import AutoConfig, parse_auto
 from ._walk import scan
@@ -19,7 +20,7 @@ log = logging.getLogger("pycorefile")
 
 def _read(path: str, origin: str) -> tuple[object, object]:
     """The file's stamp and its zone (or the ZoneFileError), read in a worker thread."""
-    stamp = file_stamp(path)
+    stamp = file_stamps((path,))
     try:
         return stamp, load_zone(path, origin)
     except ZoneFileError as exc:

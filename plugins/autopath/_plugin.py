@@ -195,7 +195,8 @@ class _Stored:
     """A synthesized answer kept for its lifetime, its TTLs aged once per second."""
 
     __slots__ = (
-        "age", "current", "expires", "generation", "names", "original", "stored", "success",
+        "age", "current", "expires", "generation", "names", "original", "path", "stored",
+        "success",
     )  # fmt: skip
 
     def __init__(
@@ -206,7 +207,10 @@ class _Stored:
         success: bool,
         names: tuple[str, ...],
         generation: int = 0,
+        path: SearchPath | None = None,
     ) -> None:
+        self.path = path
+        """The search path that found it: given only to a client with that same path."""
         self.generation = generation
         """The data-changes generation when the search began (``pycorefile.changes``)."""
         self.success = success
@@ -218,6 +222,11 @@ class _Stored:
         self.age = 0
         self.stored = now
         self.expires = now + lifetime
+
+    def found_with(self, path: SearchPath) -> bool:
+        """True when ``path`` is the search path this answer was found with."""
+        found = self.path
+        return found is path or (found is not None and found.domains == path.domains)
 
     def render(self, wire: bytes, name_end: int, edns: bool, do: bool, now: float) -> bytes:
         """The answer for the query ``wire`` at ``now`` (before ``expires``)."""
@@ -302,7 +311,9 @@ class _Search:
             lifetime = self.lifetime if self.keep_denial else 0
             asked = self.asked(self.index - 1)
             return (
-                self.plugin.all_nxdomain(request, self.first, lifetime, asked, self.generation),
+                self.plugin.all_nxdomain(
+                    request, self.first, lifetime, asked, self.generation, self.path
+                ),
                 False,
             )
         if rcode != _NOERROR:
@@ -319,7 +330,9 @@ class _Search:
         lifetime = min(self.lifetime, reply_lifetime(reply))
         target = self.candidates[index]
         return (
-            self.plugin.synthesize(request, target, reply, lifetime, asked, self.generation),
+            self.plugin.synthesize(
+                request, target, reply, lifetime, asked, self.generation, self.path
+            ),
             True,
         )
 
@@ -470,13 +483,10 @@ class AutopathPlugin(Plugin):
             return None
         key = request.key
         stored = self._stored.get(key)
-        if (
-            stored is not None
-            and self._client_source is not None
-            and suffix_start(key[: request.name_end - 12], first) <= 0
-        ):
-            # Kept for a client of another search path: only one whose path starts
-            # above the name may have it (for the others, the name is just a name).
+        if stored is not None and self._client_source is not None and not stored.found_with(search):
+            # Found with another search path than this client's now (another client's,
+            # or this client's before it changed: its pod's address reused in another
+            # namespace, a new resolv.conf search list): the search runs again for it.
             stored = None
         if stored is not None and stored.generation != self.changes.generation:
             stored = self._current(key, stored)
@@ -538,9 +548,9 @@ class AutopathPlugin(Plugin):
     def _client_search(self, request: Request) -> SearchPath | None:
         """The search path of this request's client, from the supplying plugin.
 
-        Stored answers stay valid across clients: a stored name lies below the
-        first search domain of the path that found it, and every client whose
-        path starts there has that same path.
+        Stored answers are shared by the clients of one search path: each keeps
+        the path it was found with and is given only to a client whose path is
+        that same one now (so a client whose path changed searches again).
         """
         assert self._client_source is not None
         domains = self._client_source(request)
@@ -575,6 +585,7 @@ class AutopathPlugin(Plugin):
         lifetime: int,
         asked: tuple[str, ...],
         generation: int = 0,
+        path: SearchPath | None = None,
     ) -> bytes:
         """CNAME from the name asked to ``target``, then ``reply``'s records.
 
@@ -603,7 +614,7 @@ class AutopathPlugin(Plugin):
         out.authority.extend(won.authority)
         prepared = PreparedReply.from_message(out)
         if lifetime > 0 and not won.flags & dns.flags.TC:
-            self._store(request, prepared, lifetime, True, asked, generation)
+            self._store(request, prepared, lifetime, True, asked, generation, path)
         return prepared.render(request.wire, request.name_end, request.edns, request.do)
 
     def all_nxdomain(
@@ -613,6 +624,7 @@ class AutopathPlugin(Plugin):
         lifetime: int,
         asked: tuple[str, ...],
         generation: int = 0,
+        path: SearchPath | None = None,
     ) -> Reply:
         """Every candidate (``asked``) is NXDOMAIN: the reply for the name asked (the first try's).
 
@@ -627,7 +639,7 @@ class AutopathPlugin(Plugin):
                 )
             except (WireError, struct.error, IndexError, dns.exception.DNSException):
                 return first
-            self._store(request, prepared, lifetime, False, asked, generation)
+            self._store(request, prepared, lifetime, False, asked, generation, path)
         return first
 
     def _store(
@@ -638,6 +650,7 @@ class AutopathPlugin(Plugin):
         success: bool,
         asked: tuple[str, ...],
         generation: int,
+        path: SearchPath | None = None,
     ) -> None:
         if not self.admitted(request, asked):
             return  # an acl after autopath shaped it for this client alone
@@ -645,7 +658,7 @@ class AutopathPlugin(Plugin):
         if len(stored) >= MAX_STORED:
             del stored[next(iter(stored))]
         stored[request.key] = _Stored(
-            prepared, time.monotonic(), lifetime, success, asked, generation
+            prepared, time.monotonic(), lifetime, success, asked, generation, path
         )
 
     # -- Metrics ----------------------------------------------------------------

@@ -5,7 +5,7 @@ The zone code (``Zone``, ``lookup``, ``ZoneSet``) is shared with *auto*.
 
 from ._parse import FileConfig, ZoneFile, parse_file, parse_reload
 from ._plugin import FilePlugin
-from ._serve import ZoneSet, file_stamp
+from ._serve import ZoneSet
 from ._zone import Answer, Result, Zone, ZoneFileError, load_zone, lookup, parse_zone
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "ZoneFile",
     "ZoneFileError",
     "ZoneSet",
-    "file_stamp",
     "load_zone",
     "lookup",
     "parse_file",

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import trio
 
 from pycorefile import Directive, Plugin, Request, Result, SetupContext, SetupError
+from pycorefile.files import file_stamps
 
 from ._parse import FileConfig, ZoneFile, parse_file
-from ._serve import ZoneSet, file_stamp
+from ._serve import ZoneSet
 from ._zone import ZoneFileError, ZoneFileUnreadable, parse_zone, read_zone_file
 
 log = logging.getLogger("pycorefile")
@@ -73,7 +74,7 @@ def _load_at_setup(entry: ZoneFile, zones: ZoneSet) -> None:
     As CoreDNS: a file that cannot be opened is fatal only with ``reload 0``;
     otherwise it is logged and its zones answer SERVFAIL until it loads.
     """
-    stamp = file_stamp(entry.path)
+    stamp = file_stamps((entry.path,))
     try:
         text = read_zone_file(entry.path)
     except ZoneFileUnreadable as exc:

@@ -10,7 +10,6 @@ look at the files.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import dns.rrset
 import trio
 
 from pycorefile import Handler, PluginError, Reply, Request, Result, then
+from pycorefile.files import Stamps, file_stamps
 from pycorefile.plugin import Fallthrough
 from pycorefile.plugin import lookup as ask_server
 from pycorefile.wire import PreparedReply
@@ -39,16 +39,8 @@ MEMO_MAX = 10_000
 
 _TRANSFERS = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
 
-Stamp = tuple[int, int, int] | None
-"""A file's (inode, size, mtime in ns); None when it cannot be seen."""
-
-
-def file_stamp(path: str) -> Stamp:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+Stamp = Stamps | None
+"""A zone file's ``pycorefile.files.file_stamps``; None before it was first seen."""
 
 
 @dataclass
@@ -217,8 +209,8 @@ class ZoneSet:
         if source is None:
             return False
         current = self.zones.get(origin)
-        stamp = await trio.to_thread.run_sync(file_stamp, source.path)
-        if stamp is not None and stamp == source.stamp and current is not None:
+        stamp = await trio.to_thread.run_sync(file_stamps, (source.path,))
+        if stamp == source.stamp and current is not None:
             return False
         try:
             zone = await trio.to_thread.run_sync(

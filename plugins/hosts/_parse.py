@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from pycorefile import (
     parse_duration,
     parse_zones,
 )
-from pycorefile.zones import in_zone
+from pycorefile.zones import host_address, in_zone
 
 DEFAULT_FILE = "/etc/hosts"
 DEFAULT_TTL = 3600
@@ -141,19 +140,10 @@ def _reload(opt: Directive) -> float:
 
 
 def parse_address(text: str) -> tuple[str, bool] | None:
-    """``(canonical address, is IPv4)``, or None when ``text`` is no address.
-
-    A ``%zone`` suffix is dropped; an IPv4-mapped IPv6 address is IPv4 (as Go's
-    ``To4``).
-    """
-    text = text.split("%", 1)[0]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped), True
-    return str(ip), ip.version == 4
+    """``(canonical address, is IPv4)``, or None when ``text`` is no address
+    (``pycorefile.zones.host_address``: ``%zone`` dropped, IPv4-mapped is IPv4)."""
+    ip = host_address(text)
+    return None if ip is None else (str(ip), ip.version == 4)
 
 
 def normalize_name(text: str) -> str | None:

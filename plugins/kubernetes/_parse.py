@@ -7,7 +7,6 @@ configuration is a setup error with the Corefile's position, as in CoreDNS.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,35 +25,6 @@ DEFAULT_TTL = 5
 MAX_TTL = 3600
 DEFAULT_STARTUP_TIMEOUT = 5.0
 PODS_MODES = ("disabled", "insecure", "verified")
-
-_KEY = r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
-_VALUE = r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
-_REQUIREMENT = re.compile(
-    rf"^\s*(?:!\s*{_KEY}|{_KEY}\s*(?:(?:==?|!=)\s*{_VALUE}"
-    rf"|\s+(?:in|notin)\s*\(\s*{_VALUE}(?:\s*,\s*{_VALUE})*\s*\))?)\s*$"
-)
-
-
-def check_selector(text: str) -> str:
-    """A label selector as the API takes it (``a=b,c in (d,e),!f``); ValueError if malformed."""
-    parts: list[str] = []
-    depth = 0
-    current = ""
-    for char in text:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    for part in parts:
-        if not _REQUIREMENT.match(part):
-            raise ValueError(f"unable to parse requirement {part.strip()!r}")
-    return ",".join(" ".join(part.split()) for part in parts)
 
 
 @dataclass(frozen=True)
@@ -130,7 +100,7 @@ def parse_kubernetes(
             check_args(opt, 1)
             text = " ".join(opt.args)
             try:
-                values[name] = check_selector(text)
+                values[name] = kube.check_selector(text)
             except ValueError as exc:
                 what = "label" if name == "labels" else "namespace_label"
                 raise SetupError(

@@ -135,7 +135,6 @@ class KubeSource:
         self.service_entries: KindSink[ServiceEntryRecord] = KindSink(ns, self._changed)
         self.pods: KindSink[PodRecord] = KindSink(ns, self._changed)
         self.subscription: kube.Subscription | None = None
-        self._entries_watch: kube.SharedWatch[ServiceEntryRecord] | None = None
         self.changes = 0
 
     def _changed(self) -> None:
@@ -154,9 +153,7 @@ class KubeSource:
 
         watch(kube.SERVICES, trim_service, self.services, label_selector=labels)
         watch(kube.ENDPOINT_SLICES, trim_slice, self.slices, label_selector=labels)
-        self._entries_watch = watch(
-            SERVICE_ENTRIES, trim_service_entry, self.service_entries, label_selector=labels
-        )
+        watch(SERVICE_ENTRIES, trim_service_entry, self.service_entries, label_selector=labels)
         if self.config.pods:
             watch(kube.PODS, trim_pod, self.pods, field_selector=kube.POD_FIELD_SELECTOR)
         self.subscription = held
@@ -169,21 +166,13 @@ class KubeSource:
     def synced(self) -> bool:
         """Every kind listed once (and for ever after: an outage keeps the last state).
 
-        A cluster without Istio has no ServiceEntry kind: its LIST is 404, which
-        counts as an empty, listed kind.
+        A cluster without Istio has no ServiceEntry kind: ``pycorefile.kube``
+        counts its 404 as listed and empty (and lists again now and then).
         """
-        kinds: list[KindSink[Any]] = [self.services, self.slices]
+        kinds: list[KindSink[Any]] = [self.services, self.slices, self.service_entries]
         if self.config.pods:
             kinds.append(self.pods)
-        return all(k.synced for k in kinds) and (
-            self.service_entries.synced or self._no_service_entries()
-        )
-
-    def _no_service_entries(self) -> bool:
-        watch = self._entries_watch
-        return watch is not None and watch.reflector.last_error.startswith(
-            "serviceentries: ApiError: 404"
-        )
+        return all(k.synced for k in kinds)
 
     def sources(self) -> Sources:
         """What the watches hold now, as the records a build takes (in key order: stable)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pycorefile import (
     parse_duration,
     parse_zones,
 )
+from pycorefile.zones import host_address
 
 from ._kube import KubeSourceConfig
 from ._sources import MAX_FILE_SIZE, normalize_host
@@ -146,7 +146,13 @@ def parse_meshhosts(
                     namespaces.add(_valid_namespace(arg, opt, i, "namespaces: "))
             elif name == "labels":
                 check_args(opt, 1)
-                values["labels"] = " ".join(opt.args)
+                text = " ".join(opt.args)
+                try:
+                    values["labels"] = kube.check_selector(text)
+                except ValueError as exc:
+                    raise SetupError(
+                        f"unable to parse label selector value: '{text}': {exc}", opt, 0
+                    ) from None
             else:
                 check_args(opt, 1, 1)
                 values["startup_timeout"] = parse_duration(opt.args[0], opt, 0)
@@ -240,14 +246,8 @@ def _valid_namespace(text: str, opt: Directive, arg: int, where: str) -> str:
 
 def _address(text: str) -> str | None:
     """The canonical address when an option name is an IP (an inline line), else None."""
-    text = text.split("%", 1)[0]  # a zone index (fe80::1%eth0) is not part of the address
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    ip = host_address(text)
+    return None if ip is None else str(ip)
 
 
 def _inline(opt: Directive, address: str) -> InlineEntry:

@@ -190,3 +190,20 @@ def test_store_sink() -> None:
     store.remove(("", "zz"))
     assert list(store.records) == [("", "b")]
     assert store.changes == 3
+
+
+@pytest.mark.parametrize(
+    "selector", ["a=b", "a==b", "a!=b", "a", "!a", "a in (b,c)", "a notin (b)", "k8s.io/x=y,z"]
+)
+def test_label_selectors_accepted(selector: str) -> None:
+    assert kube.check_selector(selector)
+
+
+@pytest.mark.parametrize("selector", ["a=b=c", "in (x)", "a in b", "=b", "a,,b"])
+def test_label_selectors_refused(selector: str) -> None:
+    with pytest.raises(ValueError):
+        kube.check_selector(selector)
+
+
+def test_label_selector_spaces_are_normalised() -> None:
+    assert kube.check_selector("a  in (b,c) ,  !d") == "a in (b,c),!d"

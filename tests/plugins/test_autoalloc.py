@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from pycorefile._app import Runner, Source
 from pycorefile._server import Server
 from pycorefile.testing import query, serve
 
-from ..process import ServerProcess
+from ..process import ServerProcess, wait_until
 from ..process import free_port as free_dns_port
 
 # -- Helpers ---------------------------------------------------------------------------
@@ -635,13 +634,6 @@ def _waiting_for_lock(inode: int) -> bool:
         return any("->" in line and f":{inode} " in line for line in f)
 
 
-def _until(check: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_a_held_state_file_lock_stops_no_answer(tmp_path: Path) -> None:
     # Another process (this test) holds the state file's lock while the manifests change:
     # the allocation round waits for the lock in a worker thread; queries, the metrics
@@ -658,12 +650,12 @@ def test_a_held_state_file_lock_stops_no_answer(tmp_path: Path) -> None:
     )
     with ServerProcess(["-conf", str(conf)]) as srv:
         srv.wait_for("pycorefile-")
-        _until(lambda: _ask(dns_port, "auto.internal") == ["240.240.0.1"])
+        wait_until(lambda: _ask(dns_port, "auto.internal") == ["240.240.0.1"])
         lock = os.open(f"{state}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             write_manifests(manifests, SEED)
-            _until(lambda: _waiting_for_lock(os.fstat(lock).st_ino))
+            wait_until(lambda: _waiting_for_lock(os.fstat(lock).st_ino))
             answers = [_ask(dns_port, "auto.internal") for _ in range(20)]
             assert answers == [["240.240.0.1"]] * 20
             assert _ask(dns_port, "later.internal") == []  # its round waits for the lock
@@ -673,7 +665,7 @@ def test_a_held_state_file_lock_stops_no_answer(tmp_path: Path) -> None:
             assert status == 200 and [r["host"] for r in json.loads(body)] == ["auto.internal"]
         finally:
             os.close(lock)  # releases the lock
-        _until(lambda: _ask(dns_port, "later.internal") == ["240.240.0.3"])
+        wait_until(lambda: _ask(dns_port, "later.internal") == ["240.240.0.3"])
         assert json.loads(state.read_text())["generation"] == 2
         srv.signal(signal.SIGTERM)
         assert srv.wait() == 0

@@ -7,13 +7,12 @@ real server: meshhosts serving ``status.addresses`` from manifest files, and two
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import json
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from pycorefile_plugins.meshhosts._table import (
     service_entry_hosts,
 )
 
-from ..process import ServerProcess, free_port, run_cli
+from ..process import ServerProcess, free_port, get_json, run_cli, wait_until
 
 
 @dataclass(frozen=True)
@@ -370,26 +369,8 @@ async def _http_get(server: Any, path: str) -> tuple[int, bytes]:
     return int(head.split(b" ")[1]), body
 
 
-def _get_json(port: int, path: str) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        assert response.status == 200
-        return json.loads(response.read())
-    finally:
-        conn.close()
-
-
-def _until(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def _table(port: int) -> dict[str, tuple[str, str]]:
-    rows = _get_json(port, "/allocations")
+    rows = get_json(port, "/allocations")
     return {r["host"]: (r["ipv4"], r["ipv6"]) for r in rows}
 
 
@@ -424,14 +405,14 @@ def test_two_processes_with_their_own_state_agree(tmp_path: Path) -> None:
     _write(manifests, docs[:10])
     with ServerProcess(["-conf", str(confs[0])]) as a:
         a.wait_for("pycorefile-")
-        _until(lambda: len(_table(ports[0][1])) == 10)
+        wait_until(lambda: len(_table(ports[0][1])) == 10)
         _write(manifests, docs[:25])
-        _until(lambda: len(_table(ports[0][1])) == 25)
+        wait_until(lambda: len(_table(ports[0][1])) == 25)
         _write(manifests, docs)
-        _until(lambda: len(_table(ports[0][1])) == 40)
+        wait_until(lambda: len(_table(ports[0][1])) == 40)
         with ServerProcess(["-conf", str(confs[1])]) as b:
             b.wait_for("pycorefile-")
-            _until(lambda: len(_table(ports[1][1])) == 40)
+            wait_until(lambda: len(_table(ports[1][1])) == 40)
             on_a, on_b = _table(ports[0][1]), _table(ports[1][1])
             assert on_a == on_b
             assert len(set(on_a.values())) == 40

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from pycorefile.testing import Upstream, query, scrape, serve
 from pycorefile_plugins.meshhosts import MeshHostsPlugin
 from pycorefile_plugins.meshhosts._answers import changed_names
 from pycorefile_plugins.meshhosts._table import EXTERNAL, KUBERNETES, HostEntry
+from tests.udp_server import HeldUpstream
 
 NOERROR, NXDOMAIN = dns.rcode.NOERROR, dns.rcode.NXDOMAIN
 UPSTREAM_HOST = "127.0.0.3"
@@ -262,69 +262,31 @@ async def test_the_reload_loop_makes_the_next_query_current(files: tuple[Path, P
         assert await ask(server, "newsvc.ns1.") == (NOERROR, {"A 10.96.0.7"})
 
 
-class HeldUpstream:
-    """A real upstream on 127.0.0.3 that holds each reply until ``release`` is set.
-
-    It answers NXDOMAIN with an SOA (negative TTL 60 s) and records each
-    question as it arrives, so a test knows a query is under way.
-    """
-
-    def __init__(self) -> None:
-        self.arrived: list[str] = []
-        self.release = trio.Event()
-        self.address = ""
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            await sock.bind((UPSTREAM_HOST, 0))
-            self.address = f"{UPSTREAM_HOST}:{sock.getsockname()[1]}"
-            task_status.started()
-            async with trio.open_nursery() as nursery:
-                while True:
-                    data, client = await sock.recvfrom(65535)
-                    nursery.start_soon(self._reply, sock, data, client)
-
-    async def _reply(self, sock: trio.socket.SocketType, data: bytes, client: Any) -> None:
-        question = dns.message.from_wire(data)
-        self.arrived.append(question.question[0].name.to_text().lower())
-        await self.release.wait()
-        reply = dns.message.make_response(question)
-        reply.set_rcode(NXDOMAIN)
-        reply.authority.append(
-            dns.rrset.from_text(
-                ".", 300, "IN", "SOA", "ns.test. hostmaster.test. 1 3600 600 86400 60"
-            )
-        )
-        await sock.sendto(reply.to_wire(), client)
-
-
 async def test_a_change_while_the_upstream_is_asked_is_not_lost(files: tuple[Path, Path]) -> None:
     """A denial asked before the change but stored after it is not served after it."""
     table, resolv = files
     write_table(table, kube("ratings", "ns1", "10.96.0.1"))
-    upstream = HeldUpstream()
-    async with trio.open_nursery() as outer:
-        await outer.start(upstream.serve)
-        async with serve(corefile(table, resolv, upstream)) as server:
-            first: list[tuple[int, set[str]]] = []
+    upstream = HeldUpstream({}, host=UPSTREAM_HOST)  # every name NXDOMAIN, with an SOA
+    upstream.holding = True
+    async with upstream.running(), serve(corefile(table, resolv, upstream)) as server:
+        first: list[tuple[int, set[str]]] = []
 
-            async def ask_late() -> None:
-                first.append(await ask(server, "late."))
+        async def ask_late() -> None:
+            first.append(await ask(server, "late."))
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ask_late)
-                with trio.fail_after(10):
-                    while "late." not in upstream.arrived:
-                        await trio.sleep(0.01)
-                write_table(
-                    table, kube("ratings", "ns1", "10.96.0.1"), kube("late", "ns1", "10.96.0.8")
-                )
-                await mesh_of(server).check()
-                upstream.release.set()  # the old denial is stored after the change
-            assert first == [(NXDOMAIN, set())]  # asked before the change
-            assert await ask(server, "late.") == (NOERROR, {"A 10.96.0.8"})
-            assert upstream.arrived.count("late.") == 1
-        outer.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask_late)
+            with trio.fail_after(10):
+                while "late." not in upstream.arrived:
+                    await trio.sleep(0.01)
+            write_table(
+                table, kube("ratings", "ns1", "10.96.0.1"), kube("late", "ns1", "10.96.0.8")
+            )
+            await mesh_of(server).check()
+            upstream.release.set()  # the old denial is stored after the change
+        assert first == [(NXDOMAIN, set())]  # asked before the change
+        assert await ask(server, "late.") == (NOERROR, {"A 10.96.0.8"})
+        assert upstream.arrived.count("late.") == 1
 
 
 # -- Through autopath ------------------------------------------------------------------

@@ -424,6 +424,25 @@ async def test_a_broken_file_keeps_the_last_good_zone(tmp_path: Path) -> None:
             await _until(server, "www.example.org", lambda r: _address(r) == "192.0.2.3")
 
 
+async def test_a_deleted_file_keeps_the_last_zone_and_is_read_when_back(tmp_path: Path) -> None:
+    zone = tmp_path / "db.example.org"
+    zone.write_text(_zone_text(1, "192.0.2.1"))
+    text = f"example.org:0 {{\n bind 127.0.0.1\n file {zone} {{\n  reload 100ms\n }}\n}}\n"
+    with collect_logs(logging.ERROR) as errors:
+        async with serve(text) as server:
+            zone.unlink()
+            with trio.fail_after(20):
+                while not errors:
+                    await trio.sleep(0.05)
+            assert "failed to open zone file" in errors[0].getMessage()
+            await trio.sleep(0.5)  # several reload intervals with the file still gone
+            assert len(errors) == 1  # said once, not at every look
+            reply = await query(server, "www.example.org", "A")
+            assert reply.rcode() == dns.rcode.NOERROR and _address(reply) == "192.0.2.1"
+            zone.write_text(_zone_text(2, "192.0.2.2"))
+            await _until(server, "www.example.org", lambda r: _address(r) == "192.0.2.2")
+
+
 SIGNED = """$TTL 60
 @ SOA ns hm 1 1 1 1 1
 @ RRSIG SOA 8 2 60 20300101000000 20200101000000 1 example.org. AAAA

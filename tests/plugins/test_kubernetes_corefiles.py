@@ -15,6 +15,8 @@ import pytest
 from pycorefile import kube, load_config
 from pycorefile._registry import Registry
 
+from .test_public_corefiles import KUBEADM as PUBLIC_KUBEADM
+
 ADDON = """.:53 {
     errors
     health {
@@ -37,30 +39,7 @@ ADDON = """.:53 {
 }
 """
 
-KUBEADM = """.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-"""
+KUBEADM = PUBLIC_KUBEADM  # kubeadm's default, one copy for both test files
 
 K3S = """.:53 {
     errors

@@ -10,7 +10,6 @@ from pycorefile import CorefileError, load_config
 from pycorefile.corefile import ZoneKey, parse_corefile
 from pycorefile.plugin import Fallthrough, SetupContext
 from pycorefile_plugins.kubernetes import KubernetesConfig, parse_kubernetes
-from pycorefile_plugins.kubernetes._parse import check_selector
 
 
 def parsed(text: str, zone: str = "cluster.local.") -> KubernetesConfig:
@@ -61,19 +60,6 @@ def test_options() -> None:
     assert config.startup_timeout == 2.0
     assert (config.api_qps, config.api_burst, config.api_max_inflight) == (5.5, 10, 3)
     assert config.pods == "verified"
-
-
-@pytest.mark.parametrize(
-    "selector", ["a=b", "a==b", "a!=b", "a", "!a", "a in (b,c)", "a notin (b)", "k8s.io/x=y,z"]
-)
-def test_label_selectors_accepted(selector: str) -> None:
-    assert check_selector(selector)
-
-
-@pytest.mark.parametrize("selector", ["a=b=c", "in (x)", "a in b", "=b", "a,,b"])
-def test_label_selectors_refused(selector: str) -> None:
-    with pytest.raises(ValueError):
-        check_selector(selector)
 
 
 @pytest.mark.parametrize(

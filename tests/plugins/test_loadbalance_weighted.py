@@ -178,6 +178,14 @@ async def serving(weights: Path, options: str = "") -> AsyncIterator[Server]:
             yield server
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write ``path`` as configuration tools do: a new file renamed over the old one, so a
+    reload never reads it half written (an empty file is a valid, empty weight file)."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(text)
+    new.replace(path)
+
+
 async def firsts(server: Server, times: int = QUERIES) -> Counter[str]:
     found: Counter[str] = Counter()
     for _ in range(times):
@@ -205,13 +213,13 @@ async def test_a_changed_weight_file_is_reloaded_and_a_broken_one_ignored(
         (plugin,) = server.config.find("loadbalance")
         assert isinstance(plugin, LoadbalancePlugin)
         before = await firsts(server)
-        weights.write_text("www.example.\n192.0.2.4 255\n")
+        replace_file(weights, "www.example.\n192.0.2.4 255\n")
         with trio.fail_after(10):
             while plugin.weights.weight("www.example.", ipaddress.ip_address("192.0.2.4")) == 1:
                 await trio.sleep(0.05)
         after = await firsts(server)
-        weights.write_text("www.example.\nbroken 1\n")
         digest = plugin.digest
+        replace_file(weights, "www.example.\nbroken 1\n")
         with trio.fail_after(10):
             while plugin.digest == digest:
                 await trio.sleep(0.05)

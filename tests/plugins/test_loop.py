@@ -16,6 +16,7 @@ from pycorefile import CorefileError, Server, load_config
 from pycorefile._server import StartupError
 from pycorefile.testing import Upstream, query, serve
 from pycorefile_plugins.loop import LoopPlugin, parse_loop
+from tests.udp_server import udp_server
 
 RECORDS = {("a.example.", "A"): ["192.0.2.1"]}
 
@@ -74,20 +75,9 @@ class Relay:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
-        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            await sock.bind((self.host, 0))
-            self.port = sock.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._serve, sock, nursery)
-                try:
-                    yield self
-                finally:
-                    nursery.cancel_scope.cancel()
-
-    async def _serve(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
-        while True:
-            data, addr = await sock.recvfrom(65535)
-            nursery.start_soon(self._relay, sock, data, addr)
+        async with udp_server(self.host, self._relay) as port:
+            self.port = port
+            yield self
 
     async def _relay(
         self, sock: trio.socket.SocketType, data: bytes, addr: tuple[str, int]

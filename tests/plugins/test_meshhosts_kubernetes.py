@@ -22,13 +22,15 @@ import pytest
 import trio
 import yaml
 
-from pycorefile import Server
+from pycorefile import Server, kube
 from pycorefile.testing import make_request, query, serve
 from pycorefile_plugins.meshhosts import ClientNamespaceMeshHosts, MeshHostsPlugin
+from pycorefile_plugins.meshhosts._kube import SERVICE_ENTRIES, trim_service_entry
+from pycorefile_plugins.meshhosts._sources import ServiceEntryRecord
 from tests.plugins import kube_api
 from tests.plugins.kube_api import ApiServer, Objects, endpoint_slice, pod, service
 
-from ..process import ServerProcess, free_port
+from ..process import ServerProcess, free_port, get_json, wait_until
 
 kube_api.RESOURCES["serviceentries"] = "networking.istio.io/v1/serviceentries"
 kube_api.PATHS["serviceentries"] = "/apis/networking.istio.io/v1/namespaces/{ns}/serviceentries"
@@ -386,6 +388,55 @@ async def test_a_cluster_without_istio_is_ready_with_services_only() -> None:
         server_api.stop(keep_objects=False)
 
 
+async def test_a_kind_not_served_is_listed_and_empty_until_it_appears() -> None:
+    """pycorefile.kube's Reflector: a 404 LIST is synced and empty, ``served`` False, and
+    the kind is listed again (slowly) until its CRD is installed, then watched as any."""
+    server_api = ApiServer()
+    server_api.start()  # no ServiceEntry kind yet
+    try:
+        store: kube.Store[ServiceEntryRecord] = kube.Store()
+        client = kube.ApiClient(kube.from_endpoint(server_api.url))
+        try:
+            reflector = kube.Reflector(
+                client, SERVICE_ENTRIES, trim_service_entry, store, not_served_retry=0.2
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reflector.run)
+                with trio.fail_after(15):
+                    await reflector.synced_event.wait()
+                assert not reflector.served
+                assert store.records == {} and store.changes == 1
+                with trio.fail_after(15):
+                    while reflector.stats.lists < 3:
+                        await trio.sleep(0.05)
+                assert store.changes == 1  # the retries that find nothing change nothing
+                assert reflector.stats.errors == 0 and reflector.last_error == ""
+
+                server_api.call(_with_istio)  # Istio installed
+                await Objects(server_api.url).create(
+                    "serviceentries", service_entry("shop", "pay", ["pay.example.com"])
+                )
+
+                async def listed() -> bool:
+                    return reflector.served and ("shop", "pay") in store.records
+
+                await eventually(listed)
+                await Objects(server_api.url).create(
+                    "serviceentries", service_entry("shop", "tax", ["tax.example.com"])
+                )
+
+                async def watched() -> bool:
+                    return ("shop", "tax") in store.records
+
+                await eventually(watched)
+                assert reflector.stats.watches >= 1
+                nursery.cancel_scope.cancel()
+        finally:
+            await client.aclose()
+    finally:
+        server_api.stop(keep_objects=False)
+
+
 async def _ready(server: Server) -> bool:
     return plugin_of(server).ready()
 
@@ -416,26 +467,6 @@ async def test_node_local_client_namespaces_from_pods(api: ApiServer) -> None:
 # -- Two processes, each with its own state, on the same objects --------------------------
 
 
-def _get_json(port: int, path: str) -> Any:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        assert response.status == 200
-        return json.loads(response.read())
-    finally:
-        conn.close()
-
-
-def _until(check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-
-
 def test_two_processes_on_the_same_objects_agree(api: ApiServer, tmp_path: Path) -> None:
     def create_all(first: int, last: int) -> None:
         async def go() -> None:
@@ -454,7 +485,7 @@ def test_two_processes_on_the_same_objects_agree(api: ApiServer, tmp_path: Path)
         trio.run(go)
 
     def table(port: int) -> dict[str, tuple[str, str]]:
-        rows = _get_json(port, "/allocations")
+        rows = get_json(port, "/allocations")
         return {r["host"]: (r["ipv4"], r["ipv6"]) for r in rows}
 
     ports: list[tuple[int, int]] = []
@@ -475,14 +506,14 @@ def test_two_processes_on_the_same_objects_agree(api: ApiServer, tmp_path: Path)
     create_all(0, 10)
     with ServerProcess(["-conf", str(confs[0])]) as first:
         first.wait_for("pycorefile-")
-        _until(lambda: len(table(ports[0][1])) == 10)
+        wait_until(lambda: len(table(ports[0][1])) == 10, timeout=60)
         create_all(10, 25)  # arrive by watch, in creation order
-        _until(lambda: len(table(ports[0][1])) == 25)
+        wait_until(lambda: len(table(ports[0][1])) == 25, timeout=60)
         create_all(25, 40)
-        _until(lambda: len(table(ports[0][1])) == 40)
+        wait_until(lambda: len(table(ports[0][1])) == 40, timeout=60)
         with ServerProcess(["-conf", str(confs[1])]) as second:
             second.wait_for("pycorefile-")
-            _until(lambda: len(table(ports[1][1])) == 40)
+            wait_until(lambda: len(table(ports[1][1])) == 40, timeout=60)
             on_first, on_second = table(ports[0][1]), table(ports[1][1])
             assert on_first == on_second
             assert len(set(on_first.values())) == 40

@@ -12,11 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import dns.asyncquery
+import dns.rcode
+import dns.rdatatype
 import pytest
 import yaml
 
-from pycorefile import CorefileError, load_config
-from pycorefile.testing import make_request, query, serve
+from pycorefile import CorefileError, Server, load_config
+from pycorefile.testing import Upstream, make_query, make_request, query, serve
 from pycorefile_plugins.meshhosts import ClientNamespaceMeshHosts, MeshHostsPlugin
 
 
@@ -170,3 +173,65 @@ def test_a_sidecar_offers_autopath_one_path_for_every_client(
     ]
     node_local = _config("        namespace @client")
     assert isinstance(node_local, ClientNamespaceMeshHosts)
+
+
+async def _ask_from(server: Server, client: str, name: str) -> list[str]:
+    reply = await dns.asyncquery.udp(
+        make_query(name, "A"), "127.0.0.1", port=server.port(), source=client, timeout=3
+    )
+    return [dns.rcode.to_text(reply.rcode())] + [
+        f"{rr.name} {dns.rdatatype.to_text(rr.rdtype)} {r.to_text()}"
+        for rr in reply.answer
+        for r in rr
+    ]
+
+
+async def test_autopath_searches_again_when_a_clients_search_path_changed(
+    tmp_path: Path,
+) -> None:
+    """What autopath found with a client's search path is not given once that path changed:
+    the search list of resolv.conf, or the client's address now a pod of another namespace."""
+    manifests = tmp_path / "cluster.yaml"
+    manifests.write_text(yaml.safe_dump(_pod("web-1", "shop", ["127.0.0.2"])))
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search corp.old\n")
+    records = {("api.corp.old.", "A"): ["192.0.2.1"], ("api.corp.new.", "A"): ["192.0.2.2"]}
+    async with Upstream(records=records, host="127.0.0.5").running() as upstream:
+        corefile = (
+            ".:0 {\n    bind 127.0.0.1\n    autopath @meshhosts\n"
+            f"    meshhosts cluster.local {{\n        file {manifests}\n"
+            f"        namespace @client\n        resolv_conf {resolv}\n        reload 0\n    }}\n"
+            f"    forward . {upstream.address}\n}}\n"
+        )
+        async with serve(corefile) as server:
+            assert server.config is not None
+            (plugin,) = server.config.find("meshhosts")
+            assert isinstance(plugin, ClientNamespaceMeshHosts)
+            asked = "api.shop.svc.cluster.local."
+            found_old = [
+                "NOERROR",
+                f"{asked} CNAME api.corp.old.",
+                "api.corp.old. A 192.0.2.1",
+            ]
+            assert await _ask_from(server, "127.0.0.2", asked) == found_old
+            assert await _ask_from(server, "127.0.0.2", asked) == found_old  # stored
+            tries_of_old = upstream.count("api.corp.old.", "A")
+
+            # resolv.conf's search list changes: the same first domain, another path.
+            resolv.write_text("search corp.new\n")
+            os.utime(resolv, (2, 2))
+            await plugin.check()
+            assert await _ask_from(server, "127.0.0.2", asked) == [
+                "NOERROR",
+                f"{asked} CNAME api.corp.new.",
+                "api.corp.new. A 192.0.2.2",
+            ]
+            assert upstream.count("api.corp.old.", "A") == tries_of_old
+
+            # The pod's address is reused by a pod of another namespace: for that client
+            # the name is not a search of its own, and it is asked as it is.
+            manifests.write_text(yaml.safe_dump(_pod("web-9", "blog", ["127.0.0.2"])))
+            os.utime(manifests, (3, 3))
+            await plugin.check()
+            reply = await _ask_from(server, "127.0.0.2", asked)
+            assert reply[0] == "NXDOMAIN" and len(reply) == 1

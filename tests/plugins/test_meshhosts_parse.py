@@ -115,6 +115,15 @@ def test_every_option() -> None:
         ("max_file_size 0", "Corefile:3:19 - plugin/meshhosts: max_file_size needs a positive"),
         ("max_file_size 5T", "Corefile:3:19 - plugin/meshhosts: max_file_size needs a positive"),
         ("max_file_size -1", "Corefile:3:19 - plugin/meshhosts: max_file_size needs a positive"),
+        (
+            "kubernetes\n    labels app=web,tier in (a b",
+            "Corefile:4:12 - plugin/meshhosts: unable to parse label selector value: "
+            "'app=web,tier in (a b': unable to parse requirement 'tier in (a b'",
+        ),
+        (
+            "kubernetes\n    labels a=b=c",
+            "Corefile:4:12 - plugin/meshhosts: unable to parse label selector value: 'a=b=c'",
+        ),
     ],
 )
 def test_errors_point_at_the_argument(body: str, message: str) -> None:

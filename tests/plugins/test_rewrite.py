@@ -17,8 +17,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from pycorefile import CorefileError, load_config
+from pycorefile import load_config
 from pycorefile.testing import Upstream, make_query, query, serve
+from tests.plugins.setup_errors import assert_refused_at
 
 
 class Zone:
@@ -430,13 +431,7 @@ REJECTED = [
 
 @pytest.mark.parametrize(("text", "message", "token"), REJECTED)
 def test_setup_refuses_at_the_position(text: str, message: str, token: str) -> None:
-    corefile = f".:53 {{\n    {text}\n}}\n"
-    with pytest.raises(CorefileError, match=re.escape(message)) as info:
-        load_config(corefile)
-    source = corefile.splitlines()
-    line = next(i for i, row in enumerate(source) if token in row and i >= 1)
-    column = source[line].index(token) + 1
-    assert str(info.value).startswith(f"Corefile:{line + 1}:{column} - plugin/rewrite: ")
+    assert_refused_at(text, message, token, "rewrite")
 
 
 def test_rules_keep_corefile_order() -> None:

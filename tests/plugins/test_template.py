@@ -3,7 +3,6 @@ with their positions, metrics, and the Go template subset."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import dns.edns
@@ -13,7 +12,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from pycorefile import CorefileError, load_config
+from pycorefile import load_config
 from pycorefile.testing import Upstream, make_query, query, scrape, serve
 from pycorefile_plugins.template import parse_record
 from pycorefile_plugins.template._gotemplate import (
@@ -22,6 +21,7 @@ from pycorefile_plugins.template._gotemplate import (
     TemplateExecError,
     TemplateSyntaxError,
 )
+from tests.plugins.setup_errors import assert_refused_at
 
 UPSTREAM_RECORDS = {
     ("www.example.org.", "A"): ["192.0.2.80"],
@@ -485,13 +485,7 @@ REJECTED = [
 
 @pytest.mark.parametrize(("text", "message", "token"), REJECTED)
 def test_setup_refuses_at_the_position(text: str, message: str, token: str) -> None:
-    corefile = f".:53 {{\n    {text}\n}}\n"
-    with pytest.raises(CorefileError, match=re.escape(message)) as info:
-        load_config(corefile)
-    source = corefile.splitlines()
-    line = next(i for i, row in enumerate(source) if token in row and i >= 1)
-    column = source[line].rindex(token) + 1
-    assert str(info.value).startswith(f"Corefile:{line + 1}:{column} - plugin/template: ")
+    assert_refused_at(text, message, token, "template", last=True)
 
 
 def test_upstream_is_accepted_and_ignored() -> None:

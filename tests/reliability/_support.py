@@ -319,58 +319,6 @@ class CuttingUpstream:
 # -- A UDP upstream that holds its replies until told ----------------------------------------
 
 
-class HeldUpstream:
-    """A UDP upstream that notes each query as it arrives and, while ``holding``,
-    keeps the reply until ``release`` is set: queries stuck at the upstream, on cue.
-    """
-
-    def __init__(self, records: Mapping[tuple[str, str], list[str]]) -> None:
-        self.brain = Upstream(records=dict(records))
-        self.holding = False
-        self.release = trio.Event()
-        self.arrived: list[str] = []
-        """The question name of every query, when it arrived."""
-        self.port = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[HeldUpstream]:
-        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            await sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._serve, sock, nursery)
-                try:
-                    yield self
-                finally:
-                    nursery.cancel_scope.cancel()
-
-    async def _serve(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
-        while True:
-            data, client = await sock.recvfrom(65535)
-            try:
-                name = dns.message.from_wire(data).question[0].name.to_text().lower()
-            except Exception:
-                continue
-            self.arrived.append(name)
-            nursery.start_soon(self._reply, sock, data, client)
-
-    async def _reply(
-        self, sock: trio.socket.SocketType, data: bytes, client: tuple[object, ...]
-    ) -> None:
-        if self.holding:
-            await self.release.wait()
-        reply = self.brain.respond(data, "udp")
-        if reply is not None:
-            await sock.sendto(reply, client)
-
-
-# -- Many queries at once, from one socket ------------------------------------------------
-
-
 async def burst(
     target: tuple[str, int], names: list[str], *, window: int = 64, timeout: float = 20.0
 ) -> dict[int, int]:

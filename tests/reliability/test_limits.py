@@ -20,6 +20,7 @@ import trio
 from pycorefile import ServerOptions
 from pycorefile.testing import Upstream, query, serve
 from tests.process import ServerProcess, free_port
+from tests.udp_server import HeldUpstream
 
 from ._support import (
     EXTERNAL,
@@ -27,7 +28,6 @@ from ._support import (
     NOERROR,
     PROTOS,
     REFUSED,
-    HeldUpstream,
     answered,
     burst,
     keeps_serving,
