@@ -184,7 +184,7 @@ def parse_one(d: Directive) -> ForwardConfig:
         raise SetupError(
             f"Wrong argument count or unexpected line ending after '{d.name}'", d, None
         )
-    zone = _parse_from(d)
+    zone = parse_from(d)
     upstreams: list[UpstreamAddress] = []
     sources: list[int] = []
     empty: int | None = None
@@ -225,7 +225,8 @@ def parse_one(d: Directive) -> ForwardConfig:
     return config
 
 
-def _parse_from(d: Directive) -> str:
+def parse_from(d: Directive) -> str:
+    """FROM, a directive's first argument, normalised (forward and grpc take it)."""
     try:
         zones = normalize_zones([d.args[0]])
     except ZoneError:
@@ -324,19 +325,32 @@ def parse_resolv_conf(
     return found
 
 
+def parse_except(option: Directive) -> tuple[str, ...]:
+    """``except IGNORED_NAMES...``: the names, normalised (forward and grpc take it)."""
+    check_args(option, 1)
+    ignored = []
+    for i, arg in enumerate(option.args):
+        try:
+            ignored.append(normalize_zone(arg))
+        except ZoneError:
+            raise SetupError(f"unable to normalize '{arg}'", option, i) from None
+    return tuple(ignored)
+
+
+def parse_policy(option: Directive) -> str:
+    """``policy random|round_robin|sequential`` (forward and grpc take it)."""
+    check_args(option, 1, 1)
+    if option.args[0] not in POLICIES:
+        raise SetupError(f"unknown policy '{option.args[0]}'", option, 0)
+    return option.args[0]
+
+
 def _apply_option(option: Directive, config: ForwardConfig) -> ForwardConfig:
     """The configuration with one block option applied (raises SetupError)."""
     name = option.name
     args = option.args
     if name == "except":
-        check_args(option, 1)
-        ignored = list(config.ignored)
-        for i, arg in enumerate(args):
-            try:
-                ignored.append(normalize_zone(arg))
-            except ZoneError:
-                raise SetupError(f"unable to normalize '{arg}'", option, i) from None
-        return replace(config, ignored=tuple(ignored))
+        return replace(config, ignored=config.ignored + parse_except(option))
     if name == "force_tcp":
         check_args(option, 0, 0)
         return replace(config, force_tcp=True)
@@ -369,10 +383,7 @@ def _apply_option(option: Directive, config: ForwardConfig) -> ForwardConfig:
         check_args(option, 1, 1)
         return replace(config, tls_servername=args[0])
     if name == "policy":
-        check_args(option, 1, 1)
-        if args[0] not in POLICIES:
-            raise SetupError(f"unknown policy '{args[0]}'", option, 0)
-        return replace(config, policy=args[0])
+        return replace(config, policy=parse_policy(option))
     if name == "health_check":
         return replace(config, health=_parse_health(option))
     if name == "next":

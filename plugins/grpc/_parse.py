@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pycorefile import Directive, Fallthrough, SetupError, check_args
-from pycorefile.zones import ZoneError, in_zone, normalize_zones
-from pycorefile_plugins.forward import TlsSettings, UpstreamAddress, parse_tls, parse_to
+from pycorefile.zones import in_zone
+from pycorefile_plugins.forward import (
+    TlsSettings,
+    UpstreamAddress,
+    parse_except,
+    parse_from,
+    parse_policy,
+    parse_tls,
+    parse_to,
+)
 
 MAX_UPSTREAMS = 15
-POLICIES = ("random", "round_robin", "sequential")
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,7 @@ def parse_grpc(directives: Sequence[Directive]) -> GrpcConfig:
     """The block's ``grpc`` directive (once per block), checked as CoreDNS checks it."""
     d = directives[0]
     check_args(d, 2)
-    try:
-        zone = normalize_zones([d.args[0]])[0]
-    except ZoneError:
-        raise SetupError(f"unable to normalize '{d.args[0]}'", d, 0) from None
+    zone = parse_from(d)
     upstreams: list[UpstreamAddress] = []
     for index, arg in enumerate(d.args[1:], start=1):
         text = arg[len("grpc://") :] if arg.lower().startswith("grpc://") else arg
@@ -59,28 +63,14 @@ def parse_grpc(directives: Sequence[Directive]) -> GrpcConfig:
 def _apply(option: Directive, config: GrpcConfig) -> GrpcConfig:
     name, args = option.name, option.args
     if name == "except":
-        check_args(option, 1)
-        try:
-            ignored = normalize_zones(list(args))
-        except ZoneError as exc:
-            raise SetupError(str(exc), option, 0) from None
-        return _replace(config, ignored=config.ignored + tuple(ignored))
+        return replace(config, ignored=config.ignored + parse_except(option))
     if name == "tls":
-        return _replace(config, tls=parse_tls(option))
+        return replace(config, tls=parse_tls(option))
     if name == "tls_servername":
         check_args(option, 1, 1)
-        return _replace(config, tls_servername=args[0])
+        return replace(config, tls_servername=args[0])
     if name == "policy":
-        check_args(option, 1, 1)
-        if args[0] not in POLICIES:
-            raise SetupError(f"unknown policy '{args[0]}'", option, 0)
-        return _replace(config, policy=args[0])
+        return replace(config, policy=parse_policy(option))
     if name == "fallthrough":
-        return _replace(config, fallthrough=Fallthrough.parse(option))
+        return replace(config, fallthrough=Fallthrough.parse(option))
     raise SetupError(f"unknown property '{name}'", option)
-
-
-def _replace(config: GrpcConfig, **changes: object) -> GrpcConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)  # type: ignore[arg-type]
