@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -92,11 +93,12 @@ class ResponseRule:
         return rcode
 
 
-class StringRewriter:
+class StringRewriter(ABC):
     """Maps a name (FQDN text) to another, or leaves it."""
 
+    @abstractmethod
     def rewrite(self, text: str) -> str:
-        raise NotImplementedError
+        """``text`` rewritten, or ``text`` itself when the rewriter does not apply."""
 
 
 @dataclass(frozen=True)
@@ -198,12 +200,12 @@ class EdnsRevert(ResponseRule):
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(ABC):
     mode: str
 
+    @abstractmethod
     def rewrite(self, question: Question) -> list[ResponseRule] | None:
         """The response rules when the rule matched (and changed ``question``), else None."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
