@@ -17,6 +17,7 @@ builtins ``len lower upper trim split replace hasPrefix hasSuffix`` and
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -360,17 +361,14 @@ def _env_call(name: Token, signature: Signature, args: list[Node]) -> Node:
     )
 
 
-def _compare(op: str) -> Callable[[Value, Value], bool]:
-    import operator
-
-    return {
-        "==": operator.eq,
-        "!=": operator.ne,
-        "<": operator.lt,
-        "<=": operator.le,
-        ">": operator.gt,
-        ">=": operator.ge,
-    }[op]
+_COMPARISONS: dict[str, Callable[[Value, Value], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 def _matches(text: Value, pattern: Value) -> bool:
@@ -395,12 +393,12 @@ def _binary(op: str, left: Node, right: Node, column: int) -> Node:
     if op in ("==", "!="):
         if not _same_kind(lt, rt):
             raise _mismatched(op, lt, rt, column)
-        test = _compare(op)
+        test = _COMPARISONS[op]
         return Node(lambda env, e: test(a(env, e), b(env, e)), "bool", column)
     if op in ("<", "<=", ">", ">="):
         if not (_same_kind(lt, rt) and lt in ("int", "float", "str", "any")):
             raise _mismatched(op, lt, rt, column)
-        test = _compare(op)
+        test = _COMPARISONS[op]
         return Node(lambda env, e: test(a(env, e), b(env, e)), "bool", column)
     if op == "in":
         if rt not in ("list", "any"):
