@@ -12,8 +12,6 @@ import json
 import os
 import random
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +30,7 @@ from pycorefile_plugins.meshhosts._table import (
 )
 
 from ..process import ServerProcess, free_port, get_json, run_cli, wait_until
-
-
-@dataclass(frozen=True)
-class SE:
-    """Stands in for meshhosts' ServiceEntryHost (same attributes)."""
-
-    host: str
-    namespace: str = "default"
-    name: str = ""
-    created: str = "2024-01-01T00:00:00Z"
-    resolution: str = "STATIC"
-    wildcard: bool = False
-    labels: Mapping[str, str] = field(default_factory=dict)
-    explicit_addresses: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", self.host.split(".")[0])
-
-
-def pool(v4: str = "240.240.0.0/16", v6: str = "2001:2::/48") -> Pool:
-    return Pool(ipaddress.IPv4Network(v4), ipaddress.IPv6Network(v6))
+from .test_autoalloc_allocator import SE, pool
 
 
 def stamp(second: int) -> str:
