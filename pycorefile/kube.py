@@ -81,6 +81,7 @@ __all__ = [
     "Store",
     "Subscription",
     "check_selector",
+    "connect",
     "from_endpoint",
     "from_kubeconfig",
     "in_cluster",
@@ -214,6 +215,24 @@ def from_endpoint(
     if not url.startswith(("http://", "https://")):
         url = "https://" + url
     return Connection(server=url.rstrip("/"), ca_file=ca, client_cert=cert, client_key=key)
+
+
+def connect(
+    kubeconfig: tuple[str, str | None] | None = None,
+    endpoint: str | None = None,
+    tls: tuple[str, str, str] | None = None,
+) -> Connection:
+    """Where the API is, as CoreDNS's options say: a ``kubeconfig`` (path, context) wins
+    over an ``endpoint`` (with ``tls`` CERT KEY CACERT); neither means in-cluster.
+
+    ``ConfigError`` when the chosen settings cannot be read.
+    """
+    if kubeconfig is not None:
+        return from_kubeconfig(*kubeconfig)
+    if endpoint is not None:
+        cert, key, ca = tls if tls is not None else (None, None, None)
+        return from_endpoint(endpoint, cert, key, ca)
+    return in_cluster()
 
 
 def from_kubeconfig(path: str | None = None, context: str | None = None) -> Connection:

@@ -191,12 +191,7 @@ def _connection(
 ) -> kube.Connection:
     """Where the API is: kubeconfig wins over endpoint; neither means in-cluster."""
     try:
-        if kubeconfig is not None:
-            return kube.from_kubeconfig(kubeconfig[0], kubeconfig[1])
-        if endpoint is not None:
-            cert, key, ca = tls if tls is not None else (None, None, None)
-            return kube.from_endpoint(endpoint.args[0], cert, key, ca)
-        return kube.in_cluster()
+        return kube.connect(kubeconfig, endpoint.args[0] if endpoint is not None else None, tls)
     except kube.ConfigError as exc:
         at = values.get("_kubeconfig_directive")
         where = at if isinstance(at, Directive) else endpoint or d

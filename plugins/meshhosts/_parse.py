@@ -193,12 +193,12 @@ def _connection(options: Mapping[str, Directive]) -> kube.Connection:
     """Where the API is: ``kubeconfig`` wins over ``endpoint``; neither is in-cluster."""
     kubeconfig, endpoint = options.get("kubeconfig"), options.get("endpoint")
     try:
-        if kubeconfig is not None:
-            context = kubeconfig.args[1] if len(kubeconfig.args) == 2 else None
-            return kube.from_kubeconfig(kubeconfig.args[0], context)
-        if endpoint is not None:
-            return kube.from_endpoint(endpoint.args[0])
-        return kube.in_cluster()
+        return kube.connect(
+            (kubeconfig.args[0], kubeconfig.args[1] if len(kubeconfig.args) == 2 else None)
+            if kubeconfig is not None
+            else None,
+            endpoint.args[0] if endpoint is not None else None,
+        )
     except kube.ConfigError as exc:
         where = kubeconfig or endpoint or options["kubernetes"]
         raise SetupError(str(exc), where, 0 if where.args else None) from None
